@@ -1,0 +1,24 @@
+"""Instance-imbalance aware losses for nnU-Net.
+
+Functional API (probabilities in, ``1 - score`` out, lower is better):
+
+* :func:`blob_loss` / :func:`blob_loss_regions` -- the blob term of Kofler et al. (softmax / sigmoid outputs)
+* :func:`topk_dice_loss` -- TopK-Dice of Hosseini
+* :func:`tversky_loss` -- global Tversky loss (Salehi et al.)
+
+Modules on logits for trainers: :class:`BlobCompoundLoss`, :class:`TopKDiceAndCELoss`, :class:`TverskyLoss`.
+"""
+from nnunet_blob.losses.blob import blob_loss, blob_loss_regions
+from nnunet_blob.losses.compound import BlobCompoundLoss, TopKDiceAndCELoss
+from nnunet_blob.losses.topk_dice import topk_dice_loss
+from nnunet_blob.losses.tversky import TverskyLoss, tversky_loss
+
+__all__ = [
+    "blob_loss",
+    "blob_loss_regions",
+    "topk_dice_loss",
+    "tversky_loss",
+    "BlobCompoundLoss",
+    "TopKDiceAndCELoss",
+    "TverskyLoss",
+]

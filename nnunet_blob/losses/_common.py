@@ -1,0 +1,132 @@
+"""Shared plumbing of the loss functions: fp32 arithmetic, input validation, the soft overlap scores.
+
+Sign convention of every loss in :mod:`nnunet_blob.losses`: ``1 - score`` (0 is perfect, lower is better).
+nnU-Net's own Dice losses return ``-Dice``; where a trainer reuses nnU-Net's ``DC_and_CE_loss`` as the global
+term, that term keeps nnU-Net's convention. The two differ by a constant, which changes no gradient.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import torch
+
+#: log(p) is clamped at this value, as ``torch.nn.functional.binary_cross_entropy`` does.
+LOG_CLAMP = -100.0
+#: denominator floor of the log's derivative, as in torch's binary_cross_entropy backward.
+LOG_GRAD_EPS = 1e-12
+
+
+class _ClampedLog(torch.autograd.Function):
+    """max(log x, -100) with derivative 1 / max(x, 1e-12): torch's BCE conventions, finite at x = 0."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.log(x).clamp_min(LOG_CLAMP)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad / x.clamp_min(LOG_GRAD_EPS)
+
+
+def clamped_log(x: torch.Tensor) -> torch.Tensor:
+    """Logarithm for cross-entropy terms: value clamped at -100, gradient finite for x = 0 (see torch's BCE)."""
+    return _ClampedLog.apply(x)
+
+
+def float32_math(fn: Callable) -> Callable:
+    """Run a loss with autocast disabled and half-precision probabilities promoted to float32.
+
+    float64 inputs stay float64 (the exactness tests use them).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(probs: torch.Tensor, *args, **kwargs):
+        device_type = probs.device.type if probs.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            if probs.dtype in (torch.float16, torch.bfloat16):
+                probs = probs.float()
+            return fn(probs, *args, **kwargs)
+
+    return wrapper
+
+
+def as_label_map(name: str, x: torch.Tensor, probs: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """Check that ``x`` is (B, channels, *spatial) (or (B, *spatial) when channels == 1) and integer-valued."""
+    spatial = tuple(probs.shape[2:])
+    if x.ndim == probs.ndim - 1 and channels == 1:
+        x = x.unsqueeze(1)
+    if x.ndim != probs.ndim or x.shape[0] != probs.shape[0] or x.shape[1] != channels or tuple(x.shape[2:]) != spatial:
+        raise ValueError(
+            f"{name} must have shape (B, {channels}, *spatial) = {(probs.shape[0], channels, *spatial)} to match "
+            f"probs {tuple(probs.shape)}, got {tuple(x.shape)}"
+        )
+    if x.is_floating_point():
+        if not torch.equal(x, torch.round(x)):
+            raise ValueError(f"{name} must hold integer values, got non-integer floats")
+    elif x.dtype == torch.bool:
+        pass
+    elif not (x.dtype.is_signed or x.dtype == torch.uint8) or x.is_complex():
+        raise ValueError(f"{name} must be an integer tensor, got {x.dtype}")
+    return x.long()
+
+
+def as_mask(loss_mask: Optional[torch.Tensor], probs: torch.Tensor) -> Optional[torch.Tensor]:
+    """Validate an optional loss mask (B, 1, *spatial); nonzero = voxel takes part in the loss."""
+    if loss_mask is None:
+        return None
+    return as_label_map("loss_mask", loss_mask, probs).bool()
+
+
+def check_probs(probs: torch.Tensor, min_channels: int) -> None:
+    if not probs.is_floating_point():
+        raise ValueError(f"probs must be a floating point tensor of probabilities, got {probs.dtype}")
+    if probs.ndim < 3:
+        raise ValueError(f"probs must have shape (B, C, *spatial) with 1 to 3 spatial axes, got {tuple(probs.shape)}")
+    if probs.shape[1] < min_channels:
+        raise ValueError(f"probs needs at least {min_channels} channels, got {probs.shape[1]}")
+
+
+def check_label_range(target: torch.Tensor, num_classes: int, valid: Optional[torch.Tensor]) -> None:
+    """Class labels must lie in [0, num_classes) wherever the loss looks at them."""
+    if target.numel() == 0:
+        return
+    t = target if valid is None else torch.where(valid, target, 0)
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"target holds class {lo if lo < 0 else hi}, outside [0, {num_classes}) for probs with {num_classes} "
+            f"channels; mark ignored voxels with loss_mask"
+        )
+
+
+def soft_dice_score(tp: torch.Tensor, sum_gt: torch.Tensor, sum_pred: torch.Tensor, smooth: float) -> torch.Tensor:
+    """nnU-Net's smoothed soft Dice: ``(2 TP + s) / max(sum_gt + sum_pred + s, 1e-8)``.
+
+    With ``sum_pred`` = sum of p this is the non-squared form (2TP + FP + FN = sum_gt + sum_pred); with
+    ``sum_pred`` = sum of p^2 (and sum_gt = sum of g^2 = sum of g) it is the squared-denominator form.
+    """
+    return (2 * tp + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
+
+
+def tversky_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, alpha: float, beta: float,
+                  smooth: float) -> torch.Tensor:
+    """Tversky index (Salehi et al. 2017): ``(TP + s) / max(TP + alpha FP + beta FN + s, 1e-8)``.
+
+    ``alpha`` weighs false positives and ``beta`` false negatives (0.3 / 0.7 in the paper).
+    """
+    return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth).clamp_min(1e-8)
+
+
+def zero_with_graph(probs: torch.Tensor) -> torch.Tensor:
+    """A zero loss that still depends on ``probs`` (so ``backward`` works and gives zero gradients)."""
+    return probs.sum() * 0.0
+
+
+def mean_over_present(values: torch.Tensor, present: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of ``values`` over the entries where ``present``; returns (mean, any_present) along ``dim``."""
+    n = present.sum(dim)
+    total = torch.where(present, values, torch.zeros_like(values)).sum(dim)
+    return total / n.clamp_min(1), n > 0

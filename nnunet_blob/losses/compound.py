@@ -1,0 +1,97 @@
+"""nn.Module losses on network logits, shaped for nnU-Net trainers and its ``DeepSupervisionWrapper``.
+
+* :class:`BlobCompoundLoss`: ``alpha * L_global + beta * L_blob`` (blob loss paper, Eq. 3 / supplement Eq. 5).
+  Called as ``loss(logits, target, instances)``; wrapped in ``DeepSupervisionWrapper`` it takes three lists, one
+  entry per output scale.
+* :class:`TopKDiceAndCELoss`: the TopK-Dice paper's "CE + topK-Dice", ``loss(logits, target)``.
+
+The global Tversky term is nnU-Net's ``DC_and_CE_loss`` with ``dice_class=TverskyLoss`` (same interface).
+Probabilities are computed in float32 with autocast disabled.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from nnunet_blob.losses.blob import INNER_LOSSES, blob_loss, blob_loss_regions
+from nnunet_blob.losses.topk_dice import topk_dice_loss
+
+
+def _probabilities(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        x = logits if logits.dtype == torch.float64 else logits.float()
+        return torch.sigmoid(x) if sigmoid else torch.softmax(x, 1)
+
+
+class BlobCompoundLoss(nn.Module):
+    """``alpha * global_loss(logits, target) + beta * blob(probs, target, instances)``.
+
+    Args:
+        global_loss: any nnU-Net style loss ``(logits, target) -> scalar`` (e.g. ``DC_and_CE_loss``), or None
+            when ``alpha == 0``.
+        alpha, beta: weights of the global and the blob term (paper default 2 and 1).
+        inner: inner loss of the blob term, see :func:`nnunet_blob.losses.blob_loss`.
+        regions: sigmoid outputs and region targets (B, R, ...) as nnU-Net builds them for region-based
+            datasets; instances are then (B, R, ...) ids per region.
+        ignore_label: label-based datasets: voxels with this label are masked out of the blob term. For
+            regions, True means nnU-Net's convention that the last target channel marks ignored voxels.
+        blob_kwargs: passed on (``smooth``, ``squared``, ``masking``, ``tversky_alpha``, ``tversky_beta``).
+    """
+
+    def __init__(self, global_loss: Optional[nn.Module], alpha: float = 2.0, beta: float = 1.0,
+                 inner: str = "dice", *, regions: bool = False, ignore_label=None, **blob_kwargs):
+        super().__init__()
+        if alpha < 0 or beta < 0 or alpha + beta == 0:
+            raise ValueError(f"alpha and beta must be >= 0 and not both 0, got alpha={alpha}, beta={beta}")
+        if alpha != 0 and global_loss is None:
+            raise ValueError("alpha > 0 needs a global_loss")
+        if inner not in INNER_LOSSES:
+            raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
+        self.global_loss, self.alpha, self.beta, self.inner = global_loss, alpha, beta, inner
+        self.regions, self.ignore_label, self.blob_kwargs = regions, ignore_label, blob_kwargs
+
+    def blob_term(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+        probs = _probabilities(logits, sigmoid=self.regions)
+        if self.regions:
+            mask = None
+            if self.ignore_label:
+                mask, target = target[:, -1:] == 0, target[:, :-1]
+            return blob_loss_regions(probs, target, instances, self.inner, loss_mask=mask, **self.blob_kwargs)
+        mask = None if self.ignore_label is None else target != self.ignore_label
+        return blob_loss(probs, target, instances, self.inner, loss_mask=mask, **self.blob_kwargs)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+        total = self.beta * self.blob_term(logits, target, instances) if self.beta else 0.0
+        if self.alpha:
+            total = total + self.alpha * self.global_loss(logits, target)
+        return total
+
+
+class TopKDiceAndCELoss(nn.Module):
+    """CE + TopK-Dice (Hosseini, section 3.2: "the final loss is the summation of CE and topK Dice loss").
+
+    ``ignore_label`` voxels are left out of both terms, like nnU-Net's ``DC_and_CE_loss``.
+    """
+
+    def __init__(self, k: float = 50.0, weight_ce: float = 1.0, weight_topk_dice: float = 1.0,
+                 ignore_label: Optional[int] = None, batch_dice: bool = False, squared: bool = True,
+                 smooth: float = 1e-5):
+        super().__init__()
+        from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
+
+        self.ce = RobustCrossEntropyLoss(ignore_index=-100 if ignore_label is None else ignore_label)
+        self.k, self.weight_ce, self.weight_topk_dice, self.ignore_label = k, weight_ce, weight_topk_dice, ignore_label
+        self.topk_kwargs = dict(batch_dice=batch_dice, squared=squared, smooth=smooth)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mask = None if self.ignore_label is None else target != self.ignore_label
+        total = 0.0
+        if self.weight_topk_dice:
+            labels = target if mask is None else torch.where(mask, target, 0)
+            probs = _probabilities(logits, sigmoid=False)
+            total = self.weight_topk_dice * topk_dice_loss(probs, labels, self.k, loss_mask=mask, **self.topk_kwargs)
+        if self.weight_ce and (mask is None or bool(mask.any())):
+            total = total + self.weight_ce * self.ce(logits, target[:, 0])
+        return total
