@@ -8,7 +8,7 @@ Functional API (probabilities in, ``1 - score`` out, lower is better):
 
 Modules on logits for trainers: :class:`BlobCompoundLoss`, :class:`TopKDiceAndCELoss`, :class:`TverskyLoss`.
 """
-from nnunet_blob.losses.blob import blob_loss, blob_loss_regions
+from nnunet_blob.losses.blob import blob_loss, blob_loss_per_sample, blob_loss_regions
 from nnunet_blob.losses.compound import BlobCompoundLoss, TopKDiceAndCELoss
 from nnunet_blob.losses.topk_dice import topk_dice_loss
 from nnunet_blob.losses.tversky import TverskyLoss, tversky_loss
@@ -16,6 +16,7 @@ from nnunet_blob.losses.tversky import TverskyLoss, tversky_loss
 __all__ = [
     "blob_loss",
     "blob_loss_regions",
+    "blob_loss_per_sample",
     "topk_dice_loss",
     "tversky_loss",
     "BlobCompoundLoss",

@@ -50,7 +50,6 @@ InnerLoss = Literal["dice", "tversky", "bce"]
 INNER_LOSSES = ("dice", "tversky", "bce")
 
 
-@float32_math
 def blob_loss(
     probs: torch.Tensor,
     target: torch.Tensor,
@@ -79,31 +78,11 @@ def blob_loss(
             voxels are in no term; an instance whose voxels are all masked has no term.
         masking: False is the ablation of supplement 6.4 (other instances of the class stay in the domain).
     """
-    check_probs(probs, min_channels=2)
-    batch, num_classes = probs.shape[:2]
-    target = as_label_map("target", target, probs)
-    instances = as_label_map("instances", instances, probs)
-    valid = as_mask(loss_mask, probs)
-    check_label_range(target, num_classes, valid)
-
-    p = probs.reshape(batch, num_classes, -1)
-    t = target.reshape(batch, -1)
-    ids = instances.reshape(batch, -1)
-    valid = None if valid is None else valid.reshape(batch, 1, -1)
-    if valid is not None:
-        t = torch.where(valid[:, 0], t, 0)
-
-    labelled = t > 0
-    p_of_label = p.gather(1, t.unsqueeze(1))[:, 0]
-    group = torch.arange(batch, device=p.device).unsqueeze(1) * num_classes + t
-    return _blob_from_entries(
-        p, valid, p_of_label[labelled], group[labelled], ids[labelled],
-        inner=inner, smooth=smooth, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta,
-        squared=squared, masking=masking,
-    )
+    return _mean_over_samples(*blob_loss_per_sample(
+        probs, target, instances, inner, smooth=smooth, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta,
+        squared=squared, loss_mask=loss_mask, masking=masking))
 
 
-@float32_math
 def blob_loss_regions(
     probs: torch.Tensor,
     target: torch.Tensor,
@@ -124,57 +103,94 @@ def blob_loss_regions(
     different regions are independent). Each region is treated as a class of :func:`blob_loss`: its domain for
     instance n excludes the other voxels of that region. Other arguments as in :func:`blob_loss`.
     """
+    return _mean_over_samples(*blob_loss_per_sample(
+        probs, target, instances, inner, regions=True, smooth=smooth, tversky_alpha=tversky_alpha,
+        tversky_beta=tversky_beta, squared=squared, loss_mask=loss_mask, masking=masking))
+
+
+@float32_math
+def blob_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, instances: torch.Tensor,
+                         inner: InnerLoss = "dice", *, regions: bool = False, loss_mask: Optional[torch.Tensor] = None,
+                         **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) blob loss of each sample and (B,) flags "sample has instances" (for reductions across workers).
+
+    Arguments as :func:`blob_loss` (``regions=True``: as :func:`blob_loss_regions`).
+    """
+    entries = (_region_entries if regions else _label_entries)(probs, target, instances, loss_mask)
+    return _blob_from_entries(*entries, inner=inner, **options)
+
+
+def _label_entries(probs, target, instances, loss_mask):
+    """Softmax form: the unmasked foreground voxels, their class (channel) and instance id."""
+    check_probs(probs, min_channels=2)
+    batch, num_classes = probs.shape[:2]
+    target = as_label_map("target", target, probs)
+    instances = as_label_map("instances", instances, probs)
+    valid = as_mask(loss_mask, probs)
+    check_label_range(target, num_classes, valid)
+
+    t = target.reshape(batch, -1)
+    valid = None if valid is None else valid.reshape(batch, 1, -1)
+    labelled = t > 0 if valid is None else (t > 0) & valid[:, 0]
+    sample, voxel = labelled.nonzero(as_tuple=True)
+    channel = t[sample, voxel]
+    entry_id = instances.reshape(batch, -1)[sample, voxel]
+    return probs.reshape(batch, num_classes, -1), valid, sample, channel, voxel, entry_id
+
+
+def _region_entries(probs, target, instances, loss_mask):
+    """Sigmoid form: the unmasked voxels inside each region, the region (channel) and its instance id there."""
     check_probs(probs, min_channels=1)
     batch, num_regions = probs.shape[:2]
     target = as_label_map("target", target, probs, channels=num_regions)
     instances = as_label_map("instances", instances, probs, channels=num_regions)
     valid = as_mask(loss_mask, probs)
 
-    p = probs.reshape(batch, num_regions, -1)
     valid = None if valid is None else valid.reshape(batch, 1, -1)
     inside = target.reshape(batch, num_regions, -1) != 0
     if valid is not None:
         inside = inside & valid
-    group = torch.arange(batch * num_regions, device=p.device).reshape(batch, num_regions, 1).expand_as(inside)
-    return _blob_from_entries(
-        p, valid, p[inside], group[inside], instances.reshape(batch, num_regions, -1)[inside],
-        inner=inner, smooth=smooth, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta,
-        squared=squared, masking=masking,
-    )
+    sample, channel, voxel = inside.nonzero(as_tuple=True)
+    entry_id = instances.reshape(batch, num_regions, -1)[sample, channel, voxel]
+    return probs.reshape(batch, num_regions, -1), valid, sample, channel, voxel, entry_id
 
 
 def _blob_from_entries(
     p: torch.Tensor,
     valid: Optional[torch.Tensor],
-    entry_p: torch.Tensor,
-    entry_group: torch.Tensor,
+    sample: torch.Tensor,
+    channel: torch.Tensor,
+    voxel: torch.Tensor,
     entry_id: torch.Tensor,
     *,
     inner: str,
-    smooth: float,
-    tversky_alpha: float,
-    tversky_beta: float,
-    squared: bool,
-    masking: bool,
-) -> torch.Tensor:
-    """Blob term from the labelled voxels ("entries") of every (sample, class) group.
+    smooth: float = 1e-5,
+    tversky_alpha: float = 0.3,
+    tversky_beta: float = 0.7,
+    squared: bool = False,
+    masking: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blob term from the labelled voxels ("entries") of every (sample, channel) group.
 
-    ``p`` is (B, K, N) with group ``b * K + k`` reading channel k of sample b; ``valid`` (B, 1, N) or None.
-    ``entry_*`` describe each unmasked voxel labelled with a group's class: its probability of that class, its
-    group and its instance id.
+    ``p`` is (B, K, N); group ``b * K + k`` reads channel k of sample b; ``valid`` is (B, 1, N) or None. Entry e
+    is the unmasked voxel ``voxel[e]`` of sample ``sample[e]`` labelled with channel ``channel[e]``'s class, with
+    instance id ``entry_id[e]``. Its probability is read by one flat index, so the backward pass scatters into a
+    single gradient buffer.
     """
     if inner not in INNER_LOSSES:
         raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
     if entry_id.numel() and int(entry_id.min()) < 0:
         raise ValueError("instances must be >= 0 (0 = no instance)")
-    batch, channels = p.shape[:2]
+    batch, channels, num_voxels = p.shape
     num_groups = batch * channels
+    entry_group = sample * channels + channel
+    total_p, entry_p = _TotalsAndEntries.apply(p, valid, entry_group * num_voxels + voxel)
 
     is_instance = entry_id > 0
     instance_index, instance_group = _segment_ids(entry_group[is_instance], entry_id[is_instance], num_groups)
     num_instances = instance_group.numel()
     if num_instances == 0:
-        return zero_with_graph(p)
+        return zero_with_graph(p).expand(batch), torch.zeros(batch, dtype=torch.bool, device=p.device)
     inst_p = entry_p[is_instance]
 
     def totals(f: torch.Tensor) -> torch.Tensor:  # sum of f over every unmasked voxel, per group
@@ -202,7 +218,7 @@ def _blob_from_entries(
         domain_size = size + rest(totals(ones_all), per_group(torch.ones_like(entry_p)), size)
         losses = -(per_instance(log_p) + neg_log) / domain_size
     else:
-        fp = rest(totals(p), per_group(entry_p), tp)
+        fp = rest(total_p.reshape(num_groups), per_group(entry_p), tp)
         if inner == "tversky":
             losses = 1 - tversky_score(tp, fp, size - tp, tversky_alpha, tversky_beta, smooth)
         elif squared:
@@ -211,7 +227,30 @@ def _blob_from_entries(
             losses = 1 - soft_dice_score(tp, size, sum_sq, smooth)
         else:
             losses = 1 - soft_dice_score(tp, size, tp + fp, smooth)
-    return _mean_instances_classes_samples(losses, instance_group, batch, channels)
+    return _mean_over_instances_and_classes(losses, instance_group, batch, channels)
+
+
+class _TotalsAndEntries(torch.autograd.Function):
+    """(sum of p over the unmasked voxels per (sample, channel), p at the entries' flat indices).
+
+    Fused so that the backward pass writes one gradient buffer (broadcast total gradient plus a sparse
+    ``index_add`` of the entries' gradients) instead of a zero-filled buffer per term.
+    """
+
+    @staticmethod
+    def forward(ctx, p, valid, flat_index):
+        ctx.save_for_backward(valid, flat_index)
+        ctx.shape = p.shape
+        totals = (p if valid is None else p * valid).sum(-1)
+        return totals, p.reshape(-1)[flat_index]
+
+    @staticmethod
+    def backward(ctx, grad_totals, grad_entries):
+        valid, flat_index = ctx.saved_tensors
+        grad = grad_totals.unsqueeze(-1).expand(ctx.shape)
+        grad = grad.clone(memory_format=torch.contiguous_format) if valid is None else grad * valid
+        grad.view(-1).index_add_(0, flat_index, grad_entries)
+        return grad, None, None
 
 
 def _segment_ids(group: torch.Tensor, ids: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,14 +276,20 @@ def _segment_ids(group: torch.Tensor, ids: torch.Tensor, num_groups: int) -> tup
     return index, torch.div(present_keys, id_space, rounding_mode="floor")
 
 
-def _mean_instances_classes_samples(losses: torch.Tensor, instance_group: torch.Tensor, batch: int,
-                                    channels: int) -> torch.Tensor:
-    """Average over the instances of a class, the classes with instances in a sample, the samples with any."""
+def _mean_over_instances_and_classes(losses: torch.Tensor, instance_group: torch.Tensor, batch: int,
+                                     channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: mean over the instances of a class, then over the classes with instances.
+
+    Returns (B,) sample losses and (B,) flags "sample has instances".
+    """
     num_groups = batch * channels
     count = torch.zeros(num_groups, dtype=losses.dtype, device=losses.device).index_add(
         0, instance_group, torch.ones_like(losses))
     total = torch.zeros(num_groups, dtype=losses.dtype, device=losses.device).index_add(0, instance_group, losses)
     class_mean = (total / count.clamp_min(1)).reshape(batch, channels)
-    sample_mean, sample_has = mean_over_present(class_mean, count.reshape(batch, channels) > 0, dim=1)
-    batch_mean, _ = mean_over_present(sample_mean, sample_has, dim=0)
-    return batch_mean
+    return mean_over_present(class_mean, count.reshape(batch, channels) > 0, dim=1)
+
+
+def _mean_over_samples(sample_losses: torch.Tensor, sample_has: torch.Tensor) -> torch.Tensor:
+    """Mean over the samples that have instances (0, with a graph, when none has)."""
+    return mean_over_present(sample_losses, sample_has, dim=0)[0]

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from nnunet_blob.losses.blob import INNER_LOSSES, blob_loss, blob_loss_regions
+from nnunet_blob.losses.blob import INNER_LOSSES, blob_loss_per_sample
 from nnunet_blob.losses.topk_dice import topk_dice_loss
 
 
@@ -37,11 +37,15 @@ class BlobCompoundLoss(nn.Module):
             datasets; instances are then (B, R, ...) ids per region.
         ignore_label: label-based datasets: voxels with this label are masked out of the blob term. For
             regions, True means nnU-Net's convention that the last target channel marks ignored voxels.
+        ddp: under ``torch.distributed`` make the blob term the mean over the samples with instances of *all*
+            workers (DDP averages the workers' gradients; each worker's term is rescaled by one all-reduce of
+            its sample count), so the result does not depend on how samples are spread over the workers.
         blob_kwargs: passed on (``smooth``, ``squared``, ``masking``, ``tversky_alpha``, ``tversky_beta``).
     """
 
     def __init__(self, global_loss: Optional[nn.Module], alpha: float = 2.0, beta: float = 1.0,
-                 inner: str = "dice", *, regions: bool = False, ignore_label=None, **blob_kwargs):
+                 inner: str = "dice", *, regions: bool = False, ignore_label=None, ddp: bool = True,
+                 **blob_kwargs):
         super().__init__()
         if alpha < 0 or beta < 0 or alpha + beta == 0:
             raise ValueError(f"alpha and beta must be >= 0 and not both 0, got alpha={alpha}, beta={beta}")
@@ -50,7 +54,7 @@ class BlobCompoundLoss(nn.Module):
         if inner not in INNER_LOSSES:
             raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
         self.global_loss, self.alpha, self.beta, self.inner = global_loss, alpha, beta, inner
-        self.regions, self.ignore_label, self.blob_kwargs = regions, ignore_label, blob_kwargs
+        self.regions, self.ignore_label, self.ddp, self.blob_kwargs = regions, ignore_label, ddp, blob_kwargs
 
     def blob_term(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
         probs = _probabilities(logits, sigmoid=self.regions)
@@ -58,15 +62,29 @@ class BlobCompoundLoss(nn.Module):
             mask = None
             if self.ignore_label:
                 mask, target = target[:, -1:] == 0, target[:, :-1]
-            return blob_loss_regions(probs, target, instances, self.inner, loss_mask=mask, **self.blob_kwargs)
-        mask = None if self.ignore_label is None else target != self.ignore_label
-        return blob_loss(probs, target, instances, self.inner, loss_mask=mask, **self.blob_kwargs)
+        else:
+            mask = None if self.ignore_label is None else target != self.ignore_label
+        per_sample, has_instances = blob_loss_per_sample(probs, target, instances, self.inner, regions=self.regions,
+                                                         loss_mask=mask, **self.blob_kwargs)
+        return _mean_over_all_workers(per_sample, has_instances, self.ddp)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
         total = self.beta * self.blob_term(logits, target, instances) if self.beta else 0.0
         if self.alpha:
             total = total + self.alpha * self.global_loss(logits, target)
         return total
+
+
+def _mean_over_all_workers(per_sample: torch.Tensor, has_instances: torch.Tensor, ddp: bool) -> torch.Tensor:
+    """Mean of the per-sample terms over the samples with instances, across DDP workers when ``ddp``."""
+    local_sum = per_sample.sum()  # samples without instances hold 0
+    count = has_instances.sum().to(per_sample.dtype)
+    if ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
+        total = count.detach().clone()
+        torch.distributed.all_reduce(total)
+        # DDP averages gradients over the workers: scaled by the world size, that average is the global mean
+        return local_sum * torch.distributed.get_world_size() / total.clamp_min(1)
+    return local_sum / count.clamp_min(1)
 
 
 class TopKDiceAndCELoss(nn.Module):
