@@ -13,6 +13,7 @@ import sys
 _COMMAND_MODULES = (
     "nnunet_blob.preprocessing.cli",
     "nnunet_blob.evaluation.cli",
+    "nnunet_blob.trainers.cli",
 )
 
 

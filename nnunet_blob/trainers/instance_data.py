@@ -1,0 +1,89 @@
+"""Instance maps through nnU-Net's data loading: the same crop box as the segmentation, ids renumbered per patch.
+
+nnU-Net's ``nnUNetDataLoader`` crops ``seg`` with ``crop_and_pad_nd`` (lazily for blosc2 files) and casts it to
+int16. :class:`InstanceDataset` wraps nnU-Net's dataset so that ``load_case`` returns, in place of ``seg``, a lazy
+:class:`SegWithInstances` whose crops carry the instance map as one extra channel right after the segmentation
+(before a cascade's previous-stage segmentation, which the loader appends). The first transform of the pipeline
+(:class:`~nnunet_blob.trainers.instance_transforms.SplitInstances`) moves that channel out of the segmentation
+again, so nnU-Net's own transforms see exactly what they expect.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+#: ids must fit the int16 the loader casts segmentation crops to
+MAX_INSTANCES_PER_PATCH = np.iinfo(np.int16).max
+
+
+def renumber_instances(ids: np.ndarray) -> np.ndarray:
+    """Map the ids present in ``ids`` to 1..n (order of the original ids), 0 stays 0; O(voxels + max id)."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return ids.astype(np.int32)
+    present = np.zeros(int(ids.max()) + 1, dtype=bool)
+    present[ids.ravel()] = True
+    present[0] = False
+    lookup = np.cumsum(present, dtype=np.int64) * present
+    if lookup.max() > MAX_INSTANCES_PER_PATCH:
+        raise ValueError(f"a patch holds {int(lookup.max())} instances, more than the {MAX_INSTANCES_PER_PATCH} "
+                         f"nnU-Net's int16 segmentation crops can carry; use a smaller patch size")
+    return lookup[ids].astype(np.int32)
+
+
+class SegWithInstances:
+    """Lazy (C + 1, *spatial) view of a segmentation (C, *spatial) and its instance map stacked as last channel.
+
+    Only what ``crop_and_pad_nd`` needs: ``shape``, ``dtype`` and basic slicing, which reads just the requested
+    crop of both arrays (blosc2 decompresses only the chunks it touches) and renumbers the instances in it.
+    """
+
+    def __init__(self, seg, instances, case: str):
+        if tuple(instances.shape[-3:]) != tuple(seg.shape[1:]):
+            raise ValueError(f"case {case}: instance map shape {tuple(instances.shape)} does not match the "
+                             f"segmentation {tuple(seg.shape)}; the maps are stale: run `nnunet_blob preprocess` "
+                             f"with --overwrite")
+        self.seg, self.instances, self.case = seg, instances, case
+        self.shape = (seg.shape[0] + 1, *seg.shape[1:])
+        self.dtype = np.dtype(np.int16)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index):
+        if not isinstance(index, tuple):
+            index = (index,)
+        channel_index, spatial = index[0], index[1:]
+        if channel_index != slice(None):
+            raise IndexError("SegWithInstances supports spatial crops of all channels only")
+        seg = np.asarray(self.seg[(slice(None), *spatial)])
+        inst = np.asarray(self.instances[(Ellipsis, *spatial)]).reshape(1, *seg.shape[1:])
+        return np.concatenate([seg.astype(np.int32, copy=False), renumber_instances(inst)], 0)
+
+    def __array__(self, dtype=None, copy=None):
+        full = self[(slice(None),) + (slice(None),) * (self.ndim - 1)]
+        return full if dtype is None else full.astype(dtype)
+
+
+class InstanceDataset:
+    """Wraps an nnU-Net dataset (``nnUNetDatasetBlosc2``/``nnUNetDatasetNumpy``); ``load_case`` adds instances.
+
+    ``open_instances(identifier)`` returns the case's instance map (array-like, (1, *spatial) or (*spatial)).
+    Everything else is delegated to the wrapped dataset.
+    """
+
+    def __init__(self, dataset, open_instances: Callable[[str], object]):
+        self._dataset = dataset
+        self._open_instances = open_instances
+
+    def __getattr__(self, name):
+        return getattr(self._dataset, name)
+
+    def __getitem__(self, identifier):
+        return self.load_case(identifier)
+
+    def __len__(self):
+        return len(self._dataset.identifiers)
+
+    def load_case(self, identifier):
+        data, seg, seg_prev, properties = self._dataset.load_case(identifier)
+        return data, SegWithInstances(seg, self._open_instances(identifier), identifier), seg_prev, properties

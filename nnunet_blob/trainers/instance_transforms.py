@@ -1,0 +1,207 @@
+"""Carry instance maps through nnU-Net's own augmentation pipeline.
+
+:func:`make_instance_aware` takes the ``ComposeTransforms`` that nnU-Net's trainer builds and returns one that
+also moves ``data_dict['instances']`` exactly like the segmentation:
+
+1. :class:`SplitInstances` (first) takes the instance channel that :class:`~.instance_data.SegWithInstances` put
+   after the segmentation out of it, and remembers each id's class;
+2. every transform that moves voxels is wrapped in :class:`CarryInstances`, which applies the *same random
+   parameters* to the instances: nearest-neighbour resampling for ``SpatialTransform`` (one ``grid_sample``
+   whatever the number of ids; its label-wise segmentation resampling would cost one pass per id), flips for
+   ``MirrorTransform``, reshapes for the pseudo-2D transforms, ``nearest-exact`` downsampling for deep
+   supervision;
+3. :class:`ReconcileInstances` (after the last spatial transform) keeps an id only where the segmentation still
+   has the id's class: nearest and label-wise resampling may disagree on boundary voxels, and foreground voxels
+   left without an id are excluded from the blob terms by the loss;
+4. for region-based training, :class:`RegionInstances` labels the connected components of each region channel
+   of the patch (an instance per region, as the sigmoid blob loss expects);
+5. :class:`PackInstances` (last) appends the instances to the segmentation (every deep-supervision scale) as
+   extra channels, because nnU-Net's data loader only collates ``image`` and ``segmentation``. The trainer's loss
+   takes them off again (:func:`unpack_instances`).
+
+Transforms that do not move voxels (intensity transforms, label removal, masking, cascade one-hot moves, region
+conversion) are left as they are; an unknown transform that is not image-only raises an error instead of
+silently desynchronising the maps.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Union
+
+import cc3d
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform, ImageOnlyTransform
+from batchgeneratorsv2.transforms.nnunet.random_binary_operator import ApplyRandomBinaryOperatorTransform
+from batchgeneratorsv2.transforms.nnunet.remove_connected_components import \
+    RemoveRandomConnectedComponentFromOneHotEncodingTransform
+from batchgeneratorsv2.transforms.nnunet.seg_to_onehot import MoveSegAsOneHotToDataTransform
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.cropping import crop_tensor
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
+from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
+from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
+from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentationToRegionsTransform
+from torch.nn.functional import grid_sample
+
+INSTANCES = "instances"
+INSTANCE_CLASSES = "instance_classes"
+
+Tensors = Union[torch.Tensor, List[torch.Tensor]]
+
+
+class SplitInstances(BasicTransform):
+    """Move segmentation channel ``channel`` (the instance map) to ``data_dict['instances']``.
+
+    Padding (-1) becomes 0 (no instance). ``data_dict['instance_classes'][id]`` is the class of each id, read
+    from segmentation channel 0 before any augmentation.
+    """
+
+    def __init__(self, channel: int = 1):
+        super().__init__()
+        self.channel = channel
+
+    def apply(self, data_dict, **params):
+        seg = data_dict["segmentation"]
+        instances = seg[self.channel: self.channel + 1].clamp_min(0)
+        data_dict["segmentation"] = torch.cat((seg[: self.channel], seg[self.channel + 1:]))
+        classes = torch.full((int(instances.max()) + 1,), -1, dtype=torch.long)
+        inside = instances > 0
+        classes[instances[inside].long()] = seg[0:1][inside].long()
+        data_dict[INSTANCES], data_dict[INSTANCE_CLASSES] = instances, classes
+        return data_dict
+
+
+def _resample_nearest(t: SpatialTransform, instances: torch.Tensor, params: dict) -> torch.Tensor:
+    """The ids at the points the spatial transform samples the segmentation at, nearest neighbour, 0 outside."""
+    if params["grid"] is None:
+        return crop_tensor(instances, [math.floor(i) for i in params["center_location_in_pixels"]], t.patch_size,
+                           pad_mode="constant", pad_kwargs={"value": 0})
+    padding_mode = t._get_grid_sample_padding_mode(t.border_mode_seg)
+    return grid_sample(instances[None].float(), params["grid"][None], mode="nearest", padding_mode=padding_mode,
+                       align_corners=t.align_corners)[0].to(instances.dtype)
+
+
+#: how each voxel-moving transform moves the instance map, given the transform, the map and its parameters
+INSTANCE_MOVERS: dict = {
+    SpatialTransform: _resample_nearest,
+    MirrorTransform: lambda t, x, p: t._apply_to_segmentation(x, **p),
+    Convert3DTo2DTransform: lambda t, x, p: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]),
+    Convert2DTo3DTransform: lambda t, x, p: x.reshape(1, x.shape[0], *x.shape[1:]),
+    DownsampleSegForDSTransform: lambda t, x, p: t._apply_to_segmentation(x, **p),
+}
+
+#: transforms known not to move voxels of the segmentation
+VOXEL_PRESERVING = (ImageOnlyTransform, RemoveLabelTransform, MaskImageTransform, MoveSegAsOneHotToDataTransform,
+                    ApplyRandomBinaryOperatorTransform, RemoveRandomConnectedComponentFromOneHotEncodingTransform,
+                    ConvertSegmentationToRegionsTransform)
+
+
+class CarryInstances(BasicTransform):
+    """Apply ``transform`` and move ``data_dict['instances']`` with the same random parameters."""
+
+    def __init__(self, transform: BasicTransform, move: Callable):
+        super().__init__()
+        self.transform, self.move = transform, move
+
+    def __call__(self, **data_dict):
+        params = self.transform.get_parameters(**data_dict)
+        data_dict = self.transform.apply(data_dict, **params)
+        if data_dict.get(INSTANCES) is not None:
+            data_dict[INSTANCES] = self.move(self.transform, data_dict[INSTANCES], params)
+        return data_dict
+
+    def __repr__(self):
+        return f"CarryInstances({self.transform!r})"
+
+
+class ReconcileInstances(BasicTransform):
+    """Keep an id only where segmentation channel 0 has the id's class (needs ``instance_classes``)."""
+
+    def apply(self, data_dict, **params):
+        instances, classes = data_dict[INSTANCES], data_dict.pop(INSTANCE_CLASSES)
+        seg = data_dict["segmentation"][0:1]
+        same_class = classes[instances.long()] == seg.long()
+        data_dict[INSTANCES] = torch.where(same_class & (instances > 0), instances, torch.zeros_like(instances))
+        return data_dict
+
+
+class RegionInstances(BasicTransform):
+    """Instances per region: connected components of each of the first ``num_regions`` region channels."""
+
+    def __init__(self, num_regions: int, connectivity: int = 26):
+        super().__init__()
+        self.num_regions, self.connectivity = num_regions, connectivity
+
+    def apply(self, data_dict, **params):
+        regions = data_dict["segmentation"][: self.num_regions].cpu().numpy().astype(np.uint8)
+        spatial_dims = regions.ndim - 1
+        connectivity = self.connectivity if spatial_dims == 3 else {26: 8, 18: 8, 6: 4}.get(self.connectivity, 8)
+        labels = [cc3d.connected_components(r, connectivity=connectivity).astype(np.int16) for r in regions]
+        data_dict[INSTANCES] = torch.from_numpy(np.stack(labels))
+        data_dict.pop(INSTANCE_CLASSES, None)
+        return data_dict
+
+
+class PackInstances(BasicTransform):
+    """Append ``instances`` to ``segmentation`` (per deep-supervision scale) as trailing int16 channels."""
+
+    def apply(self, data_dict, **params):
+        seg, instances = data_dict["segmentation"], data_dict.pop(INSTANCES)
+        pack = lambda s, i: torch.cat((s.to(torch.int16), i.to(torch.int16)))  # noqa: E731
+        if isinstance(seg, (list, tuple)):
+            data_dict["segmentation"] = [pack(s, i) for s, i in zip(seg, instances)]
+        else:
+            data_dict["segmentation"] = pack(seg, instances)
+        return data_dict
+
+
+def unpack_instances(target: Tensors, num_instance_channels: int, as_bool: bool = False):
+    """Inverse of :class:`PackInstances` on a batch: (segmentation, instances), per scale if lists."""
+    if isinstance(target, (list, tuple)):
+        pairs = [unpack_instances(t, num_instance_channels, as_bool) for t in target]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    seg, instances = target[:, :-num_instance_channels], target[:, -num_instance_channels:]
+    return (seg.bool() if as_bool else seg), instances
+
+
+def _carry(transform: BasicTransform) -> BasicTransform:
+    """``transform`` made instance-aware (recursing into compositions and random wrappers)."""
+    if isinstance(transform, ComposeTransforms):
+        return ComposeTransforms([_carry(t) for t in transform.transforms])
+    if isinstance(transform, RandomTransform):
+        return RandomTransform(_carry(transform.transform), transform.apply_probability)
+    for kind, move in INSTANCE_MOVERS.items():
+        if type(transform) is kind:
+            return CarryInstances(transform, move)
+    if isinstance(transform, VOXEL_PRESERVING):
+        return transform
+    raise TypeError(
+        f"nnunet_blob does not know how to carry instance maps through {type(transform).__name__}: it may move "
+        f"voxels of the segmentation. Add it to nnunet_blob.trainers.instance_transforms.INSTANCE_MOVERS (how it "
+        f"moves a (1, *spatial) id map) or VOXEL_PRESERVING.")
+
+
+def make_instance_aware(pipeline: ComposeTransforms, num_regions: int | None = None,
+                        connectivity: int = 26) -> ComposeTransforms:
+    """nnU-Net's training or validation pipeline, carrying the instance map (see the module docstring).
+
+    ``num_regions``: number of foreground regions for region-based training (None for label-based).
+    """
+    stages: List[BasicTransform] = [SplitInstances()]
+    reconciled = False
+    for transform in pipeline.transforms:
+        if not reconciled and isinstance(transform, (ConvertSegmentationToRegionsTransform,
+                                                     DownsampleSegForDSTransform)):
+            stages.append(ReconcileInstances())
+            reconciled = True
+        stages.append(_carry(transform))
+        if isinstance(transform, ConvertSegmentationToRegionsTransform):
+            stages.append(RegionInstances(num_regions, connectivity))
+    if not reconciled:
+        stages.append(ReconcileInstances())
+    return ComposeTransforms(stages + [PackInstances()])

@@ -1,0 +1,141 @@
+"""The nnunet_blob trainers: each one a choice of loss on the shared plumbing of :mod:`.base`.
+
+Train with ``nnUNetv2_train DATASET CONFIG FOLD -tr <class name>``. Other weights are a three-line subclass::
+
+    class nnUNetTrainerBlobDice_a4b1(nnUNetTrainerBlobDice):
+        blob_alpha = 4.0
+        blob_beta = 1.0
+
+(put it in a module of a folder listed in ``nnUNet_extTrainer``; never use ``__`` in a trainer name).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, TverskyLoss
+from nnunet_blob.trainers.base import InstanceAwareTrainer, LossVariantTrainer
+
+
+class GlobalTermTrainer(LossVariantTrainer):
+    """Chooses the global term: nnU-Net's ``DC_and_CE_loss`` with Dice or Tversky, with or without CE."""
+
+    #: "dice" (nnU-Net's MemoryEfficientSoftDiceLoss) or "tversky" (:class:`~nnunet_blob.losses.TverskyLoss`)
+    global_overlap = "dice"
+    #: Tversky weights of false positives and false negatives (Salehi et al., as in the blob loss paper)
+    tversky_alpha, tversky_beta = 0.3, 0.7
+    #: keep nnU-Net's cross-entropy (or BCE for regions) in the global term
+    global_ce = True
+
+    def build_global_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        if self.global_overlap == "tversky":
+            dice = getattr(nnunet_loss.dc, "_orig_mod", nnunet_loss.dc)  # nnU-Net may have compiled it
+            nnunet_loss.dc = TverskyLoss(apply_nonlin=dice.apply_nonlin, batch_dice=dice.batch_dice, do_bg=dice.do_bg,
+                                         smooth=dice.smooth, alpha=self.tversky_alpha, beta=self.tversky_beta,
+                                         ddp=dice.ddp)
+        elif self.global_overlap != "dice":
+            raise ValueError(f"global_overlap must be 'dice' or 'tversky', got {self.global_overlap!r}")
+        if not self.global_ce:
+            nnunet_loss.weight_ce = 0
+        return nnunet_loss
+
+    def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        return self.build_global_loss(nnunet_loss)
+
+
+class nnUNetTrainerTversky(GlobalTermTrainer):
+    """CE + Tversky (alpha 0.3 on FP, beta 0.7 on FN): the blob loss paper's Tversky baseline."""
+
+    global_overlap = "tversky"
+
+
+class nnUNetTrainerTversky_noCE(nnUNetTrainerTversky):
+    """Tversky alone, exactly the paper's ``tversky`` baseline."""
+
+    global_ce = False
+
+
+class nnUNetTrainerTopKDice(LossVariantTrainer):
+    """CE + TopK-Dice (Hosseini) over the K% hardest foreground voxels of each class, K = 50."""
+
+    topk_k = 50.0
+
+    def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        if self.label_manager.has_regions:
+            raise RuntimeError(f"{type(self).__name__}: TopK-Dice is defined for softmax outputs; this dataset is "
+                               f"region-based (dataset.json 'regions_class_order'). Use a blob or stock trainer.")
+        return TopKDiceAndCELoss(k=self.topk_k, ignore_label=self.label_manager.ignore_label,
+                                 batch_dice=self.configuration_manager.batch_dice)
+
+
+class nnUNetTrainerTopKDice_k30(nnUNetTrainerTopKDice):
+    """CE + TopK-Dice with K = 30 (the paper's choice for MS lesions)."""
+
+    topk_k = 30.0
+
+
+class nnUNetTrainerTopKDice_k10(nnUNetTrainerTopKDice):
+    topk_k = 10.0
+
+
+class nnUNetTrainerBlobDice(InstanceAwareTrainer, GlobalTermTrainer):
+    """``alpha * (Dice + CE) + beta * blob Dice`` with alpha = 2, beta = 1 (Kofler et al., Eq. 3 and Table 2)."""
+
+    blob_alpha = 2.0
+    blob_beta = 1.0
+    blob_inner = "dice"
+    #: False is the ablation of the paper's supplement 6.4 (other instances stay in each instance's domain)
+    blob_masking = True
+
+    def build_instance_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        options = {"masking": self.blob_masking}
+        if self.blob_inner == "tversky":
+            options.update(tversky_alpha=self.tversky_alpha, tversky_beta=self.tversky_beta)
+        regions = self.label_manager.has_regions
+        ignore = self.label_manager.ignore_label
+        return BlobCompoundLoss(
+            self.build_global_loss(nnunet_loss) if self.blob_alpha else None, self.blob_alpha, self.blob_beta,
+            self.blob_inner, regions=regions, ignore_label=(ignore is not None) if regions else ignore,
+            ddp=self.is_ddp, **options)
+
+
+class nnUNetTrainerBlobDice_noCE(nnUNetTrainerBlobDice):
+    """The paper's blob dice exactly: ``alpha * soft Dice + beta * blob Dice``."""
+
+    global_ce = False
+
+
+class nnUNetTrainerBlobTversky(nnUNetTrainerBlobDice):
+    """``alpha * (Tversky + CE) + beta * blob Tversky``, alpha = 2, beta = 1."""
+
+    global_overlap = "tversky"
+    blob_inner = "tversky"
+
+
+class nnUNetTrainerBlobTversky_noCE(nnUNetTrainerBlobTversky):
+    """The paper's blob tversky exactly: ``alpha * Tversky + beta * blob Tversky``."""
+
+    global_ce = False
+
+
+# ablations of the paper's Table 2 (alpha / beta) and supplement 6.4 (no masking)
+class nnUNetTrainerBlobDice_a3b1(nnUNetTrainerBlobDice):
+    blob_alpha, blob_beta = 3.0, 1.0
+
+
+class nnUNetTrainerBlobDice_a1b1(nnUNetTrainerBlobDice):
+    blob_alpha, blob_beta = 1.0, 1.0
+
+
+class nnUNetTrainerBlobDice_a1b2(nnUNetTrainerBlobDice):
+    blob_alpha, blob_beta = 1.0, 2.0
+
+
+class nnUNetTrainerBlobDice_a0b1(nnUNetTrainerBlobDice):
+    blob_alpha, blob_beta = 0.0, 1.0
+
+
+class nnUNetTrainerBlobDice_noMasking(nnUNetTrainerBlobDice):
+    blob_masking = False
+
+
+__all__ = [name for name, obj in dict(globals()).items() if name.startswith("nnUNetTrainer") and isinstance(obj, type)]
