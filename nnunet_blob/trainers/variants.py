@@ -74,6 +74,8 @@ class nnUNetTrainerTopKDice_k30(nnUNetTrainerTopKDice):
 
 
 class nnUNetTrainerTopKDice_k10(nnUNetTrainerTopKDice):
+    """CE + TopK-Dice with K = 10."""
+
     topk_k = 10.0
 
 
@@ -119,22 +121,32 @@ class nnUNetTrainerBlobTversky_noCE(nnUNetTrainerBlobTversky):
 
 # ablations of the paper's Table 2 (alpha / beta) and supplement 6.4 (no masking)
 class nnUNetTrainerBlobDice_a3b1(nnUNetTrainerBlobDice):
+    """Blob Dice ablation (Table 2): alpha = 3, beta = 1."""
+
     blob_alpha, blob_beta = 3.0, 1.0
 
 
 class nnUNetTrainerBlobDice_a1b1(nnUNetTrainerBlobDice):
+    """Blob Dice ablation (Table 2): alpha = 1, beta = 1."""
+
     blob_alpha, blob_beta = 1.0, 1.0
 
 
 class nnUNetTrainerBlobDice_a1b2(nnUNetTrainerBlobDice):
+    """Blob Dice ablation (Table 1/2): alpha = 1, beta = 2."""
+
     blob_alpha, blob_beta = 1.0, 2.0
 
 
 class nnUNetTrainerBlobDice_a0b1(nnUNetTrainerBlobDice):
+    """Blob Dice ablation (Table 2): the blob term alone, alpha = 0, beta = 1."""
+
     blob_alpha, blob_beta = 0.0, 1.0
 
 
 class nnUNetTrainerBlobDice_noMasking(nnUNetTrainerBlobDice):
+    """Blob Dice ablation (supplement 6.4): other instances are not masked out of each instance's domain."""
+
     blob_masking = False
 
 
