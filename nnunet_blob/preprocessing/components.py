@@ -1,0 +1,69 @@
+"""Connected components per class with connected-components-3d.
+
+One multi-label ``cc3d.connected_components`` call labels every class at once: a component never spans two
+labels, so every instance lies inside one class and ids are unique within the case. Background (0), the ignore
+label and nnU-Net's "outside the image" value (-1) are never instances. 2D configurations are 3D volumes too and
+get 3D components (an object across slices keeps one id).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+
+CONNECTIVITIES = (6, 18, 26)
+
+
+@dataclass(frozen=True)
+class CaseInstances:
+    """The instance map of one case and what the manifest records about it."""
+
+    instance_map: np.ndarray  # (1, *spatial), smallest unsigned dtype holding the ids
+    classes: np.ndarray  # (n,) class label of instance i + 1
+    sizes: np.ndarray  # (n,) voxel count of instance i + 1
+
+    @property
+    def num_instances(self) -> int:
+        return int(self.classes.size)
+
+    def counts_per_class(self) -> dict[str, int]:
+        labels, counts = np.unique(self.classes, return_counts=True)
+        return {str(int(label)): int(n) for label, n in zip(labels, counts)}
+
+
+def smallest_id_dtype(max_id: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_id <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+def compute_instances(seg: np.ndarray, ignore_label: int | None = None, connectivity: int = 26,
+                      case: str = "") -> CaseInstances:
+    """Instance map of a preprocessed segmentation (1, *spatial) or (*spatial) with integer labels."""
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity}")
+    seg = np.asarray(seg)
+    if seg.ndim == 4:
+        if seg.shape[0] != 1:
+            raise ValueError(f"case {case}: expected a single-channel segmentation, got shape {seg.shape}")
+        seg = seg[0]
+    if seg.dtype.kind == "f":
+        if not np.all(np.equal(np.mod(seg, 1), 0)):
+            raise ValueError(f"case {case}: the segmentation holds non-integer labels; nnU-Net segmentations must "
+                             f"be integer label maps (re-run nnUNetv2_preprocess on integer labelsTr)")
+        seg = seg.astype(np.int32)
+    elif seg.dtype.kind not in "iub":
+        raise ValueError(f"case {case}: segmentation of dtype {seg.dtype} is not an integer label map")
+    labels = np.where(seg > 0, seg, 0)
+    if ignore_label is not None:
+        labels = np.where(labels == ignore_label, 0, labels)
+    components, n = cc3d.connected_components(np.ascontiguousarray(labels), connectivity=connectivity,
+                                              return_N=True)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    classes = np.zeros(n, dtype=np.int64)
+    foreground = components > 0
+    classes[components[foreground] - 1] = labels[foreground]
+    instance_map = components.astype(smallest_id_dtype(n))[None]
+    return CaseInstances(instance_map, classes, sizes.astype(np.int64))

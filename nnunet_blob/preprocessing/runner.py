@@ -1,0 +1,154 @@
+"""Compute, check and refresh the instance maps of one nnU-Net configuration.
+
+:func:`ensure_instance_maps` is the one function the trainers call at initialization and the
+``nnunet_blob preprocess`` command calls per configuration: it finds the maps, keeps the cases that are up to
+date, computes missing and stale ones (in parallel, with a progress bar), drops cases that left the dataset,
+and writes the manifest. A case is up to date when its record exists, was made with the same settings, its
+files exist, and the segmentation it was computed from is unchanged (same file size and mtime, or else the same
+shape and content hash).
+"""
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from nnunet_blob.preprocessing.components import compute_instances
+from nnunet_blob.preprocessing.errors import InstanceMapError
+from nnunet_blob.preprocessing.locate import ConfigurationLocation, locate
+from nnunet_blob.preprocessing.store import InstanceMapStore, atomic_write_json, file_unchanged, seg_fingerprint
+
+
+def default_num_processes() -> int:
+    from nnunetv2.configuration import default_num_processes as nnunet_default
+
+    return nnunet_default
+
+
+def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",
+                         *, connectivity: int = 26, num_processes: Optional[int] = None, overwrite: bool = False,
+                         log: Callable[[str], None] = print, progress: bool = True) -> InstanceMapStore:
+    """Make the instance maps of a configuration present and fresh; returns their store.
+
+    Args:
+        dataset: id or name, as nnU-Net's ``-d``.
+        plans_identifier: e.g. ``nnUNetPlans`` or ``nnUNetResEncUNetMPlans``.
+        configuration: e.g. ``3d_fullres``, ``2d``, ``3d_lowres``.
+        connectivity: 26, 18 or 6 (recorded; a change makes every map stale).
+        num_processes: worker processes (default: nnU-Net's ``nnUNet_def_n_proc``).
+        overwrite: recompute every case.
+        log: where the one-line status goes (the trainers pass their log file printer).
+    """
+    location = locate(dataset, plans_identifier, configuration)
+    store = InstanceMapStore(location.instance_folder)
+    try:
+        store.folder.mkdir(parents=True, exist_ok=True)
+        probe = store.folder / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise InstanceMapError(f"cannot write instance maps to {store.folder} ({e}). Make it writable, or copy "
+                               f"{location.data_folder.parent} somewhere writable and point nnUNet_preprocessed "
+                               f"there.") from e
+
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    dataset_class = infer_dataset_class(str(location.data_folder))
+    cases = sorted(dataset_class.get_identifiers(str(location.data_folder)))
+    settings = _settings(location, connectivity)
+    records, todo = {}, []
+    for case in cases:
+        record = store.record(case)
+        if not overwrite and _up_to_date(store, location, case, record, settings):
+            records[case] = record
+        else:
+            todo.append((case, None if overwrite else record))
+    for gone in set(store.cases_on_disk()) - set(cases):
+        store.remove_case(gone)
+
+    if todo:
+        log(f"nnunet_blob: computing instance maps of {len(todo)} of {len(cases)} cases of {location.dataset_name} "
+            f"{configuration} (connectivity {connectivity}) into {store.folder}")
+        jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record,
+                 tuple(location.plans["configurations"][configuration].get("patch_size", (128, 128, 128))))
+                for case, record in todo]
+        for record in _run(jobs, num_processes or default_num_processes(), progress):
+            records[record["case"]] = record
+    else:
+        log(f"nnunet_blob: instance maps of {location.dataset_name} {configuration}: all {len(cases)} cases up to "
+            f"date ({store.folder})")
+    store.write_manifest(settings, {case: records[case] for case in cases})
+    return store
+
+
+#: settings a map depends on; dataset, plans and configuration are only recorded (a cascade configuration shares
+#: the data folder, and so the maps, of its full-resolution configuration)
+FRESHNESS_KEYS = ("data_identifier", "connectivity", "ignore_label")
+
+
+def _settings(location: ConfigurationLocation, connectivity: int) -> dict:
+    return {"dataset": location.dataset_name, "plans": location.plans_identifier,
+            "configuration": location.configuration, "data_identifier": location.data_identifier,
+            "connectivity": connectivity, "ignore_label": location.ignore_label}
+
+
+def _seg_file(data_folder: Path, case: str) -> Path:
+    """The file nnU-Net's dataset classes read the segmentation of ``case`` from."""
+    for name in (f"{case}_seg.b2nd", f"{case}_seg.npy", f"{case}.npz"):
+        if (data_folder / name).is_file():
+            return data_folder / name
+    return data_folder / f"{case}_seg.b2nd"
+
+
+def _up_to_date(store: InstanceMapStore, location: ConfigurationLocation, case: str, record: dict | None,
+                settings: dict) -> bool:
+    if record is None or any(record.get(k) != settings[k] for k in FRESHNESS_KEYS):
+        return False
+    if not (store.map_path(case).is_file() and store.table_path(case).is_file()):
+        return False
+    return file_unchanged(record["seg_fingerprint"], _seg_file(location.data_folder, case))
+
+
+def _run(jobs: list, num_processes: int, progress: bool):
+    from tqdm import tqdm
+
+    bar = dict(total=len(jobs), desc="instance maps", unit="case", disable=not progress)
+    if num_processes <= 1 or len(jobs) == 1:
+        yield from tqdm(map(_process_case, jobs), **bar)
+        return
+    with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+        yield from tqdm(pool.imap_unordered(_process_case, jobs), **bar)
+
+
+def _process_case(job) -> dict:
+    """Worker: read the segmentation, reuse the map when only the file's stat changed, else compute it."""
+    data_folder, dataset_class, case, instance_folder, settings, record, patch_size = job
+    data_folder = Path(data_folder)
+    store = InstanceMapStore(Path(instance_folder))
+    try:
+        _, seg, _, _ = dataset_class(str(data_folder), [case]).load_case(case)
+        seg = np.asarray(seg[:])
+    except Exception as e:
+        raise InstanceMapError(f"case {case}: cannot read its preprocessed segmentation in {data_folder} ({e}). "
+                               f"Re-run nnUNetv2_preprocess -d {settings['dataset']} -c {settings['configuration']} "
+                               f"for it.") from None
+    fingerprint = seg_fingerprint(seg, _seg_file(data_folder, case))
+    if record is not None and _same_content(record, fingerprint, store, case, settings):
+        record = {**record, "seg_fingerprint": fingerprint}  # same labels, new file: only refresh the record
+        atomic_write_json(store.record_path(case), record)
+        return record
+    try:
+        instances = compute_instances(seg, settings["ignore_label"], settings["connectivity"], case)
+    except ValueError as e:
+        raise InstanceMapError(str(e)) from None
+    return store.write_case(case, instances, fingerprint, settings, patch_size)
+
+
+def _same_content(record: dict, fingerprint: dict, store: InstanceMapStore, case: str, settings: dict) -> bool:
+    old = record.get("seg_fingerprint", {})
+    return (all(record.get(k) == settings[k] for k in FRESHNESS_KEYS) and old.get("sha1") == fingerprint["sha1"]
+            and old.get("shape") == fingerprint["shape"] and store.map_path(case).is_file()
+            and store.table_path(case).is_file())
+

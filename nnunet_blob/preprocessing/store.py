@@ -1,0 +1,168 @@
+"""On-disk instance maps: one blosc2 map, one sampling table and one record per case, plus manifest.json.
+
+Per case ``<case>`` in the instance folder:
+
+* ``<case>.b2nd``: (1, *spatial) instance ids, smallest unsigned dtype, blosc2 chunked like nnU-Net's data so the
+  loader reads crops cheaply;
+* ``<case>_table.npz``: class, voxel count and up to 50 sampled voxel coordinates per instance (for
+  instance-balanced patch sampling);
+* ``<case>.json``: the record: fingerprint of the segmentation it was computed from (shape, sha1 of the labels,
+  plus file size and mtime for a fast check), connectivity, instances per class, voxel counts.
+
+Every file is written to a temporary name and renamed, and the record is written last: a case counts only when its
+record exists and matches, so an interrupted run never leaves a half-written map that is later accepted.
+``manifest.json`` gathers the records and the run's settings (written atomically at the end of each run).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_blob.preprocessing.components import CaseInstances
+from nnunet_blob.preprocessing.errors import InstanceMapError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+TABLE_SAMPLES_PER_INSTANCE = 50
+
+
+def _temporary(path: Path) -> Path:
+    # blosc2 wants the .b2nd ending; the random part keeps concurrent writers apart
+    return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    tmp = _temporary(path)
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def seg_fingerprint(seg: np.ndarray, seg_file: Path) -> dict:
+    """Shape + sha1 of the labels (content), and the file's size and mtime (fast check)."""
+    seg = np.ascontiguousarray(seg)
+    stat = seg_file.stat()
+    return {"shape": list(seg.shape), "sha1": hashlib.sha1(seg.tobytes()).hexdigest(), "dtype": str(seg.dtype),
+            "file": seg_file.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def file_unchanged(fingerprint: dict, seg_file: Path) -> bool:
+    try:
+        stat = seg_file.stat()
+    except FileNotFoundError:
+        return False
+    return (fingerprint.get("file") == seg_file.name and fingerprint.get("size") == stat.st_size
+            and fingerprint.get("mtime_ns") == stat.st_mtime_ns)
+
+
+class InstanceMapStore:
+    """The instance maps of one (dataset, plans, configuration). ``open(case)`` gives a lazily read map."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def map_path(self, case: str) -> Path:
+        return self.folder / f"{case}.b2nd"
+
+    def table_path(self, case: str) -> Path:
+        return self.folder / f"{case}_table.npz"
+
+    def record_path(self, case: str) -> Path:
+        return self.folder / f"{case}.json"
+
+    # ---- reading ----------------------------------------------------------------------------------------------
+    def record(self, case: str) -> dict | None:
+        try:
+            return json.loads(self.record_path(case).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def open(self, case: str):
+        """The (1, *spatial) instance map of ``case`` as a memory-mapped blosc2 array (crops decompress lazily)."""
+        import blosc2
+
+        path = self.map_path(case)
+        try:
+            return blosc2.open(urlpath=str(path), mode="r", dparams={"nthreads": 1},
+                               **({} if os.name == "nt" else {"mmap_mode": "r"}))
+        except Exception as e:  # blosc2 raises various errors for missing or damaged files
+            raise InstanceMapError(f"case {case}: cannot read its instance map {path} ({e}). Recompute it with "
+                                   f"`nnunet_blob preprocess ... --overwrite`.") from e
+
+    def table(self, case: str):
+        """The instance table of ``case`` (see :class:`nnunet_blob.trainers.instance_sampling.InstanceLocations`)."""
+        from nnunet_blob.trainers.instance_sampling import InstanceLocations
+
+        with np.load(self.table_path(case)) as f:
+            return InstanceLocations(f["classes"], f["sizes"], f["coordinates"], f["offsets"])
+
+    @property
+    def manifest(self) -> dict:
+        try:
+            return json.loads((self.folder / MANIFEST).read_text())
+        except FileNotFoundError:
+            return {}
+
+    # ---- writing ----------------------------------------------------------------------------------------------
+    def write_case(self, case: str, instances: CaseInstances, fingerprint: dict, settings: dict,
+                   patch_size) -> dict:
+        """Write map and table atomically, then the record; returns the record."""
+        import blosc2
+
+        from nnunet_blob.trainers.instance_sampling import sample_instance_locations
+        from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
+
+        self.record_path(case).unlink(missing_ok=True)  # the old record must not vouch for the new files
+        blocks, chunks = comp_blosc2_params(instances.instance_map.shape, patch_size,
+                                            instances.instance_map.dtype.itemsize)
+        tmp = _temporary(self.map_path(case))
+        try:
+            blosc2.asarray(np.ascontiguousarray(instances.instance_map), urlpath=str(tmp), chunks=chunks,
+                           blocks=blocks, cparams={"codec": blosc2.Codec.LZ4HC, "clevel": 5, "nthreads": 1})
+            os.replace(tmp, self.map_path(case))
+        finally:
+            tmp.unlink(missing_ok=True)
+        table = sample_instance_locations(instances.instance_map[0], _class_map(instances),
+                                          TABLE_SAMPLES_PER_INSTANCE)
+        tmp = _temporary(self.table_path(case))
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, classes=table.classes, sizes=table.sizes, coordinates=table.coordinates,
+                         offsets=table.offsets)
+            os.replace(tmp, self.table_path(case))
+        finally:
+            tmp.unlink(missing_ok=True)
+        record = {
+            **settings, "case": case, "seg_fingerprint": fingerprint, "dtype": str(instances.instance_map.dtype),
+            "num_instances": instances.num_instances, "instances_per_class": instances.counts_per_class(),
+            "instance_classes": instances.classes.tolist(), "instance_sizes": instances.sizes.tolist(),
+        }
+        atomic_write_json(self.record_path(case), record)
+        return record
+
+    def remove_case(self, case: str) -> None:
+        for path in (self.record_path(case), self.map_path(case), self.table_path(case)):
+            path.unlink(missing_ok=True)
+
+    def cases_on_disk(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.json") if p.name != MANIFEST and not p.name.startswith("."))
+
+    def write_manifest(self, settings: dict, records: dict) -> None:
+        atomic_write_json(self.folder / MANIFEST, {**settings, "format": FORMAT_VERSION, "cases": records})
+
+
+def _class_map(instances: CaseInstances) -> np.ndarray:
+    """(*spatial) class label of each voxel's instance (0 outside instances)."""
+    lookup = np.concatenate(([0], instances.classes))
+    return lookup[instances.instance_map[0]]
