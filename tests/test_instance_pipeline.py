@@ -49,7 +49,8 @@ def training_pipeline(patch=(32, 32, 32), force_spatial=False, dummy_2d=False, c
 
 
 def run(pipeline, image, seg, instances, num_regions=None, seg_prev=None):
-    stacked = torch.cat([seg.to(torch.int16), instances.to(torch.int16)])
+    # label-based: the loader stacks the instance map after the segmentation; region-based: it brings none
+    stacked = seg.to(torch.int16) if num_regions else torch.cat([seg.to(torch.int16), instances.to(torch.int16)])
     if seg_prev is not None:
         stacked = torch.cat([stacked, seg_prev.to(torch.int16)])
     out = make_instance_aware(pipeline, num_regions)(image=image.clone(), segmentation=stacked)

@@ -190,18 +190,22 @@ def make_instance_aware(pipeline: ComposeTransforms, num_regions: int | None = N
                         connectivity: int = 26) -> ComposeTransforms:
     """nnU-Net's training or validation pipeline, carrying the instance map (see the module docstring).
 
-    ``num_regions``: number of foreground regions for region-based training (None for label-based).
+    ``num_regions``: number of foreground regions for region-based training (None for label-based). Then the
+    loader brings no instance channel: instances are the connected components of each region of the augmented
+    patch (:class:`RegionInstances`).
     """
+    if num_regions is not None:  # region instances are labelled after the region conversion, nothing to carry
+        stages = [_carry(t) for t in pipeline.transforms]
+        cut = next(i for i, t in enumerate(pipeline.transforms) if isinstance(t, ConvertSegmentationToRegionsTransform))
+        stages.insert(cut + 1, RegionInstances(num_regions, connectivity))
+        return ComposeTransforms(stages + [PackInstances()])
     stages: List[BasicTransform] = [SplitInstances()]
     reconciled = False
     for transform in pipeline.transforms:
-        if not reconciled and isinstance(transform, (ConvertSegmentationToRegionsTransform,
-                                                     DownsampleSegForDSTransform)):
+        if not reconciled and isinstance(transform, DownsampleSegForDSTransform):
             stages.append(ReconcileInstances())
             reconciled = True
         stages.append(_carry(transform))
-        if isinstance(transform, ConvertSegmentationToRegionsTransform):
-            stages.append(RegionInstances(num_regions, connectivity))
     if not reconciled:
         stages.append(ReconcileInstances())
     return ComposeTransforms(stages + [PackInstances()])

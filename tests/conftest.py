@@ -1,0 +1,84 @@
+"""Shared fixtures: an nnU-Net workspace in a temporary folder, synthetic datasets preprocessed once per session.
+
+Everything runs the real nnU-Net command-line tools in subprocesses, as a user types them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnunet_blob.synthetic import make_dataset
+
+TESTS = Path(__file__).parent
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args, env=None, timeout=900, check=True) -> subprocess.CompletedProcess:
+    """Run an installed command line tool (nnUNetv2_*, nnunet_blob) of this environment; output captured."""
+    result = subprocess.run([str(BIN / args[0]), *map(str, args[1:])], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def nnunet_workspace(tmp_path_factory):
+    """nnUNet_raw/_preprocessed/_results in a temporary folder, small worker pools, our test trainers listed."""
+    root = tmp_path_factory.mktemp("nnunet")
+    env = {
+        "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+        "nnUNet_results": str(root / "results"), "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2",
+        "nnUNet_compile": "f", "OMP_NUM_THREADS": "2",
+        # a user's own folder: our start-up hook must append its folder, not replace this one
+        "nnUNet_extTrainer": str(TESTS / "ext_trainers"),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+_PREPROCESSED: dict = {}
+
+
+@pytest.fixture(scope="session")
+def preprocessed(nnunet_workspace):
+    """Factory: a synthetic dataset, planned and preprocessed once per session, with tiny network plans.
+
+    ``preprocessed(dataset_id, configurations=("3d_fullres",), **make_dataset_kwargs) -> dataset folder name``
+    """
+
+    def build(dataset_id: int, configurations=("3d_fullres",), **kwargs) -> str:
+        key = (dataset_id, tuple(configurations), tuple(sorted(kwargs.items())))
+        if key not in _PREPROCESSED:
+            folder = make_dataset(os.environ["nnUNet_raw"], dataset_id, kwargs.pop("name", "Blobs"), **kwargs)
+            run_cli("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", *configurations, "-np", 2, "-npfp", 2,
+                    "--verify_dataset_integrity")
+            shrink_plans(Path(os.environ["nnUNet_preprocessed"]) / folder.name / "nnUNetPlans.json")
+            _PREPROCESSED[key] = folder.name
+        return _PREPROCESSED[key]
+
+    return build
+
+
+def shrink_plans(plans_file: Path, base_features: int = 4) -> None:
+    """Tiny networks for CPU tests: fewer features per stage (patch size and data are unchanged)."""
+    plans = json.loads(plans_file.read_text())
+    for configuration in plans["configurations"].values():
+        arch = configuration.get("architecture", {}).get("arch_kwargs")
+        if arch:
+            arch["features_per_stage"] = [min(base_features * 2 ** i, 32) for i in range(arch["n_stages"])]
+        if "batch_size" in configuration:
+            configuration["batch_size"] = 2
+    plans_file.write_text(json.dumps(plans, indent=1))

@@ -1,0 +1,83 @@
+"""The trainers through nnU-Net's own command-line tools, as a user types them (tiny budgets, CPU)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import run_cli
+
+
+def results_folder(dataset: str, trainer: str, configuration: str = "3d_fullres") -> Path:
+    return Path(os.environ["nnUNet_results"]) / dataset / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+
+
+def train(dataset_id, trainer, *extra, configuration="3d_fullres", epochs=1, check=True):
+    env = {**os.environ, "NNUNET_BLOB_TEST_EPOCHS": str(epochs)}
+    return run_cli("nnUNetv2_train", dataset_id, configuration, 0, "-tr", trainer, "-device", "cpu", *extra,
+                   env=env, check=check)
+
+
+@pytest.fixture(scope="module")
+def blobs(preprocessed):
+    return preprocessed(601, configurations=("2d", "3d_fullres"), num_train=6, num_test=2)
+
+
+def test_blob_dice_train_resume_validate_predict(blobs, tmp_path):
+    # the user never ran `nnunet_blob preprocess`: the trainer computes the instance maps and says so
+    result = train(601, "nnUNetTrainerBlobDice_tiny")
+    folder = results_folder(blobs, "nnUNetTrainerBlobDice_tiny")
+    log = "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
+    assert "computing instance maps of 6 of 6 cases" in log, result.stdout[-2000:]
+    assert "Online instance F1 (validation patches)" in log
+    for name in ("checkpoint_final.pth", "progress.png", "progress_instances.png", "validation/summary.json"):
+        assert (folder / name).is_file(), name
+
+    # --c continues from the final checkpoint with a larger budget: one more epoch, logs continued
+    train(601, "nnUNetTrainerBlobDice_tiny", "--c", epochs=2)
+    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] == 2
+    assert len(checkpoint["logging"]["instance_f1"]) == 2 == len(checkpoint["logging"]["mean_fg_dice"])
+
+    train(601, "nnUNetTrainerBlobDice_tiny", "--val")  # validation only
+
+    raw = Path(os.environ["nnUNet_raw"]) / blobs
+    run_cli("nnUNetv2_predict", "-i", raw / "imagesTs", "-o", tmp_path / "pred", "-d", 601, "-c", "3d_fullres",
+            "-f", 0, "-tr", "nnUNetTrainerBlobDice_tiny", "-device", "cpu", "-npp", 1, "-nps", 1,
+            "--disable_tta")
+    for label in sorted((raw / "labelsTs").glob("*.nii.gz")):
+        prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred" / label.name)))
+        assert prediction.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(label))).shape
+        assert set(np.unique(prediction)) <= {0, 1}
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerBlobTversky_tiny", "nnUNetTrainerTopKDice_tiny"])
+def test_other_trainers_train(blobs, trainer):
+    train(601, trainer)
+    assert (results_folder(blobs, trainer) / "checkpoint_final.pth").is_file()
+
+
+def test_2d_configuration(blobs):
+    train(601, "nnUNetTrainerBlobDice_tiny", configuration="2d")
+    folder = results_folder(blobs, "nnUNetTrainerBlobDice_tiny", "2d")
+    assert (folder / "checkpoint_final.pth").is_file()
+    assert (Path(os.environ["nnUNet_preprocessed"]) / blobs / "nnUNetPlans_2d_instances" / "manifest.json").is_file()
+
+
+def test_ignore_label_dataset(preprocessed):
+    dataset = preprocessed(602, num_train=5, num_classes=2, ignore_label=True, name="Ignore")
+    train(602, "nnUNetTrainerBlobDice_tiny")
+    assert (results_folder(dataset, "nnUNetTrainerBlobDice_tiny") / "checkpoint_final.pth").is_file()
+
+
+def test_region_based_dataset(preprocessed):
+    dataset = preprocessed(603, num_train=5, num_classes=2, regions=True, name="Regions")
+    train(603, "nnUNetTrainerBlobDice_tiny")
+    log = "".join(p.read_text() for p in results_folder(dataset, "nnUNetTrainerBlobDice_tiny").glob("training_log*"))
+    assert "Online instance F1" in log
+    refused = train(603, "nnUNetTrainerTopKDice_tiny", check=False)
+    assert refused.returncode != 0 and "TopK-Dice is defined for softmax outputs" in refused.stderr + refused.stdout
