@@ -1,0 +1,202 @@
+"""`nnunet_blob preprocess` / ensure_instance_maps on datasets preprocessed by the real nnU-Net."""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import blosc2
+import cc3d
+import numpy as np
+import pytest
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+from conftest import run_cli
+from nnunet_blob.preprocessing import InstanceMapError, compute_instances, ensure_instance_maps
+from nnunet_blob.preprocessing import store as store_module
+
+IGNORE = 3  # two classes + ignore label
+
+
+@pytest.fixture(scope="module")
+def multiclass(preprocessed):
+    return preprocessed(611, configurations=("2d", "3d_fullres"), num_train=5, num_classes=2, ignore_label=True,
+                        name="MultiIgnore")
+
+
+def data_folder(dataset, identifier="nnUNetPlans_3d_fullres") -> Path:
+    return Path(os.environ["nnUNet_preprocessed"]) / dataset / identifier
+
+
+def load_seg(folder: Path, case: str) -> np.ndarray:
+    return nnUNetDatasetBlosc2(str(folder), [case]).load_case(case)[1][:]
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.mark.parametrize("identifier,configuration", [("nnUNetPlans_3d_fullres", "3d_fullres"),
+                                                      ("nnUNetPlans_2d", "2d")])
+def test_command_matches_cc3d_per_class(multiclass, identifier, configuration):
+    result = run_cli("nnunet_blob", "preprocess", "-d", 611, "-c", configuration, "-np", 2)
+    assert "instances per case" in result.stdout and "volume median" in result.stdout
+    folder = data_folder(multiclass, identifier)
+    store = ensure_instance_maps(611, "nnUNetPlans", configuration, log=quiet)
+    cases = sorted(nnUNetDatasetBlosc2.get_identifiers(str(folder)))
+    assert sorted(store.manifest["cases"]) == cases
+    for case in cases:
+        seg = load_seg(folder, case)[0]
+        ids = store.open(case)[:][0]
+        assert ids.dtype == np.uint8 and ids.shape == seg.shape
+        record = store.manifest["cases"][case]
+        for label in (1, 2):
+            expected = cc3d.connected_components(seg == label, connectivity=26).max()
+            assert record["instances_per_class"].get(str(label), 0) == expected
+            assert len(np.unique(ids[(seg == label) & (ids > 0)])) == expected
+        assert not np.any(ids[(seg == 0) | (seg == IGNORE) | (seg < 0)])
+        for i in np.unique(ids[ids > 0]):  # every id inside one class; ids unique within the case
+            assert len(np.unique(seg[ids == i])) == 1
+        assert np.array_equal(np.unique(ids[ids > 0]), np.arange(1, record["num_instances"] + 1))
+        assert record["instance_sizes"] == [int((ids == i).sum()) for i in range(1, record["num_instances"] + 1)]
+    # nnU-Net still sees exactly its own cases
+    assert sorted(nnUNetDatasetBlosc2.get_identifiers(str(folder))) == cases
+
+
+def test_idempotent_and_stale_after_a_segmentation_changes(multiclass):
+    folder = data_folder(multiclass)
+    store = ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    case = sorted(store.manifest["cases"])[0]
+    stamps = {c: store.map_path(c).stat().st_mtime_ns for c in store.manifest["cases"]}
+    messages = []
+    ensure_instance_maps(611, configuration="3d_fullres", log=messages.append)
+    assert "up to date" in messages[-1]
+    assert stamps == {c: store.map_path(c).stat().st_mtime_ns for c in store.manifest["cases"]}
+
+    # same labels rewritten (new mtime): the record is refreshed, the map is not recomputed
+    seg_file = folder / f"{case}_seg.b2nd"
+    os.utime(seg_file, ns=(seg_file.stat().st_atime_ns, seg_file.stat().st_mtime_ns + 10 ** 9))
+    ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    assert store.map_path(case).stat().st_mtime_ns == stamps[case]
+
+    # changed labels: recomputed, and only that case
+    seg = load_seg(folder, case)
+    seg[0, :4] = 0
+    seg[0, 0, 0, 0] = 1
+    array = blosc2.open(str(seg_file), mode="a")
+    array[:] = seg
+    del array
+    ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    assert store.map_path(case).stat().st_mtime_ns != stamps[case]
+    others = [c for c in stamps if c != case]
+    assert all(store.map_path(c).stat().st_mtime_ns == stamps[c] for c in others)
+    assert np.array_equal(store.open(case)[:][0] > 0, (seg[0] > 0) & (seg[0] != IGNORE))
+
+
+def test_interrupted_write_is_never_accepted(multiclass, monkeypatch):
+    store = ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    case = sorted(store.manifest["cases"])[1]
+    real_replace = os.replace
+
+    def crash_on_map(src, dst):
+        if str(dst).endswith(f"{case}.b2nd"):
+            raise KeyboardInterrupt("power cut while writing the map")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", crash_on_map)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_instance_maps(611, configuration="3d_fullres", overwrite=True, num_processes=1, log=quiet,
+                             progress=False)
+    monkeypatch.undo()
+    assert store.record(case) is None  # the old record no longer vouches for the files
+    assert not list(store.folder.glob(".tmp-*"))  # no temporary left behind
+    messages = []
+    ensure_instance_maps(611, configuration="3d_fullres", log=messages.append, progress=False)
+    assert "computing instance maps of" in messages[0] and store.record(case) is not None
+
+
+def test_cases_that_appear_or_vanish(multiclass):
+    folder = data_folder(multiclass)
+    source = sorted(nnUNetDatasetBlosc2.get_identifiers(str(folder)))[0]
+    for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+        shutil.copy(folder / f"{source}{suffix}", folder / f"extra_case{suffix}")
+    try:
+        store = ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+        assert "extra_case" in store.manifest["cases"] and store.map_path("extra_case").is_file()
+    finally:
+        for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+            (folder / f"extra_case{suffix}").unlink()
+    store = ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    assert "extra_case" not in store.manifest["cases"] and not store.map_path("extra_case").exists()
+
+
+def test_npz_input_gives_the_same_maps(multiclass, tmp_path):
+    """nnU-Net's legacy numpy format (case.npz with data and seg) is read like blosc2."""
+    source = Path(os.environ["nnUNet_preprocessed"]) / multiclass
+    target = Path(os.environ["nnUNet_preprocessed"]) / "Dataset612_Npz"
+    shutil.rmtree(target, ignore_errors=True)
+    (target / "nnUNetPlans_3d_fullres").mkdir(parents=True)
+    for name in ("dataset.json", "nnUNetPlans.json"):
+        shutil.copy(source / name, target / name)
+    plans = (target / "nnUNetPlans.json").read_text().replace(multiclass, "Dataset612_Npz")
+    (target / "nnUNetPlans.json").write_text(plans)
+    blosc_folder = data_folder(multiclass)
+    for case in nnUNetDatasetBlosc2.get_identifiers(str(blosc_folder)):
+        data, seg, _, properties = nnUNetDatasetBlosc2(str(blosc_folder), [case]).load_case(case)
+        np.savez_compressed(target / "nnUNetPlans_3d_fullres" / f"{case}.npz", data=data[:], seg=seg[:])
+        with open(target / "nnUNetPlans_3d_fullres" / f"{case}.pkl", "wb") as f:
+            pickle.dump(properties, f)
+    npz = ensure_instance_maps("Dataset612_Npz", configuration="3d_fullres", log=quiet)
+    reference = ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    for case, record in reference.manifest["cases"].items():
+        assert npz.manifest["cases"][case]["instances_per_class"] == record["instances_per_class"]
+        assert np.array_equal(npz.open(case)[:], reference.open(case)[:])
+
+
+@pytest.mark.parametrize("args,message", [
+    ((699, "nnUNetPlans", "3d_fullres"), "nnUNetv2_plan_and_preprocess -d 699"),
+    ((611, "nnUNetPlans", "3d_lowres"), "configuration '3d_lowres' is not in"),
+    ((611, "nnUNetResEncUNetMPlans", "3d_fullres"), "Run nnUNetv2_plan_and_preprocess"),
+])
+def test_missing_input_says_what_to_run(multiclass, args, message):
+    with pytest.raises(InstanceMapError, match=message):
+        ensure_instance_maps(*args, log=quiet)
+
+
+def test_unreadable_segmentation_names_the_case(preprocessed):
+    dataset = preprocessed(613, num_train=5, name="Corrupt")
+    folder = data_folder(dataset)
+    victim = sorted(nnUNetDatasetBlosc2.get_identifiers(str(folder)))[2]
+    (folder / f"{victim}_seg.b2nd").write_bytes(b"not a blosc2 file")
+    with pytest.raises(InstanceMapError, match=f"case {victim}: cannot read its preprocessed segmentation"):
+        ensure_instance_maps(613, configuration="3d_fullres", num_processes=1, log=quiet, progress=False)
+    result = run_cli("nnunet_blob", "preprocess", "-d", 613, "-np", 2, check=False)
+    assert result.returncode == 1 and victim in result.stderr and "nnUNetv2_preprocess" in result.stderr
+
+
+def test_unwritable_instance_folder(preprocessed):
+    dataset = preprocessed(614, num_train=5, name="ReadOnly")
+    blocker = data_folder(dataset, "nnUNetPlans_3d_fullres_instances")
+    blocker.write_text("a file where the folder should be")
+    try:
+        with pytest.raises(InstanceMapError, match="cannot write instance maps to"):
+            ensure_instance_maps(614, configuration="3d_fullres", log=quiet)
+    finally:
+        blocker.unlink()
+
+
+@pytest.mark.parametrize("seg,message", [
+    (np.full((1, 4, 4, 4), 0.5, dtype=np.float32), "non-integer labels"),
+    (np.zeros((2, 4, 4, 4), dtype=np.int16), "single-channel"),
+])
+def test_bad_segmentations(seg, message):
+    with pytest.raises(ValueError, match=message):
+        compute_instances(seg, case="bad_case")
+
+
+@pytest.mark.parametrize("connectivity,expected", [(6, 3), (18, 2), (26, 1)])
+def test_connectivity(connectivity, expected):
+    seg = np.zeros((1, 5, 5, 5), dtype=np.int16)
+    seg[0, 1, 1, 1] = seg[0, 2, 2, 1] = seg[0, 3, 3, 2] = 1  # edge-adjacent, then corner-adjacent
+    assert compute_instances(seg, connectivity=connectivity).num_instances == expected
