@@ -61,6 +61,9 @@ class InstanceAwareTrainer(LossVariantTrainer):
 
     #: connectivity of the connected components (instance maps and online detection score)
     instance_connectivity = 26
+    #: None: nnU-Net's foreground sampling. A number: forced-foreground patches are centred on an instance drawn
+    #: with probability ~ size ** exponent (0 = uniform over instances, 1 = nnU-Net's voxel-uniform behaviour)
+    instance_sampling_exponent = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -85,7 +88,11 @@ class InstanceAwareTrainer(LossVariantTrainer):
         if self.label_manager.has_regions:  # region instances are labelled on each patch (RegionInstances)
             return dataset_tr, dataset_val
         maps = self._instance_maps()
-        return InstanceDataset(dataset_tr, maps.open), InstanceDataset(dataset_val, maps.open)
+        exponent = self.instance_sampling_exponent
+        if exponent is not None:
+            self.print_to_log_file(f"nnunet_blob: instance-balanced foreground sampling, weight ~ size ** {exponent}")
+        return (InstanceDataset(dataset_tr, maps.open, maps.table, exponent),
+                InstanceDataset(dataset_val, maps.open, maps.table, exponent))
 
     def _instance_maps(self):
         """Find, check and (if missing or stale) compute this configuration's instance maps."""

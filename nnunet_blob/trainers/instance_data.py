@@ -68,12 +68,18 @@ class InstanceDataset:
     """Wraps an nnU-Net dataset (``nnUNetDatasetBlosc2``/``nnUNetDatasetNumpy``); ``load_case`` adds instances.
 
     ``open_instances(identifier)`` returns the case's instance map (array-like, (1, *spatial) or (*spatial)).
+    With ``sampling_exponent`` set, ``open_table(identifier)`` gives the case's instance table and the case's
+    ``class_locations`` are replaced by instance-balanced ones (:mod:`.instance_sampling`).
     Everything else is delegated to the wrapped dataset.
     """
 
-    def __init__(self, dataset, open_instances: Callable[[str], object]):
+    def __init__(self, dataset, open_instances: Callable[[str], object], open_table: Callable | None = None,
+                 sampling_exponent: float | None = None):
+        if sampling_exponent is not None and open_table is None:
+            raise ValueError("instance-balanced sampling needs the instance tables (open_table)")
         self._dataset = dataset
         self._open_instances = open_instances
+        self._open_table, self._sampling_exponent = open_table, sampling_exponent
 
     def __getattr__(self, name):
         return getattr(self._dataset, name)
@@ -86,4 +92,9 @@ class InstanceDataset:
 
     def load_case(self, identifier):
         data, seg, seg_prev, properties = self._dataset.load_case(identifier)
+        if self._sampling_exponent is not None:
+            from nnunet_blob.trainers.instance_sampling import balanced_class_locations
+
+            properties = {**properties, "class_locations": balanced_class_locations(
+                properties["class_locations"], self._open_table(identifier), self._sampling_exponent)}
         return data, SegWithInstances(seg, self._open_instances(identifier), identifier), seg_prev, properties

@@ -119,6 +119,12 @@ class nnUNetTrainerBlobTversky_noCE(nnUNetTrainerBlobTversky):
     global_ce = False
 
 
+class nnUNetTrainerBlobDice_instSampling(nnUNetTrainerBlobDice):
+    """Blob Dice with instance-balanced foreground sampling: forced patches centre on an instance drawn uniformly."""
+
+    instance_sampling_exponent = 0.0
+
+
 # ablations of the paper's Table 2 (alpha / beta) and supplement 6.4 (no masking)
 class nnUNetTrainerBlobDice_a3b1(nnUNetTrainerBlobDice):
     """Blob Dice ablation (Table 2): alpha = 3, beta = 1."""

@@ -29,3 +29,6 @@ nnUNetTrainer_tiny = _tiny(nnUNetTrainer)
 nnUNetTrainerBlobDice_tiny = _tiny(nnUNetTrainerBlobDice)
 nnUNetTrainerBlobTversky_tiny = _tiny(nnUNetTrainerBlobTversky)
 nnUNetTrainerTopKDice_tiny = _tiny(nnUNetTrainerTopKDice)
+from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice_instSampling  # noqa: E402
+
+nnUNetTrainerBlobDice_instSampling_tiny = _tiny(nnUNetTrainerBlobDice_instSampling)

@@ -1,0 +1,81 @@
+"""Batches of the trainers' real nnU-Net data loaders carry instance maps that match their segmentations."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
+from nnunet_blob.preprocessing import ensure_instance_maps
+from nnunet_blob.trainers.instance_data import renumber_instances
+from nnunet_blob.trainers.instance_sampling import InstanceBalancedLocations
+from nnunet_blob.trainers.instance_transforms import unpack_instances
+from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling
+from test_instance_pipeline import assert_ids_inside_one_class, same_partition
+
+
+@pytest.fixture(scope="module")
+def blobs(preprocessed):
+    return preprocessed(601, configurations=("2d", "3d_fullres"), num_train=6, num_test=2)
+
+
+def make_trainer(trainer_class, dataset: str, configuration="3d_fullres"):
+    base = Path(os.environ["nnUNet_preprocessed"]) / dataset
+    plans = json.loads((base / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    trainer = trainer_class(plans, configuration, 0, json.loads((base / "dataset.json").read_text()),
+                            torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+@pytest.fixture
+def single_process_loading(monkeypatch):
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # SingleThreadedAugmenter: the loader runs in this process
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_training_batches(blobs, single_process_loading, configuration):
+    trainer = make_trainer(nnUNetTrainerBlobDice, blobs, configuration)
+    train_loader, _ = trainer.get_dataloaders()
+    for _ in range(3):
+        batch = next(train_loader)
+        assert batch["data"].shape[1] == 1  # the instance channel does not reach the network input
+        target, instances = unpack_instances(batch["target"], 1)
+        assert len(target) == len(trainer._get_deep_supervision_scales())
+        for t, i in zip(target, instances):
+            assert t.shape == i.shape
+            for b in range(t.shape[0]):
+                assert_ids_inside_one_class(t[b, 0], i[b, 0])
+        assert any(i.max() > 0 for i in instances)
+
+
+def test_validation_batches_equal_the_cropped_maps_up_to_renumbering(blobs, single_process_loading):
+    trainer = make_trainer(nnUNetTrainerBlobDice, blobs)
+    _, val_loader = trainer.get_dataloaders()
+    loader = val_loader.data_loader
+    boxes, get_bbox = [], loader.get_bbox
+    loader.get_bbox = lambda *a, **k: boxes.append(get_bbox(*a, **k)) or boxes[-1]
+    batch = next(val_loader)
+    store = ensure_instance_maps(601, configuration="3d_fullres", log=lambda *_: None)
+    _, instances = unpack_instances(batch["target"], 1)
+    for j, key in enumerate(batch["keys"]):
+        lbs, ubs = boxes[j]
+        crop = crop_and_pad_nd(store.open(key), [[lo, hi] for lo, hi in zip(lbs, ubs)], 0)
+        assert same_partition(instances[0][j, 0].numpy(), renumber_instances(np.asarray(crop)[0]))
+
+
+def test_instance_sampling_trainer_uses_balanced_locations(blobs, single_process_loading):
+    trainer = make_trainer(nnUNetTrainerBlobDice_instSampling, blobs)
+    dataset_tr, _ = trainer.get_tr_and_val_datasets()
+    key = dataset_tr.identifiers[0]
+    locations = dataset_tr.load_case(key)[3]["class_locations"]
+    assert isinstance(locations[1], InstanceBalancedLocations)
+    train_loader, _ = trainer.get_dataloaders()
+    batch = next(train_loader)
+    _, instances = unpack_instances(batch["target"], 1)
+    assert instances[0][-1].max() > 0  # the forced-foreground sample (last of the batch) holds an instance
