@@ -1,0 +1,47 @@
+"""Wall time of `nnunet_blob preprocess` vs `nnUNetv2_preprocess` on the same dataset, configuration and -np.
+
+Target (instance-map issue): <= 25% of nnU-Net's preprocessing time.
+
+    python benchmarks/bench_instance_maps.py [--cases 20] [--shape 96 96 96] [--blobs 150 250] [-np 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+from _workspace import plan, timed, workspace
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96])
+    parser.add_argument("--blobs", type=int, nargs=2, default=[150, 250], help="range of small objects per case")
+    parser.add_argument("-np", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    root = workspace("nnunet_blob_bench_maps_")
+    from nnunet_blob.synthetic import make_dataset
+
+    make_dataset(root / "raw", 701, "BenchMaps", num_train=args.cases, shape=args.shape,
+                 small_objects=tuple(args.blobs))
+    plan(701, args.np)
+    nnunet, ours = [], []
+    for _ in range(args.repeats):
+        nnunet.append(timed("nnUNetv2_preprocess", "-d", 701, "-c", "3d_fullres", "-np", args.np))
+        ours.append(timed("nnunet_blob", "preprocess", "-d", 701, "-c", "3d_fullres", "-np", args.np, "--overwrite"))
+    manifest = json.loads((root / "preprocessed" / "Dataset701_BenchMaps" / "nnUNetPlans_3d_fullres_instances"
+                           / "manifest.json").read_text())
+    instances = [r["num_instances"] for r in manifest["cases"].values()]
+    print(f"# bench_instance_maps: {args.cases} cases of {tuple(args.shape)}, {min(instances)}-{max(instances)} "
+          f"instances per case, -np {args.np}, {platform.machine()}, best of {args.repeats}")
+    print("| step | wall time s | ratio |")
+    print("|---|---|---|")
+    print(f"| nnUNetv2_preprocess -c 3d_fullres | {min(nnunet):.1f} | 1.00 |")
+    print(f"| nnunet_blob preprocess -c 3d_fullres --overwrite | {min(ours):.1f} | {min(ours) / min(nnunet):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
