@@ -27,7 +27,6 @@ def main():
     args = parser.parse_args()
 
     root = workspace("nnunet_blob_bench_loader_")
-    os.environ["nnUNet_n_proc_DA"] = "0"
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -39,6 +38,7 @@ def main():
     plan(702, 2)
     timed("nnUNetv2_preprocess", "-d", 702, "-c", "3d_fullres", "-np", 2)
     timed("nnunet_blob", "preprocess", "-d", 702, "-c", "3d_fullres", "-np", 2)
+    os.environ["nnUNet_n_proc_DA"] = "0"  # after planning: nnU-Net's planner cannot run with 0
     base = root / "preprocessed" / "Dataset702_BenchLoader"
     plans, dataset_json = json.loads((base / "nnUNetPlans.json").read_text()), json.loads(
         (base / "dataset.json").read_text())
