@@ -34,8 +34,10 @@ def test_blob_dice_train_resume_validate_predict(blobs, tmp_path):
     log = "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
     assert "computing instance maps of 6 of 6 cases" in log, result.stdout[-2000:]
     assert "Online instance F1 (validation patches)" in log
-    for name in ("checkpoint_final.pth", "progress.png", "progress_instances.png", "validation/summary.json"):
+    for name in ("checkpoint_final.pth", "progress.png", "progress_instances.png", "validation/summary.json",
+                 "validation/summary_instances.json"):
         assert (folder / name).is_file(), name
+    assert "lesion-wise validation metrics" in log
 
     # --c continues from the final checkpoint with a larger budget: one more epoch, logs continued
     train(601, "nnUNetTrainerBlobDice_tiny", "--c", epochs=2)
@@ -58,7 +60,8 @@ def test_blob_dice_train_resume_validate_predict(blobs, tmp_path):
 @pytest.mark.parametrize("trainer", ["nnUNetTrainerBlobTversky_tiny", "nnUNetTrainerTopKDice_tiny"])
 def test_other_trainers_train(blobs, trainer):
     train(601, trainer)
-    assert (results_folder(blobs, trainer) / "checkpoint_final.pth").is_file()
+    for name in ("checkpoint_final.pth", "validation/summary_instances.json"):
+        assert (results_folder(blobs, trainer) / name).is_file()
 
 
 def test_2d_configuration(blobs):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from os.path import join
 
 import numpy as np
@@ -39,6 +40,23 @@ class LossVariantTrainer(nnUNetTrainer):
             loss.loss = self.build_inner_loss(loss.loss)
             return loss
         return self.build_inner_loss(loss)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation, then the lesion-wise metrics next to its ``summary.json``."""
+        super().perform_actual_validation(save_probabilities)
+        if self.local_rank != 0:
+            return
+        from nnunet_blob.evaluation.folder import evaluate_validation_folder
+        from nnunetv2.configuration import default_num_processes
+
+        summary = evaluate_validation_folder(join(self.output_folder, "validation"),
+                                             join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
+                                             self.dataset_json, self.plans_manager.plans,
+                                             num_processes=default_num_processes)
+        pooled = json.loads(summary.read_text())["pooled_instances"]
+        scores = {k: {m: round(v[m], 4) for m in ("F1", "IS", "IP")} for k, v in pooled.items()}
+        self.print_to_log_file(f"nnunet_blob: lesion-wise validation metrics (pooled over cases) {scores}; "
+                               f"per case in {summary}")
 
 
 class PackedInstancesLoss(nn.Module):

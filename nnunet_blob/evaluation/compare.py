@@ -1,0 +1,111 @@
+"""Compare trainers on the same cases: per-metric table, paired Wilcoxon tests, Loss Odyssey rank score.
+
+Rank score (Ma et al., "Loss odyssey", seed 002 section 3.4): for each metric, a method's significance score is
+the number of other methods it beats in a paired two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``)
+at p < alpha (0.05); the rank score is the mean of these scores over metrics (and labels). "Beats" means
+significant and the mean paired difference is in the metric's better direction.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+# metric -> True when higher is better
+DEFAULT_METRICS = {"Dice": True, "SurfaceDice": True, "F1": True, "IS": True, "IP": True}
+
+
+def load_summary(path: str) -> dict:
+    """Per-case values ``{label: {metric: {case: value}}}`` of a summary written by ``nnunet_blob evaluate``."""
+    with open(path) as f:
+        data = json.load(f)
+    if "metric_per_case" not in data:
+        raise ValueError(f"{path} is not an evaluation summary (no 'metric_per_case'); "
+                         f"create it with 'nnunet_blob evaluate'")
+    values: dict = {}
+    for case in data["metric_per_case"]:
+        name = os.path.basename(case["reference_file"])
+        for label, metrics in case["metrics"].items():
+            for metric, v in metrics.items():
+                values.setdefault(label, {}).setdefault(metric, {})[name] = np.nan if v is None else float(v)
+    return values
+
+
+def paired_wilcoxon(a, b) -> float:
+    """Two-sided p of ``scipy.stats.wilcoxon(a, b)`` over cases where both are defined; 1.0 when all tie."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if len(a) == 0 or np.all(a == b):
+        return 1.0
+    return float(wilcoxon(a, b).pvalue)
+
+
+def compare(summaries: dict[str, str], metrics: dict[str, bool] | None = None, alpha: float = 0.05) -> dict:
+    """Compare named summaries (``{method: path}``) on identical case sets.
+
+    Returns ``{"tables": {(label, metric): {method: {mean, median, wins}}}, "p_values": {(label, metric):
+    {(m1, m2): p}}, "scores": {(label, metric): {method: n_beaten}}, "rank_score": {method: mean score}}``.
+    """
+    if len(summaries) < 2:
+        raise ValueError("compare needs at least two summaries")
+    metrics = metrics or DEFAULT_METRICS
+    loaded = {m: load_summary(p) for m, p in summaries.items()}
+    first_name, first = next(iter(loaded.items()))
+    cases = sorted(next(iter(first[next(iter(first))].values())).keys())
+    for name, vals in loaded.items():
+        other = sorted(next(iter(vals[next(iter(vals))].values())).keys())
+        if other != cases or sorted(vals) != sorted(first):
+            diff = sorted(set(cases) ^ set(other))
+            raise ValueError(f"{summaries[name]} and {summaries[first_name]} cover different cases or labels "
+                             f"(e.g. {diff[:5]}); evaluate both on the same reference cases")
+    methods = list(loaded)
+    tables, p_values, scores = {}, {}, {}
+    for label in first:
+        for metric, higher in metrics.items():
+            if metric not in first[label]:
+                continue
+            arr = {m: np.array([loaded[m][label][metric][c] for c in cases]) for m in methods}
+            sign = 1.0 if higher else -1.0
+            stacked = sign * np.vstack([arr[m] for m in methods])
+            filled = np.where(np.isnan(stacked), -np.inf, stacked)
+            best = filled.max(0)
+            unique_best = (filled == best).sum(0) == 1
+            key = (label, metric)
+            tables[key] = {m: {"mean": float(np.nanmean(arr[m])) if not np.isnan(arr[m]).all() else np.nan,
+                               "median": float(np.nanmedian(arr[m])) if not np.isnan(arr[m]).all() else np.nan,
+                               "wins": int(((filled[i] == best) & unique_best & np.isfinite(best)).sum())}
+                           for i, m in enumerate(methods)}
+            p_values[key], scores[key] = {}, {m: 0 for m in methods}
+            for m1, m2 in itertools.combinations(methods, 2):
+                p = paired_wilcoxon(arr[m1], arr[m2])
+                p_values[key][(m1, m2)] = p
+                diff = sign * np.nanmean(arr[m1] - arr[m2]) if not np.isnan(arr[m1] - arr[m2]).all() else 0.0
+                if p < alpha and diff > 0:
+                    scores[key][m1] += 1
+                elif p < alpha and diff < 0:
+                    scores[key][m2] += 1
+    if not scores:
+        raise ValueError(f"none of the metrics {list(metrics)} is in the summaries")
+    rank = {m: float(np.mean([s[m] for s in scores.values()])) for m in methods}
+    return {"cases": cases, "tables": tables, "p_values": p_values, "scores": scores, "rank_score": rank}
+
+
+def format_report(result: dict) -> str:
+    """Plain-text tables of :func:`compare`'s result."""
+    lines = [f"{len(result['cases'])} cases"]
+    for (label, metric), table in result["tables"].items():
+        lines.append(f"\nlabel {label}  {metric}")
+        lines.append(f"  {'method':<32} {'mean':>8} {'median':>8} {'wins':>5} {'beats':>5}")
+        for m, row in table.items():
+            lines.append(f"  {m:<32} {row['mean']:8.4f} {row['median']:8.4f} {row['wins']:5d} "
+                         f"{result['scores'][(label, metric)][m]:5d}")
+        for (m1, m2), p in result["p_values"][(label, metric)].items():
+            lines.append(f"  Wilcoxon {m1} vs {m2}: p = {p:.4g}")
+    lines.append("\nrank score (mean number of methods beaten at p < 0.05):")
+    for m, s in sorted(result["rank_score"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {m:<32} {s:.3f}")
+    return "\n".join(lines)
