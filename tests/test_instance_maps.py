@@ -13,7 +13,7 @@ import pytest
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
 from conftest import run_cli
-from nnunet_blob.preprocessing import InstanceMapError, compute_instances, ensure_instance_maps
+from nnunet_blob.preprocessing import InstanceMapError, compute_instances, ensure_instance_maps, instances_per_region
 from nnunet_blob.preprocessing import store as store_module
 
 IGNORE = 3  # two classes + ignore label
@@ -35,6 +35,21 @@ def load_seg(folder: Path, case: str) -> np.ndarray:
 
 def quiet(*_):
     pass
+
+
+def clone_dataset(source: str, target: str, copy_data: bool = True) -> Path:
+    """``source``'s preprocessed 3d_fullres data under another dataset name (no nnU-Net run); its data folder."""
+    root = Path(os.environ["nnUNet_preprocessed"])
+    shutil.rmtree(root / target, ignore_errors=True)
+    folder = root / target / "nnUNetPlans_3d_fullres"
+    if copy_data:
+        shutil.copytree(data_folder(source), folder)
+    else:
+        folder.mkdir(parents=True)
+    shutil.copy(root / source / "dataset.json", root / target / "dataset.json")
+    (root / target / "nnUNetPlans.json").write_text((root / source / "nnUNetPlans.json").read_text()
+                                                    .replace(source, target))
+    return folder
 
 
 @pytest.mark.parametrize("identifier,configuration", [("nnUNetPlans_3d_fullres", "3d_fullres"),
@@ -133,19 +148,12 @@ def test_cases_that_appear_or_vanish(multiclass):
 
 def test_npz_input_gives_the_same_maps(multiclass, tmp_path):
     """nnU-Net's legacy numpy format (case.npz with data and seg) is read like blosc2."""
-    source = Path(os.environ["nnUNet_preprocessed"]) / multiclass
-    target = Path(os.environ["nnUNet_preprocessed"]) / "Dataset612_Npz"
-    shutil.rmtree(target, ignore_errors=True)
-    (target / "nnUNetPlans_3d_fullres").mkdir(parents=True)
-    for name in ("dataset.json", "nnUNetPlans.json"):
-        shutil.copy(source / name, target / name)
-    plans = (target / "nnUNetPlans.json").read_text().replace(multiclass, "Dataset612_Npz")
-    (target / "nnUNetPlans.json").write_text(plans)
+    target = clone_dataset(multiclass, "Dataset612_Npz", copy_data=False)
     blosc_folder = data_folder(multiclass)
     for case in nnUNetDatasetBlosc2.get_identifiers(str(blosc_folder)):
         data, seg, _, properties = nnUNetDatasetBlosc2(str(blosc_folder), [case]).load_case(case)
-        np.savez_compressed(target / "nnUNetPlans_3d_fullres" / f"{case}.npz", data=data[:], seg=seg[:])
-        with open(target / "nnUNetPlans_3d_fullres" / f"{case}.pkl", "wb") as f:
+        np.savez_compressed(target / f"{case}.npz", data=data[:], seg=seg[:])
+        with open(target / f"{case}.pkl", "wb") as f:
             pickle.dump(properties, f)
     npz = ensure_instance_maps("Dataset612_Npz", configuration="3d_fullres", log=quiet)
     reference = ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
@@ -164,9 +172,8 @@ def test_missing_input_says_what_to_run(multiclass, args, message):
         ensure_instance_maps(*args, log=quiet)
 
 
-def test_unreadable_segmentation_names_the_case(preprocessed):
-    dataset = preprocessed(613, num_train=5, name="Corrupt")
-    folder = data_folder(dataset)
+def test_unreadable_segmentation_names_the_case(multiclass):
+    folder = clone_dataset(multiclass, "Dataset613_Corrupt")
     victim = sorted(nnUNetDatasetBlosc2.get_identifiers(str(folder)))[2]
     (folder / f"{victim}_seg.b2nd").write_bytes(b"not a blosc2 file")
     with pytest.raises(InstanceMapError, match=f"case {victim}: cannot read its preprocessed segmentation"):
@@ -175,9 +182,8 @@ def test_unreadable_segmentation_names_the_case(preprocessed):
     assert result.returncode == 1 and victim in result.stderr and "nnUNetv2_preprocess" in result.stderr
 
 
-def test_unwritable_instance_folder(preprocessed):
-    dataset = preprocessed(614, num_train=5, name="ReadOnly")
-    blocker = data_folder(dataset, "nnUNetPlans_3d_fullres_instances")
+def test_unwritable_instance_folder(multiclass):
+    blocker = clone_dataset(multiclass, "Dataset614_ReadOnly").with_name("nnUNetPlans_3d_fullres_instances")
     blocker.write_text("a file where the folder should be")
     try:
         with pytest.raises(InstanceMapError, match="cannot write instance maps to"):
@@ -200,3 +206,23 @@ def test_connectivity(connectivity, expected):
     seg = np.zeros((1, 5, 5, 5), dtype=np.int16)
     seg[0, 1, 1, 1] = seg[0, 2, 2, 1] = seg[0, 3, 3, 2] = 1  # edge-adjacent, then corner-adjacent
     assert compute_instances(seg, connectivity=connectivity).num_instances == expected
+
+
+def test_region_dataset_records_labels_and_regions(preprocessed):
+    """BraTS-style data: maps per stored label; instances_per_region gives the components of each region mask."""
+    dataset = preprocessed(603, num_train=5, num_classes=2, regions=True, name="Regions")  # shared with trainer tests
+    store = ensure_instance_maps(603, configuration="3d_fullres", log=quiet)
+    assert store.manifest["labels"] == [1, 2] and store.manifest["regions"] == [[1, 2], [2]]
+    folder = data_folder(dataset)
+    for case in sorted(store.manifest["cases"]):
+        seg = load_seg(folder, case)
+        ids = instances_per_region(seg, store.manifest["regions"])
+        assert ids.shape == (2, *seg.shape[1:])
+        for channel, region in zip(ids, store.manifest["regions"]):
+            mask = np.isin(seg[0], region)
+            expected = cc3d.connected_components(mask, connectivity=26)
+            assert np.array_equal(channel > 0, mask) and channel.max() == expected.max()
+            assert np.array_equal(channel, expected)
+        per_label = store.open(case)[:][0]  # the stored map: per label, so the region (1, 2) splits at label borders
+        assert sum(store.manifest["cases"][case]["instances_per_class"].values()) >= ids[0].max()
+        assert not np.any(per_label[seg[0] == 0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_blob.evaluation.metrics import CONNECTIVITY_3D
+from nnunet_blob.preprocessing.components import CONNECTIVITIES as CONNECTIVITY_3D
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -25,8 +25,7 @@ from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region
 from scipy import ndimage
 
 from nnunet_blob.evaluation._surfel_table import NORMALS_IN_EIGHTHS
-
-CONNECTIVITY_3D = (6, 18, 26)
+from nnunet_blob.preprocessing.components import CONNECTIVITIES as CONNECTIVITY_3D
 
 
 def _ratio(num: float, den: float) -> float:

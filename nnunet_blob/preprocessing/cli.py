@@ -18,7 +18,7 @@ def run(args) -> int:
         for configuration in configurations:
             store = ensure_instance_maps(args.d, args.p, configuration, connectivity=args.connectivity,
                                          num_processes=args.np, overwrite=args.overwrite)
-            spacing = locate(args.d, args.p, configuration).plans["configurations"][configuration]["spacing"]
+            spacing = locate(args.d, args.p, configuration).configuration_dict["spacing"]
             print(summarize(store.manifest, float(np.prod(spacing))))
     except InstanceMapError as e:
         print(f"nnunet_blob preprocess: error: {e}", file=sys.stderr)

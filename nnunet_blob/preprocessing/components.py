@@ -4,10 +4,14 @@ One multi-label ``cc3d.connected_components`` call labels every class at once: a
 labels, so every instance lies inside one class and ids are unique within the case. Background (0), the ignore
 label and nnU-Net's "outside the image" value (-1) are never instances. 2D configurations are 3D volumes too and
 get 3D components (an object across slices keeps one id).
+
+Region-based datasets (``regions_class_order``) store labels, not regions, in the preprocessed segmentation: the
+stored maps are per label, and :func:`instances_per_region` gives the components of each region mask instead.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import cc3d
 import numpy as np
@@ -39,9 +43,8 @@ def smallest_id_dtype(max_id: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
-def compute_instances(seg: np.ndarray, ignore_label: int | None = None, connectivity: int = 26,
-                      case: str = "") -> CaseInstances:
-    """Instance map of a preprocessed segmentation (1, *spatial) or (*spatial) with integer labels."""
+def _label_volume(seg: np.ndarray, connectivity: int, case: str) -> np.ndarray:
+    """(*spatial) integer labels of a (1, *spatial) or (*spatial) segmentation; ValueError naming the case."""
     if connectivity not in CONNECTIVITIES:
         raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity}")
     seg = np.asarray(seg)
@@ -53,9 +56,16 @@ def compute_instances(seg: np.ndarray, ignore_label: int | None = None, connecti
         if not np.all(np.equal(np.mod(seg, 1), 0)):
             raise ValueError(f"case {case}: the segmentation holds non-integer labels; nnU-Net segmentations must "
                              f"be integer label maps (re-run nnUNetv2_preprocess on integer labelsTr)")
-        seg = seg.astype(np.int32)
-    elif seg.dtype.kind not in "iub":
+        return seg.astype(np.int32)
+    if seg.dtype.kind not in "iub":
         raise ValueError(f"case {case}: segmentation of dtype {seg.dtype} is not an integer label map")
+    return seg
+
+
+def compute_instances(seg: np.ndarray, ignore_label: int | None = None, connectivity: int = 26,
+                      case: str = "") -> CaseInstances:
+    """Instance map of a preprocessed segmentation (1, *spatial) or (*spatial) with integer labels."""
+    seg = _label_volume(seg, connectivity, case)
     labels = np.where(seg > 0, seg, 0)
     if ignore_label is not None:
         labels = np.where(labels == ignore_label, 0, labels)
@@ -67,3 +77,17 @@ def compute_instances(seg: np.ndarray, ignore_label: int | None = None, connecti
     classes[components[foreground] - 1] = labels[foreground]
     instance_map = components.astype(smallest_id_dtype(n))[None]
     return CaseInstances(instance_map, classes, sizes.astype(np.int64))
+
+
+def instances_per_region(seg: np.ndarray, regions: Sequence[int | Sequence[int]], connectivity: int = 26,
+                         case: str = "") -> np.ndarray:
+    """(R, *spatial) ids: the connected components of each region mask (region = label or tuple of labels).
+
+    ``regions`` as nnU-Net's ``LabelManager.foreground_regions`` (BraTS: ``[(1, 2, 3), (2, 3), (3,)]``). Ids restart
+    at 1 in every region channel; voxels outside a region (background, ignore label, -1) are 0.
+    """
+    seg = _label_volume(seg, connectivity, case)
+    maps = [cc3d.connected_components(np.isin(seg, np.atleast_1d(region)), connectivity=connectivity)
+            for region in regions]
+    max_id = max((int(m.max()) for m in maps), default=0)
+    return np.stack(maps).astype(smallest_id_dtype(max_id)) if maps else np.zeros((0, *seg.shape), np.uint8)

@@ -28,10 +28,48 @@ class ConfigurationLocation:
     plans: dict
 
     @property
-    def ignore_label(self):
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    def ignore_label(self) -> int | None:
+        """dataset.json's ``ignore`` label, as nnU-Net's LabelManager reads it."""
+        return self.dataset_json["labels"].get("ignore")
 
-        return PlansManager(self.plans).get_label_manager(self.dataset_json).ignore_label
+    @property
+    def regions(self) -> list[tuple[int, ...]] | None:
+        """Foreground regions of a region-based dataset (label lists in dataset.json), else None.
+
+        Read from dataset.json as nnU-Net's LabelManager does, without importing torch (which it needs).
+        """
+        values = [v for k, v in self.dataset_json["labels"].items() if k not in ("background", "ignore")]
+        if not any(isinstance(v, (list, tuple)) and len(v) > 1 for v in values):
+            return None
+        return [tuple(int(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for v in values]
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        """The labels whose components are instances (all foreground labels; region datasets store labels)."""
+        labels = set()
+        for name, value in self.dataset_json["labels"].items():
+            if name != "ignore":
+                labels.update(int(x) for x in (value if isinstance(value, (list, tuple)) else [value]))
+        return sorted(labels - {0})
+
+    @property
+    def configuration_dict(self) -> dict:
+        """This configuration of the plans, ``inherits_from`` resolved (patch_size, spacing, ...)."""
+        return resolve_configuration(self.plans, self.configuration)
+
+
+def resolve_configuration(plans: dict, name: str, visited: tuple = ()) -> dict:
+    """A configuration of a plans dict with ``inherits_from`` resolved, as nnU-Net's PlansManager does.
+
+    Reading the JSON directly keeps torch (which nnU-Net's PlansManager imports) out of this step.
+    """
+    if name in visited:
+        raise InstanceMapError(f"circular 'inherits_from' in the plans: {visited + (name,)}")
+    configuration = dict(plans["configurations"][name])
+    parent = configuration.pop("inherits_from", None)
+    if parent is None:
+        return configuration
+    return {**resolve_configuration(plans, parent, visited + (name,)), **configuration}
 
 
 def preprocessed_root() -> Path:
@@ -68,9 +106,7 @@ def locate(dataset: str | int, plans_identifier: str, configuration: str) -> Con
     if configuration not in plans["configurations"]:
         raise InstanceMapError(f"configuration {configuration!r} is not in {plans_file.name}; it has "
                                f"{sorted(plans['configurations'])}")
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    data_identifier = PlansManager(plans).get_configuration(configuration).data_identifier
+    data_identifier = resolve_configuration(plans, configuration)["data_identifier"]
     data_folder = base / data_identifier
     if not data_folder.is_dir() or not any(data_folder.iterdir()):
         raise InstanceMapError(f"configuration {configuration} of {name} is not preprocessed ({data_folder} is "
@@ -89,12 +125,10 @@ def preprocessed_configurations(dataset: str | int, plans_identifier: str) -> li
     plans_file = base / f"{plans_identifier}.json"
     if not plans_file.is_file():
         raise InstanceMapError(f"{plans_file} does not exist. Run nnUNetv2_plan_and_preprocess -d {dataset} first.")
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    plans_manager = PlansManager(json.loads(plans_file.read_text()))
+    plans = json.loads(plans_file.read_text())
     found, folders = [], set()
-    for configuration in plans_manager.available_configurations:
-        folder = base / plans_manager.get_configuration(configuration).data_identifier
+    for configuration in plans["configurations"]:
+        folder = base / resolve_configuration(plans, configuration)["data_identifier"]
         if folder.is_dir() and any(folder.iterdir()) and folder not in folders:  # cascade shares fullres data
             found.append(configuration)
             folders.add(folder)

@@ -72,7 +72,7 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
         log(f"nnunet_blob: computing instance maps of {len(todo)} of {len(cases)} cases of {location.dataset_name} "
             f"{configuration} (connectivity {connectivity}) into {store.folder}")
         jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record,
-                 tuple(location.plans["configurations"][configuration].get("patch_size", (128, 128, 128))))
+                 tuple(location.configuration_dict.get("patch_size", (128, 128, 128))))
                 for case, record in todo]
         for record in _run(jobs, num_processes or default_num_processes(), progress):
             records[record["case"]] = record
@@ -89,9 +89,15 @@ FRESHNESS_KEYS = ("data_identifier", "connectivity", "ignore_label")
 
 
 def _settings(location: ConfigurationLocation, connectivity: int) -> dict:
+    """What the maps are built from. ``labels``: the classes whose components are instances (also for
+    region-based datasets, whose preprocessed segmentation holds labels; ``regions`` lists their regions for
+    :func:`~nnunet_blob.preprocessing.components.instances_per_region`)."""
+    regions = location.regions
     return {"dataset": location.dataset_name, "plans": location.plans_identifier,
             "configuration": location.configuration, "data_identifier": location.data_identifier,
-            "connectivity": connectivity, "ignore_label": location.ignore_label}
+            "connectivity": connectivity, "ignore_label": location.ignore_label,
+            "labels": location.foreground_labels,
+            "regions": None if regions is None else [list(r) for r in regions]}
 
 
 def _seg_file(data_folder: Path, case: str) -> Path:
