@@ -1,7 +1,8 @@
 """Instance maps through nnU-Net's data loading: the same crop box as the segmentation, ids renumbered per patch.
 
 nnU-Net's ``nnUNetDataLoader`` crops ``seg`` with ``crop_and_pad_nd`` (lazily for blosc2 files) and casts it to
-int16. :class:`InstanceDataset` wraps nnU-Net's dataset so that ``load_case`` returns, in place of ``seg``, a lazy
+int16. Instance ids are kept as stored (small per case) and renumbered inside the patch only when they would not
+fit int16. :class:`InstanceDataset` wraps nnU-Net's dataset so that ``load_case`` returns, in place of ``seg``, a lazy
 :class:`SegWithInstances` whose crops carry the instance map as one extra channel right after the segmentation
 (before a cascade's previous-stage segmentation, which the loader appends). The first transform of the pipeline
 (:class:`~nnunet_blob.trainers.instance_transforms.SplitInstances`) moves that channel out of the segmentation
@@ -36,7 +37,7 @@ class SegWithInstances:
     """Lazy (C + 1, *spatial) view of a segmentation (C, *spatial) and its instance map stacked as last channel.
 
     Only what ``crop_and_pad_nd`` needs: ``shape``, ``dtype`` and basic slicing, which reads just the requested
-    crop of both arrays (blosc2 decompresses only the chunks it touches) and renumbers the instances in it.
+    crop of both arrays (blosc2 decompresses only the chunks it touches); ids beyond int16 are renumbered.
     """
 
     def __init__(self, seg, instances, case: str):
@@ -57,7 +58,11 @@ class SegWithInstances:
             raise IndexError("SegWithInstances supports spatial crops of all channels only")
         seg = np.asarray(self.seg[(slice(None), *spatial)])
         inst = np.asarray(self.instances[(Ellipsis, *spatial)]).reshape(1, *seg.shape[1:])
-        return np.concatenate([seg.astype(np.int32, copy=False), renumber_instances(inst)], 0)
+        if inst.size and inst.max() > MAX_INSTANCES_PER_PATCH:  # ids must survive the loader's int16 cast
+            inst = renumber_instances(inst)
+        out = np.empty((seg.shape[0] + 1, *seg.shape[1:]), dtype=np.int16)
+        out[:-1], out[-1:] = seg, inst
+        return out
 
     def __array__(self, dtype=None, copy=None):
         full = self[(slice(None),) + (slice(None),) * (self.ndim - 1)]
@@ -80,6 +85,7 @@ class InstanceDataset:
         self._dataset = dataset
         self._open_instances = open_instances
         self._open_table, self._sampling_exponent = open_table, sampling_exponent
+        self._tables = {}  # instance tables are small: read each case's once
 
     def __getattr__(self, name):
         return getattr(self._dataset, name)
@@ -95,6 +101,8 @@ class InstanceDataset:
         if self._sampling_exponent is not None:
             from nnunet_blob.trainers.instance_sampling import balanced_class_locations
 
+            if identifier not in self._tables:
+                self._tables[identifier] = self._open_table(identifier)
             properties = {**properties, "class_locations": balanced_class_locations(
-                properties["class_locations"], self._open_table(identifier), self._sampling_exponent)}
+                properties["class_locations"], self._tables[identifier], self._sampling_exponent)}
         return data, SegWithInstances(seg, self._open_instances(identifier), identifier), seg_prev, properties

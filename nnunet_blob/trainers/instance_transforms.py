@@ -69,9 +69,10 @@ class SplitInstances(BasicTransform):
         seg = data_dict["segmentation"]
         instances = seg[self.channel: self.channel + 1].clamp_min(0)
         data_dict["segmentation"] = torch.cat((seg[: self.channel], seg[self.channel + 1:]))
+        # class of each id (all voxels of an id share it); one scatter over the patch, id 0 is no instance
         classes = torch.full((int(instances.max()) + 1,), -1, dtype=torch.long)
-        inside = instances > 0
-        classes[instances[inside].long()] = seg[0:1][inside].long()
+        classes.scatter_(0, instances.reshape(-1).long(), seg[0].reshape(-1).long())
+        classes[0] = -1
         data_dict[INSTANCES], data_dict[INSTANCE_CLASSES] = instances, classes
         return data_dict
 
