@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,9 @@ def blobs(preprocessed):
 
 
 def test_blob_dice_train_resume_validate_predict(blobs, tmp_path):
-    # the user never ran `nnunet_blob preprocess`: the trainer computes the instance maps and says so
+    # the user never ran `nnunet_blob preprocess` (other tests may have): the trainer computes the maps and says so
+    shutil.rmtree(Path(os.environ["nnUNet_preprocessed"]) / blobs / "nnUNetPlans_3d_fullres_instances",
+                  ignore_errors=True)
     result = train(601, "nnUNetTrainerBlobDice_tiny")
     folder = results_folder(blobs, "nnUNetTrainerBlobDice_tiny")
     log = "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
