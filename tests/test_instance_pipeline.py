@@ -11,7 +11,7 @@ from batchgeneratorsv2.transforms.spatial.transpose import TransposeAxesTransfor
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_blob.trainers.instance_data import SegWithInstances, renumber_instances
+from nnunet_blob.trainers.instance_data import SegWithInstances
 from nnunet_blob.trainers.instance_transforms import make_instance_aware, unpack_instances
 
 DS_SCALES = [[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]

@@ -155,10 +155,9 @@ class InstanceAwareTrainer(LossVariantTrainer):
         plain = [t.clone() for t in target] if isinstance(target, list) else target.clone()
         with _replaced(self, "loss", loss_on_packed_target):
             result = super().validation_step({**batch, "target": plain})
-        output, first_target, first_instances = captured["output"], packed, instances
+        output, first_target, first_instances = captured["output"], target, instances
         if self.enable_deep_supervision:
-            output, first_target, first_instances = output[0], packed[0], instances[0]
-        first_target = first_target[:, :-self.num_instance_channels]
+            output, first_target, first_instances = output[0], target[0], instances[0]
         result["instance_counts"] = batch_detection_counts(
             output, first_target, first_instances, self.label_manager.has_regions, self.label_manager.ignore_label,
             self.instance_connectivity)

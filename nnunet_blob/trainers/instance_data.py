@@ -64,10 +64,6 @@ class SegWithInstances:
         out[:-1], out[-1:] = seg, inst
         return out
 
-    def __array__(self, dtype=None, copy=None):
-        full = self[(slice(None),) + (slice(None),) * (self.ndim - 1)]
-        return full if dtype is None else full.astype(dtype)
-
 
 class InstanceDataset:
     """Wraps an nnU-Net dataset (``nnUNetDatasetBlosc2``/``nnUNetDatasetNumpy``); ``load_case`` adds instances.
