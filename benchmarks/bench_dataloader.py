@@ -14,6 +14,7 @@ import os
 import statistics
 import time
 
+import numpy as np
 from _workspace import plan, timed, workspace
 
 
@@ -23,7 +24,7 @@ def main():
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96])
     parser.add_argument("--blobs", type=int, nargs=2, default=[280, 330])
     parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     root = workspace("nnunet_blob_bench_loader_")
@@ -54,6 +55,7 @@ def main():
     times = {name: [] for name in loaders}
     for round_index in range(args.rounds):
         for name, loader in loaders.items():
+            np.random.seed(round_index)  # nnU-Net draws patches and augmentation parameters with np.random
             torch.manual_seed(round_index)
             start = time.perf_counter()
             for _ in range(args.batches):

@@ -75,6 +75,13 @@ def assert_ids_inside_one_class(seg, instances):
         assert classes.numel() == 1 and classes.item() > 0, f"id {int(i)} spans classes {classes.tolist()}"
 
 
+def assert_ids_cover_the_foreground(seg, instances):
+    """Nearest vs label-wise resampling differ only on boundary voxels: ids cover almost all foreground."""
+    fg, with_id = seg > 0, instances > 0
+    assert not (with_id & ~fg).any()
+    assert with_id.sum() >= 0.9 * fg.sum()
+
+
 def test_validation_pipeline_keeps_ids_and_downsamples_like_the_segmentation():
     image, seg, instances = blobs_case()
     pipeline = nnUNetTrainer.get_validation_transforms(DS_SCALES)
@@ -96,10 +103,7 @@ def test_spatial_augmentation_moves_ids_with_the_segmentation(seed):
     for t, i in zip(target, inst):
         assert t.shape == i.shape
         assert_ids_inside_one_class(t[0, 0], i[0, 0])
-    fg, with_id = target[0][0, 0] > 0, inst[0][0, 0] > 0
-    # nearest vs label-wise resampling differ only on boundary voxels: the id map covers almost all foreground
-    assert with_id.sum() <= fg.sum()
-    assert with_id.sum() >= 0.9 * fg.sum()
+    assert_ids_cover_the_foreground(target[0][0, 0], inst[0][0, 0])
 
 
 def test_crop_only_patches_keep_ids_up_to_renumbering():
@@ -133,14 +137,17 @@ def test_mirroring_flips_ids_like_the_segmentation():
     assert len(flips) > 1
 
 
-def test_dummy_2d_augmentation():
+@pytest.mark.parametrize("cascade", [False, True])
+def test_dummy_2d_augmentation(cascade):
     torch.manual_seed(1)
     image, seg, instances = blobs_case(shape=(12, 40, 40))
-    out_image, target, inst = run(training_pipeline(patch=(12, 32, 32), force_spatial=True, dummy_2d=True),
-                                  image, seg, instances)
-    assert out_image.shape == (1, 12, 32, 32)
+    out_image, target, inst = run(training_pipeline(patch=(12, 32, 32), force_spatial=True, dummy_2d=True,
+                                                    cascade=cascade),
+                                  image, seg, instances, seg_prev=seg.clone() if cascade else None)
+    assert out_image.shape == (1 + 2 * cascade, 12, 32, 32)
     assert inst[0].shape == target[0].shape == (1, 1, 12, 32, 32)
     assert_ids_inside_one_class(target[0][0, 0], inst[0][0, 0])
+    assert_ids_cover_the_foreground(target[0][0, 0], inst[0][0, 0])
 
 
 def test_2d_patches():
@@ -162,6 +169,7 @@ def test_cascade_previous_stage_goes_to_the_image_not_the_instances():
     assert out_image.shape[0] == 1 + 2  # image + one-hot of the two foreground labels of the previous stage
     assert target[0].shape[1] == 1
     assert_ids_inside_one_class(target[0][0, 0], inst[0][0, 0])
+    assert_ids_cover_the_foreground(target[0][0, 0], inst[0][0, 0])
 
 
 def test_ignore_label_voxels_carry_no_id():

@@ -38,6 +38,8 @@ TOPK_CASES = [
     (2, 3, (6, 6, 6), 50, {"squared": False}),
     (1, 3, (6, 6, 6), 33.3, {}),
     (2, 3, (6, 6, 6), 100, {}),
+    (3, 3, (6, 6, 6), 30, {"batch_dice": True, "squared": False}),
+    (2, 2, (1, 7, 5), 70, {"smooth": 0.0}),
 ]
 
 
@@ -53,6 +55,14 @@ def test_topk_dice_matches_literal(batch, classes, spatial, k, kwargs, use_mask)
     value = topk_dice_loss(probs, target, k, loss_mask=mask, **kwargs)
     reference = literal_topk_dice_loss(probs, target, k, loss_mask=mask, **kwargs)
     assert_close_with_grad(value, reference, probs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16, torch.uint8])
+def test_topk_target_dtypes(dtype):
+    """nnU-Net hands float targets to its losses; any label dtype gives the same value."""
+    target = random_labels(2, 3, (6, 6, 6), seed=4)
+    probs = random_probs(2, 3, (6, 6, 6), seed=5)
+    torch.testing.assert_close(topk_dice_loss(probs, target.to(dtype), 30), topk_dice_loss(probs, target, 30))
 
 
 def test_k100_is_plain_squared_soft_dice():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,16 @@ def test_blob_dice_train_resume_validate_predict(blobs, tmp_path):
         prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred" / label.name)))
         assert prediction.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(label))).shape
         assert set(np.unique(prediction)) <= {0, 1}
+
+    # nnU-Net's model selection and model export work on our trainer's results like on a stock trainer's
+    run_cli("nnUNetv2_find_best_configuration", 601, "-c", "3d_fullres", "-tr", "nnUNetTrainerBlobDice_tiny",
+            "-f", 0, "-np", 1, "--disable_ensembling")
+    instructions = (Path(os.environ["nnUNet_results"]) / blobs / "inference_instructions.txt").read_text()
+    assert "nnUNetTrainerBlobDice_tiny" in instructions
+    run_cli("nnUNetv2_export_model_to_zip", "-d", 601, "-o", tmp_path / "model.zip", "-c", "3d_fullres",
+            "-tr", "nnUNetTrainerBlobDice_tiny", "-f", 0)
+    with zipfile.ZipFile(tmp_path / "model.zip") as archive:
+        assert any(name.endswith("fold_0/checkpoint_final.pth") for name in archive.namelist())
 
 
 @pytest.mark.parametrize("trainer", ["nnUNetTrainerBlobTversky_tiny", "nnUNetTrainerTopKDice_tiny"])

@@ -53,8 +53,12 @@ def float32_math(fn: Callable) -> Callable:
     return wrapper
 
 
-def as_label_map(name: str, x: torch.Tensor, probs: torch.Tensor, channels: int = 1) -> torch.Tensor:
-    """Check that ``x`` is (B, channels, *spatial) (or (B, *spatial) when channels == 1) and integer-valued."""
+def as_label_map(name: str, x: torch.Tensor, probs: torch.Tensor, channels: int = 1,
+                 to_long: bool = True) -> torch.Tensor:
+    """Check that ``x`` is (B, channels, *spatial) (or (B, *spatial) when channels == 1) and integer-valued.
+
+    Returns it as int64 (``to_long=False``: in its own dtype, for callers that only compare it with labels).
+    """
     spatial = tuple(probs.shape[2:])
     if x.ndim == probs.ndim - 1 and channels == 1:
         x = x.unsqueeze(1)
@@ -70,7 +74,7 @@ def as_label_map(name: str, x: torch.Tensor, probs: torch.Tensor, channels: int 
         pass
     elif not (x.dtype.is_signed or x.dtype == torch.uint8) or x.is_complex():
         raise ValueError(f"{name} must be an integer tensor, got {x.dtype}")
-    return x.long()
+    return x.long() if to_long else x
 
 
 def as_mask(loss_mask: Optional[torch.Tensor], probs: torch.Tensor) -> Optional[torch.Tensor]:
@@ -94,7 +98,7 @@ def check_label_range(target: torch.Tensor, num_classes: int, valid: Optional[to
     if target.numel() == 0:
         return
     t = target if valid is None else torch.where(valid, target, 0)
-    lo, hi = int(t.min()), int(t.max())
+    lo, hi = (int(v) for v in torch.aminmax(t))
     if lo < 0 or hi >= num_classes:
         raise ValueError(
             f"target holds class {lo if lo < 0 else hi}, outside [0, {num_classes}) for probs with {num_classes} "

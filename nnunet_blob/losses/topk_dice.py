@@ -81,28 +81,19 @@ def topk_dice_loss(
         raise ValueError(f"k is the percentage of foreground voxels kept and must be in (0, 100], got {k}")
     check_probs(probs, min_channels=2)
     batch, num_classes = probs.shape[:2]
-    target = as_label_map("target", target, probs)
+    target = as_label_map("target", target, probs, to_long=False)
     valid = as_mask(loss_mask, probs)
     check_label_range(target, num_classes, valid)
 
-    p = probs.reshape(batch, num_classes, -1)[:, 1:]
-    t = target.reshape(batch, 1, -1)
-    fg = t == torch.arange(1, num_classes, device=p.device).reshape(1, -1, 1)
+    p = probs.reshape(batch, num_classes, -1)
     valid = None if valid is None else valid.reshape(batch, 1, -1)
-    if valid is not None:
-        fg = fg & valid
-    if batch_dice:  # one selection and one score per class over the batch: move the batch into the voxel axis
-        p, fg = p.transpose(0, 1).reshape(1, num_classes - 1, -1), fg.transpose(0, 1).reshape(1, num_classes - 1, -1)
-        valid = None if valid is None else valid.transpose(0, 1).reshape(1, 1, -1)
+    kept, ignored, num_kept = _select(p.detach(), target.reshape(batch, -1), valid, k, batch_dice)
+    tp, sum_pred = _KeptSums.apply(p, kept, ignored, valid, squared)
+    if batch_dice:  # one score per class over the whole batch
+        tp, sum_pred = tp.sum(0, keepdim=True), sum_pred.sum(0, keepdim=True)
+    dice = soft_dice_score(tp, num_kept.to(tp.dtype), sum_pred, smooth)
 
-    ignored = _easiest_foreground(p.detach(), fg, k)
-    kept_fg = (fg & ~ignored).to(p.dtype)
-    kept_pred = p * ~ignored if valid is None else p * (valid & ~ignored)
-    tp = (kept_pred * kept_fg).sum(-1)
-    sum_pred = (kept_pred * kept_pred).sum(-1) if squared else kept_pred.sum(-1)
-    dice = soft_dice_score(tp, kept_fg.sum(-1), sum_pred, smooth)
-
-    present = fg.any(-1)
+    present = num_kept > 0
     if not bool(present.any()):
         return zero_with_graph(probs)
     per_sample, sample_has = mean_over_present(dice, present, dim=1)
@@ -110,15 +101,72 @@ def topk_dice_loss(
     return 1 - mean_dice
 
 
-def _easiest_foreground(p: torch.Tensor, fg: torch.Tensor, k: float) -> torch.Tensor:
-    """Ignore map (Eq. 4) of every (row, class): the D_c foreground voxels with the highest probability."""
-    ignored = torch.zeros_like(fg)
-    counts = fg.sum(-1).tolist()
-    for row, row_counts in enumerate(counts):
-        for c, n in enumerate(row_counts):
-            d = num_removed(n, k)
-            if d == 0:
-                continue
-            where = fg[row, c].nonzero()[:, 0]
-            ignored[row, c, where[largest_mask(p[row, c, where], d)]] = True
-    return ignored
+def _select(p: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor], k: float,
+            batch_dice: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split the foreground voxels of every (sample, class) into kept and ignored (Eq. 4): the ignored ones are
+    the D_c with the highest probability, chosen within each sample, or over the batch with ``batch_dice``.
+
+    Returns flat indices into ``p`` (B, C, N) of the kept and of the ignored foreground voxels, and the number of
+    kept foreground voxels per (sample, class >= 1), or per class (1, C - 1) with ``batch_dice``.
+    """
+    batch, num_classes, n = p.shape
+    flat = p.reshape(-1)
+    kept, ignored = [], []
+    num_kept = torch.zeros(1 if batch_dice else batch, num_classes - 1, dtype=torch.long)
+    for c in range(1, num_classes):
+        fg = target == c
+        if valid is not None:
+            fg &= valid[:, 0]
+        sample, voxel = fg.nonzero(as_tuple=True)
+        index = (sample * num_classes + c) * n + voxel
+        groups = [index] if batch_dice else torch.split(index, torch.bincount(sample, minlength=batch).tolist())
+        for row, group in enumerate(groups):
+            remove = largest_mask(flat[group], num_removed(group.numel(), k))
+            ignored.append(group[remove])
+            kept.append(group[~remove])
+            num_kept[row, c - 1] = kept[-1].numel()
+    return torch.cat(kept), torch.cat(ignored), num_kept.to(p.device)
+
+
+class _KeptSums(torch.autograd.Function):
+    r"""Per (sample, class >= 1): :math:`TP = \sum_{kept\ fg} p` and :math:`\sum_{valid,\ not\ ignored} p^2`
+    (or :math:`p` when not squared), from one pass over ``p`` plus gathers at the foreground voxels.
+
+    The backward writes the gradient into one buffer: ``2p`` (or 1) times the sum's gradient everywhere valid,
+    plus TP's gradient at the kept foreground voxels, zero at the ignored ones and in the background channel.
+    """
+
+    @staticmethod
+    def forward(ctx, p, kept, ignored, valid, squared):
+        batch, num_classes, n = p.shape
+        fg_p = p[:, 1:]
+        domain = fg_p if valid is None else fg_p * valid
+        total = torch.linalg.vecdot(domain, fg_p) if squared else domain.sum(-1)
+        flat = p.reshape(-1)
+        removed = flat[ignored] ** 2 if squared else flat[ignored]
+        total_per_channel = p.new_zeros(batch * num_classes)
+        total_per_channel.index_add_(0, torch.div(ignored, n, rounding_mode="floor"), removed)
+        tp = p.new_zeros(batch * num_classes).index_add_(0, torch.div(kept, n, rounding_mode="floor"), flat[kept])
+        ctx.save_for_backward(p, kept, ignored, valid)
+        ctx.squared = squared
+        per_channel = lambda x: x.reshape(batch, num_classes)[:, 1:]  # noqa: E731
+        return per_channel(tp), total - per_channel(total_per_channel)
+
+    @staticmethod
+    def backward(ctx, grad_tp, grad_total):
+        p, kept, ignored, valid = ctx.saved_tensors
+        batch, num_classes, n = p.shape
+        grad = torch.empty_like(p)
+        grad[:, 0] = 0
+        scale = grad_total.unsqueeze(-1)
+        if ctx.squared:
+            torch.mul(p[:, 1:], 2 * scale, out=grad[:, 1:])
+        else:
+            grad[:, 1:] = scale
+        if valid is not None:
+            grad[:, 1:] *= valid
+        flat = grad.view(-1)
+        grad_tp_flat = torch.cat([grad_tp.new_zeros(batch, 1), grad_tp], 1).reshape(-1)
+        flat.index_add_(0, kept, grad_tp_flat[torch.div(kept, n, rounding_mode="floor")])
+        flat[ignored] = 0
+        return grad, None, None, None, None

@@ -23,7 +23,7 @@ CONNECTIVITIES = (6, 18, 26)
 class CaseInstances:
     """The instance map of one case and what the manifest records about it."""
 
-    instance_map: np.ndarray  # (1, *spatial), smallest unsigned dtype holding the ids
+    instance_map: np.ndarray  # (1, *spatial), smallest dtype holding the ids (smallest_id_dtype)
     classes: np.ndarray  # (n,) class label of instance i + 1
     sizes: np.ndarray  # (n,) voxel count of instance i + 1
 
@@ -37,10 +37,12 @@ class CaseInstances:
 
 
 def smallest_id_dtype(max_id: int) -> np.dtype:
-    for dtype in (np.uint8, np.uint16, np.uint32):
+    """uint8, int16, int32 or int64: the smallest holding ``max_id`` (up to int16, nnU-Net's loader takes the
+    crops without a range check, see :mod:`nnunet_blob.trainers.instance_data`)."""
+    for dtype in (np.uint8, np.int16, np.int32):
         if max_id <= np.iinfo(dtype).max:
             return np.dtype(dtype)
-    return np.dtype(np.uint64)
+    return np.dtype(np.int64)
 
 
 def _label_volume(seg: np.ndarray, connectivity: int, case: str) -> np.ndarray:

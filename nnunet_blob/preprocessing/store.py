@@ -2,7 +2,7 @@
 
 Per case ``<case>`` in the instance folder:
 
-* ``<case>.b2nd``: (1, *spatial) instance ids, smallest unsigned dtype, blosc2 chunked like nnU-Net's data so the
+* ``<case>.b2nd``: (1, *spatial) instance ids (uint8, int16 or wider), blosc2 chunked like nnU-Net's data so the
   loader reads crops cheaply;
 * ``<case>_table.npz``: class, voxel count and up to 50 sampled voxel coordinates per instance (for
   instance-balanced patch sampling);

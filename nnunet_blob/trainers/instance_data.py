@@ -49,6 +49,7 @@ class SegWithInstances:
         self.shape = (seg.shape[0] + 1, *seg.shape[1:])
         self.dtype = np.dtype(np.int16)
         self.ndim = len(self.shape)
+        self._may_exceed_int16 = np.iinfo(instances.dtype).max > MAX_INSTANCES_PER_PATCH
 
     def __getitem__(self, index):
         if not isinstance(index, tuple):
@@ -58,7 +59,7 @@ class SegWithInstances:
             raise IndexError("SegWithInstances supports spatial crops of all channels only")
         seg = np.asarray(self.seg[(slice(None), *spatial)])
         inst = np.asarray(self.instances[(Ellipsis, *spatial)]).reshape(1, *seg.shape[1:])
-        if inst.size and inst.max() > MAX_INSTANCES_PER_PATCH:  # ids must survive the loader's int16 cast
+        if self._may_exceed_int16 and inst.size and inst.max() > MAX_INSTANCES_PER_PATCH:  # must survive int16
             inst = renumber_instances(inst)
         out = np.empty((seg.shape[0] + 1, *seg.shape[1:]), dtype=np.int16)
         out[:-1], out[-1:] = seg, inst

@@ -4,18 +4,16 @@
 also moves ``data_dict['instances']`` exactly like the segmentation:
 
 1. :class:`SplitInstances` (first) takes the instance channel that :class:`~.instance_data.SegWithInstances` put
-   after the segmentation out of it, and remembers each id's class;
+   after the segmentation out of it;
 2. every transform that moves voxels is wrapped in :class:`CarryInstances`, which applies the *same random
    parameters* to the instances: nearest-neighbour resampling for ``SpatialTransform`` (one ``grid_sample``
-   whatever the number of ids; its label-wise segmentation resampling would cost one pass per id), flips for
-   ``MirrorTransform``, reshapes for the pseudo-2D transforms, ``nearest-exact`` downsampling for deep
-   supervision;
-3. :class:`ReconcileInstances` (after the last spatial transform) keeps an id only where the segmentation still
-   has the id's class: nearest and label-wise resampling may disagree on boundary voxels, and foreground voxels
-   left without an id are excluded from the blob terms by the loss;
-4. for region-based training, :class:`RegionInstances` labels the connected components of each region channel
+   whatever the number of ids; its label-wise segmentation resampling would cost one pass per id), which also
+   reconciles the ids with the segmentation (nearest and label-wise resampling may disagree on boundary voxels:
+   an id is kept only where the segmentation has the id's class), flips for ``MirrorTransform``, reshapes for the
+   pseudo-2D transforms, ``nearest-exact`` downsampling for deep supervision;
+3. for region-based training, :class:`RegionInstances` labels the connected components of each region channel
    of the patch (an instance per region, as the sigmoid blob loss expects);
-5. :class:`PackInstances` (last) appends the instances to the segmentation (every deep-supervision scale) as
+4. :class:`PackInstances` (last) appends the instances to the segmentation (every deep-supervision scale) as
    extra channels, because nnU-Net's data loader only collates ``image`` and ``segmentation``. The trainer's loss
    takes them off again (:func:`unpack_instances`).
 
@@ -49,7 +47,6 @@ from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentatio
 from torch.nn.functional import grid_sample
 
 INSTANCES = "instances"
-INSTANCE_CLASSES = "instance_classes"
 
 Tensors = Union[torch.Tensor, List[torch.Tensor]]
 
@@ -57,8 +54,8 @@ Tensors = Union[torch.Tensor, List[torch.Tensor]]
 class SplitInstances(BasicTransform):
     """Move segmentation channel ``channel`` (the instance map) to ``data_dict['instances']``.
 
-    Padding (-1) becomes 0 (no instance). ``data_dict['instance_classes'][id]`` is the class of each id, read
-    from segmentation channel 0 before any augmentation.
+    Views, no copies (except for a cascade, whose previous-stage channel follows the instance channel). The
+    loader's padding (-1) stays until :class:`PackInstances`, which sets it to 0 (no instance) on the final patch.
     """
 
     def __init__(self, channel: int = 1):
@@ -66,34 +63,49 @@ class SplitInstances(BasicTransform):
         self.channel = channel
 
     def apply(self, data_dict, **params):
-        seg = data_dict["segmentation"]
-        instances = seg[self.channel: self.channel + 1].clamp_min(0)
-        data_dict["segmentation"] = torch.cat((seg[: self.channel], seg[self.channel + 1:]))
-        # class of each id (all voxels of an id share it); one scatter over the patch, id 0 is no instance
-        classes = torch.full((int(instances.max()) + 1,), -1, dtype=torch.long)
-        classes.scatter_(0, instances.reshape(-1).long(), seg[0].reshape(-1).long())
-        classes[0] = -1
-        data_dict[INSTANCES], data_dict[INSTANCE_CLASSES] = instances, classes
+        seg, c = data_dict["segmentation"], self.channel
+        data_dict[INSTANCES] = seg[c: c + 1]
+        data_dict["segmentation"] = seg[:c] if c == seg.shape[0] - 1 else torch.cat((seg[:c], seg[c + 1:]))
         return data_dict
 
 
-def _resample_nearest(t: SpatialTransform, instances: torch.Tensor, params: dict) -> torch.Tensor:
-    """The ids at the points the spatial transform samples the segmentation at, nearest neighbour, 0 outside."""
+def _resample_nearest(t: SpatialTransform, instances: torch.Tensor, params: dict, seg_before: torch.Tensor,
+                      seg_after: torch.Tensor) -> torch.Tensor:
+    """The ids at the points the spatial transform samples the segmentation at, nearest neighbour, 0 outside.
+
+    Without rotation/scaling this is the segmentation's own crop. Otherwise ``grid_sample`` moves the ids and the
+    segmentation together, at the patch's foreground voxels only (an id elsewhere would be dropped anyway), and an
+    id is kept only where that nearest-neighbour segmentation equals the one the transform produced (its
+    label-wise interpolation may disagree on boundary voxels): every id then lies in its own class, and
+    foreground voxels left without an id are excluded from the blob terms by the loss.
+    """
     if params["grid"] is None:
         return crop_tensor(instances, [math.floor(i) for i in params["center_location_in_pixels"]], t.patch_size,
                            pad_mode="constant", pad_kwargs={"value": 0})
-    padding_mode = t._get_grid_sample_padding_mode(t.border_mode_seg)
-    return grid_sample(instances[None].float(), params["grid"][None], mode="nearest", padding_mode=padding_mode,
-                       align_corners=t.align_corners)[0].to(instances.dtype)
+    k = instances.shape[0]  # 1, or the number of slices in nnU-Net's pseudo-2D augmentation (channel-major)
+    target = seg_after[:k].reshape(k, -1)
+    out = torch.zeros_like(target, dtype=instances.dtype)
+    where = (target > 0).any(0).nonzero()[:, 0]
+    if where.numel():
+        grid = params["grid"]
+        points = grid.reshape(-1, grid.shape[-1])[where].reshape(1, *[1] * (grid.ndim - 2), -1, grid.shape[-1])
+        sampled = grid_sample(torch.cat((instances, seg_before[:k])).float()[None], points, mode="nearest",
+                              padding_mode=t._get_grid_sample_padding_mode(t.border_mode_seg),
+                              align_corners=t.align_corners).reshape(2 * k, -1)
+        ids, nearest_seg = sampled[:k], sampled[k:]
+        keep = (ids > 0) & (nearest_seg == target[:, where])
+        out[:, where] = torch.where(keep, ids, 0).to(out.dtype)
+    return out.reshape(k, *seg_after.shape[1:])
 
 
-#: how each voxel-moving transform moves the instance map, given the transform, the map and its parameters
+#: how each voxel-moving transform moves the instance map: ``move(transform, instances, params, seg_before,
+#: seg_after)`` with the transform's random parameters and the segmentation before and after it
 INSTANCE_MOVERS: dict = {
     SpatialTransform: _resample_nearest,
-    MirrorTransform: lambda t, x, p: t._apply_to_segmentation(x, **p),
-    Convert3DTo2DTransform: lambda t, x, p: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]),
-    Convert2DTo3DTransform: lambda t, x, p: x.reshape(1, x.shape[0], *x.shape[1:]),
-    DownsampleSegForDSTransform: lambda t, x, p: t._apply_to_segmentation(x, **p),
+    MirrorTransform: lambda t, x, p, *_: t._apply_to_segmentation(x, **p),
+    Convert3DTo2DTransform: lambda t, x, p, *_: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]),
+    Convert2DTo3DTransform: lambda t, x, p, *_: x.reshape(1, x.shape[0], *x.shape[1:]),
+    DownsampleSegForDSTransform: lambda t, x, p, *_: t._apply_to_segmentation(x, **p),
 }
 
 #: transforms known not to move voxels of the segmentation
@@ -111,24 +123,15 @@ class CarryInstances(BasicTransform):
 
     def __call__(self, **data_dict):
         params = self.transform.get_parameters(**data_dict)
+        seg_before = data_dict.get("segmentation")
         data_dict = self.transform.apply(data_dict, **params)
         if data_dict.get(INSTANCES) is not None:
-            data_dict[INSTANCES] = self.move(self.transform, data_dict[INSTANCES], params)
+            data_dict[INSTANCES] = self.move(self.transform, data_dict[INSTANCES], params, seg_before,
+                                             data_dict.get("segmentation"))
         return data_dict
 
     def __repr__(self):
         return f"CarryInstances({self.transform!r})"
-
-
-class ReconcileInstances(BasicTransform):
-    """Keep an id only where segmentation channel 0 has the id's class (needs ``instance_classes``)."""
-
-    def apply(self, data_dict, **params):
-        instances, classes = data_dict[INSTANCES], data_dict.pop(INSTANCE_CLASSES)
-        seg = data_dict["segmentation"][0:1]
-        same_class = classes[instances.long()] == seg.long()
-        data_dict[INSTANCES] = torch.where(same_class & (instances > 0), instances, torch.zeros_like(instances))
-        return data_dict
 
 
 class RegionInstances(BasicTransform):
@@ -144,16 +147,18 @@ class RegionInstances(BasicTransform):
         connectivity = self.connectivity if spatial_dims == 3 else {26: 8, 18: 8, 6: 4}.get(self.connectivity, 8)
         labels = [cc3d.connected_components(r, connectivity=connectivity).astype(np.int16) for r in regions]
         data_dict[INSTANCES] = torch.from_numpy(np.stack(labels))
-        data_dict.pop(INSTANCE_CLASSES, None)
         return data_dict
 
 
 class PackInstances(BasicTransform):
-    """Append ``instances`` to ``segmentation`` (per deep-supervision scale) as trailing int16 channels."""
+    """Append ``instances`` to ``segmentation`` (per deep-supervision scale) as trailing int16 channels.
+
+    The loader's padding value (-1) becomes 0, no instance.
+    """
 
     def apply(self, data_dict, **params):
         seg, instances = data_dict["segmentation"], data_dict.pop(INSTANCES)
-        pack = lambda s, i: torch.cat((s.to(torch.int16), i.to(torch.int16)))  # noqa: E731
+        pack = lambda s, i: torch.cat((s.to(torch.int16), i.clamp_min(0).to(torch.int16)))  # noqa: E731
         if isinstance(seg, (list, tuple)):
             data_dict["segmentation"] = [pack(s, i) for s, i in zip(seg, instances)]
         else:
@@ -200,13 +205,5 @@ def make_instance_aware(pipeline: ComposeTransforms, num_regions: int | None = N
         cut = next(i for i, t in enumerate(pipeline.transforms) if isinstance(t, ConvertSegmentationToRegionsTransform))
         stages.insert(cut + 1, RegionInstances(num_regions, connectivity))
         return ComposeTransforms(stages + [PackInstances()])
-    stages: List[BasicTransform] = [SplitInstances()]
-    reconciled = False
-    for transform in pipeline.transforms:
-        if not reconciled and isinstance(transform, DownsampleSegForDSTransform):
-            stages.append(ReconcileInstances())
-            reconciled = True
-        stages.append(_carry(transform))
-    if not reconciled:
-        stages.append(ReconcileInstances())
+    stages = [SplitInstances()] + [_carry(t) for t in pipeline.transforms]
     return ComposeTransforms(stages + [PackInstances()])
