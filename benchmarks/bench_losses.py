@@ -120,7 +120,7 @@ def main():
     print("|" + "---|" * len(header))
     logits = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
     first = {}
-    for count in args.counts:
+    for index, count in enumerate(args.counts):
         target, instances = (t.to(device) for t in make_batch(args.batch, args.classes, args.size, count))
         candidates = {
             "dice": lambda x: me_dice(x, target),
@@ -132,6 +132,8 @@ def main():
         }
         if count <= args.loop_max:
             candidates["loop"] = lambda x: loop_blob_dice(x, target, instances)
+        if index == 0:  # the process's first rounds run slower (allocator and thread pool warming up): discard
+            interleaved_best(candidates, logits, args.repeats)
         t = interleaved_best(candidates, logits, args.repeats)
         ref, ref_ce = t["dice"], t["dc_ce"]
         loop = f"{t['loop'] / ref:.2f}x ({t['loop']:.3f} s)" if "loop" in t else "-"

@@ -1,6 +1,7 @@
 """The trainers through nnU-Net's own command-line tools, as a user types them (tiny budgets, CPU)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import zipfile
@@ -18,9 +19,9 @@ def results_folder(dataset: str, trainer: str, configuration: str = "3d_fullres"
     return Path(os.environ["nnUNet_results"]) / dataset / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
 
 
-def train(dataset_id, trainer, *extra, configuration="3d_fullres", epochs=1, check=True):
+def train(dataset_id, trainer, *extra, configuration="3d_fullres", fold=0, epochs=1, check=True):
     env = {**os.environ, "NNUNET_BLOB_TEST_EPOCHS": str(epochs)}
-    return run_cli("nnUNetv2_train", dataset_id, configuration, 0, "-tr", trainer, "-device", "cpu", *extra,
+    return run_cli("nnUNetv2_train", dataset_id, configuration, fold, "-tr", trainer, "-device", "cpu", *extra,
                    env=env, check=check)
 
 
@@ -98,3 +99,34 @@ def test_region_based_dataset(preprocessed):
     assert "Online instance F1" in log
     refused = train(603, "nnUNetTrainerTopKDice_tiny", check=False)
     assert refused.returncode != 0 and "TopK-Dice is defined for softmax outputs" in refused.stderr + refused.stdout
+
+
+def add_cascade(plans_file: Path) -> None:
+    """Give tiny-volume plans the 3d_lowres / 3d_cascade_fullres pair nnU-Net plans for large images."""
+    plans = json.loads(plans_file.read_text())
+    configurations = plans["configurations"]
+    lowres = json.loads(json.dumps(configurations["3d_fullres"]))
+    lowres.update(data_identifier="nnUNetPlans_3d_lowres", next_stage="3d_cascade_fullres",
+                  spacing=[2 * s for s in lowres["spacing"]],
+                  median_image_size_in_voxels=[s // 2 for s in lowres["median_image_size_in_voxels"]])
+    configurations["3d_lowres"] = lowres
+    configurations["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    plans_file.write_text(json.dumps(plans, indent=1))
+
+
+def test_cascade(preprocessed):
+    """3d_lowres, then 3d_cascade_fullres on its predictions (nnU-Net moves them into the network input)."""
+    dataset = preprocessed(604, num_train=5, name="Cascade")
+    add_cascade(Path(os.environ["nnUNet_preprocessed"]) / dataset / "nnUNetPlans.json")
+    run_cli("nnUNetv2_preprocess", "-d", 604, "-c", "3d_lowres", "-np", 1)
+    # fold "all" validates on every case, so every case gets a previous-stage segmentation for the cascade
+    train(604, "nnUNetTrainerBlobDice_tiny", configuration="3d_lowres", fold="all")
+    train(604, "nnUNetTrainerBlobDice_tiny", configuration="3d_cascade_fullres")
+    folder = results_folder(dataset, "nnUNetTrainerBlobDice_tiny", "3d_cascade_fullres")
+    for name in ("checkpoint_final.pth", "validation/summary_instances.json"):
+        assert (folder / name).is_file(), name
+    preprocessed_folder = Path(os.environ["nnUNet_preprocessed"]) / dataset
+    assert (preprocessed_folder / "nnUNetPlans_3d_lowres_instances" / "manifest.json").is_file()
+    weights = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    first_conv = next(w for w in weights.values() if w.ndim == 5)
+    assert first_conv.shape[1] == 2  # the image plus the previous stage's foreground label, not the instances

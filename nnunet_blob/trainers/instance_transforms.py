@@ -69,6 +69,17 @@ class SplitInstances(BasicTransform):
         return data_dict
 
 
+_SCRATCH: dict = {}
+
+
+def _scratch(shape: tuple) -> torch.Tensor:
+    """A float32 buffer reused between samples (a fresh input-sized tensor per sample costs its page faults)."""
+    if shape not in _SCRATCH:
+        _SCRATCH.clear()
+        _SCRATCH[shape] = torch.empty(shape)
+    return _SCRATCH[shape]
+
+
 def _resample_nearest(t: SpatialTransform, instances: torch.Tensor, params: dict, seg_before: torch.Tensor,
                       seg_after: torch.Tensor) -> torch.Tensor:
     """The ids at the points the spatial transform samples the segmentation at, nearest neighbour, 0 outside.
@@ -89,7 +100,9 @@ def _resample_nearest(t: SpatialTransform, instances: torch.Tensor, params: dict
     if where.numel():
         grid = params["grid"]
         points = grid.reshape(-1, grid.shape[-1])[where].reshape(1, *[1] * (grid.ndim - 2), -1, grid.shape[-1])
-        sampled = grid_sample(torch.cat((instances, seg_before[:k])).float()[None], points, mode="nearest",
+        stacked = _scratch((2 * k, *instances.shape[1:]))
+        stacked[:k], stacked[k:] = instances, seg_before[:k]
+        sampled = grid_sample(stacked[None], points, mode="nearest",
                               padding_mode=t._get_grid_sample_padding_mode(t.border_mode_seg),
                               align_corners=t.align_corners).reshape(2 * k, -1)
         ids, nearest_seg = sampled[:k], sampled[k:]
