@@ -4,7 +4,7 @@ Loading and augmentation run in this process (nnUNet_n_proc_DA=0), so the figure
 worker-pool effects. A synthetic dataset with ~300 instances per case. Targets: >= 0.9x stock (trainers issue),
 instance sampling >= 0.95x of the same loader without it (sampling issue).
 
-    python benchmarks/bench_dataloader.py [--cases 8] [--shape 96 96 96] [--batches 20]
+    python benchmarks/bench_dataloader.py [--cases 8] [--shape 96 96 96] [--batches 30] [--rounds 7]
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def main():
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96])
     parser.add_argument("--blobs", type=int, nargs=2, default=[280, 330])
-    parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
 
     root = workspace("nnunet_blob_bench_loader_")

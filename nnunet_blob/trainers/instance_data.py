@@ -82,7 +82,7 @@ class InstanceDataset:
         self._dataset = dataset
         self._open_instances = open_instances
         self._open_table, self._sampling_exponent = open_table, sampling_exponent
-        self._tables = {}  # instance tables are small: read each case's once
+        self._balanced = {}
 
     def __getattr__(self, name):
         return getattr(self._dataset, name)
@@ -96,10 +96,14 @@ class InstanceDataset:
     def load_case(self, identifier):
         data, seg, seg_prev, properties = self._dataset.load_case(identifier)
         if self._sampling_exponent is not None:
+            properties = {**properties, "class_locations": self._balanced_locations(identifier, properties)}
+        return data, SegWithInstances(seg, self._open_instances(identifier), identifier), seg_prev, properties
+
+    def _balanced_locations(self, identifier, properties) -> dict:
+        """The case's instance-balanced ``class_locations``, built on its first load (tables are small)."""
+        if identifier not in self._balanced:
             from nnunet_blob.trainers.instance_sampling import balanced_class_locations
 
-            if identifier not in self._tables:
-                self._tables[identifier] = self._open_table(identifier)
-            properties = {**properties, "class_locations": balanced_class_locations(
-                properties["class_locations"], self._tables[identifier], self._sampling_exponent)}
-        return data, SegWithInstances(seg, self._open_instances(identifier), identifier), seg_prev, properties
+            self._balanced[identifier] = balanced_class_locations(
+                properties["class_locations"], self._open_table(identifier), self._sampling_exponent)
+        return self._balanced[identifier]
