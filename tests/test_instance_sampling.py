@@ -8,8 +8,8 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from nnunet_blob.trainers.instance_sampling import (balanced_class_locations, sample_instance_locations,
-                                                    InstanceBalancedLocations)
+from nnunet_blob.trainers.instance_sampling import (InstanceBalancedLocations, InstanceLocations,
+                                                    balanced_class_locations, sample_instance_locations)
 
 PATCH = 16
 
@@ -94,3 +94,19 @@ def test_class_without_instances_and_other_keys_are_left_alone():
     balanced = balanced_class_locations(locations, table, 0.0)
     assert balanced[1] is locations[1] and balanced[(-1, 1)] is locations[(-1, 1)]
     assert len(InstanceBalancedLocations(table, 1, 0.0)) == 0
+
+
+def test_voxel_within_the_instance_is_uniform_and_uses_no_extra_random_draw():
+    """nnU-Net's one index picks instance and voxel: the augmentation's random stream is not shifted."""
+    x = np.concatenate([np.arange(50), 100 + np.arange(3)])  # instance 0: 50 stored voxels, instance 1: 3
+    table = InstanceLocations(np.array([1, 1]), np.array([50, 3]), np.stack([x, 0 * x, 0 * x], 1),
+                              np.array([0, 50, 53]))
+    locations = InstanceBalancedLocations(table, 1, exponent=0.0)
+    np.random.seed(7)
+    state = np.random.get_state()[1].copy()
+    indices = np.random.default_rng(0).integers(0, len(locations), 20000)
+    counts = np.bincount([locations[i][1] for i in indices], minlength=103)
+    assert np.array_equal(np.random.get_state()[1], state)
+    assert counts[:50].sum() == pytest.approx(10000, rel=0.03)  # uniform over the two instances
+    assert counts[:50].min() > 140 and counts[:50].max() < 260  # ~200 per voxel of the big one
+    assert counts[100:].min() > 3000 and counts[50:100].sum() == 0

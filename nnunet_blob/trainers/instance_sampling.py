@@ -8,8 +8,9 @@ centres almost every forced patch on the large one.
 :class:`InstanceBalancedLocations` stands in for ``class_locations[c]`` and is indexed exactly like it: the
 uniform index nnU-Net draws is turned into an instance chosen with probability proportional to
 ``size ** exponent`` (0: uniform over the class's instances; 1: proportional to size, i.e. nnU-Net's voxel-uniform
-behaviour), and then a voxel drawn uniformly from that instance's stored locations. Everything else in nnU-Net's
-sampling (which samples are forced, the class choice, the bounding box) is unchanged.
+behaviour), and then a voxel drawn uniformly from that instance's stored locations, both from nnU-Net's single
+draw. Everything else in nnU-Net's sampling (which samples are forced, the class choice, the bounding box) and the
+sequence of random numbers the augmentation sees are unchanged.
 """
 from __future__ import annotations
 
@@ -51,9 +52,13 @@ class InstanceBalancedLocations:
 
     def __getitem__(self, index) -> np.ndarray:
         u = (int(index) + 0.5) / INDEX_RESOLUTION
-        chosen = self.instances[min(int(np.searchsorted(self.cdf, u, side="right")), len(self.instances) - 1)]
-        start, stop = self.table.offsets[chosen], self.table.offsets[chosen + 1]
-        voxel = self.table.coordinates[np.random.randint(start, stop)]
+        i = min(int(np.searchsorted(self.cdf, u, side="right")), len(self.instances) - 1)
+        # where u falls inside instance i's share of [0, 1) is again uniform: it picks the voxel, so a pick uses
+        # nnU-Net's one random draw and nothing else (its augmentation draws stay as they would be)
+        low = self.cdf[i - 1] if i else 0.0
+        within = (u - low) / (self.cdf[i] - low)
+        start, stop = self.table.offsets[self.instances[i]], self.table.offsets[self.instances[i] + 1]
+        voxel = self.table.coordinates[start + min(int(within * (stop - start)), stop - start - 1)]
         return np.concatenate(([0], voxel))  # nnU-Net's locations carry a leading channel index
 
 
