@@ -4,7 +4,6 @@ Everything runs the real nnU-Net command-line tools in subprocesses, as a user t
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.synthetic import make_dataset
 
 TESTS = Path(__file__).parent
@@ -70,15 +70,3 @@ def preprocessed(nnunet_workspace):
         return _PREPROCESSED[key]
 
     return build
-
-
-def shrink_plans(plans_file: Path, base_features: int = 4) -> None:
-    """Tiny networks for CPU tests: fewer features per stage (patch size and data are unchanged)."""
-    plans = json.loads(plans_file.read_text())
-    for configuration in plans["configurations"].values():
-        arch = configuration.get("architecture", {}).get("arch_kwargs")
-        if arch:
-            arch["features_per_stage"] = [min(base_features * 2 ** i, 32) for i in range(arch["n_stages"])]
-        if "batch_size" in configuration:
-            configuration["batch_size"] = 2
-    plans_file.write_text(json.dumps(plans, indent=1))

@@ -1,0 +1,44 @@
+"""``nnunet_blob demo``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from nnunet_blob.demo.run import DemoError, StageError, run_demo
+
+    try:
+        run_demo(args.workspace, args.budget, args.trainers, args.device, args.clean, args.seed, args.np)
+    except (DemoError, StageError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    from nnunet_blob.demo.budgets import BUDGETS, DEFAULT_TRAINERS
+
+    p = subparsers.add_parser(
+        "demo", help="run the whole pipeline on a synthetic dataset and compare stock nnU-Net with blob loss",
+        description="Generate a synthetic instance-imbalanced dataset (large structures beside many small blobs, "
+                    "held-out test split) in a workspace of its own, then run nnUNetv2_plan_and_preprocess, the "
+                    "instance maps, nnUNetv2_train for each trainer (same seed and budget), nnUNetv2_predict on the "
+                    "test split, nnunet_blob evaluate and compare, and print DSC, SDSC, F1, IS and IP per trainer. "
+                    "Re-running resumes where it stopped.")
+    p.add_argument("--workspace", default="nnunet_blob_demo",
+                   help="folder for data, models and results (default ./nnunet_blob_demo); nnUNet_raw/"
+                        "_preprocessed/_results are set inside it, your own nnU-Net folders are not touched")
+    p.add_argument("--budget", default="default", choices=list(BUDGETS),
+                   help="smoke: a pipeline check in a few minutes; default: <= 15 min on a 2-core CPU; "
+                        "detection: the detection benchmark's (24 test cases, longer); long: nnU-Net's own "
+                        "network size, for a GPU")
+    p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS),
+                   help=f"trainers to compare (default: {' '.join(DEFAULT_TRAINERS)}); any nnunet_blob trainer, "
+                        f"e.g. nnUNetTrainerBlobTversky nnUNetTrainerTopKDice nnUNetTrainerBlobDice_instSampling")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto: cuda when available, else cpu")
+    p.add_argument("--clean", action="store_true", help="delete the workspace first and start over")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dataset and of every trainer (default 0)")
+    p.add_argument("-np", type=int, default=2, help="processes for preprocessing and data augmentation (default 2)")
+    p.set_defaults(func=_demo)

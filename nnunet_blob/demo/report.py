@@ -1,0 +1,27 @@
+"""The demo's results table: the blob-loss paper's Table 1 columns per trainer, from ``nnunet_blob evaluate``."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+#: column -> key in the summary's ``foreground_mean`` (means over the test cases, then over foreground labels)
+COLUMNS = {"DSC": "Dice", "SDSC": "SurfaceDice", "F1": "F1", "IS": "IS", "IP": "IP"}
+
+
+def results_table(summaries: dict, evaluation_root: Path) -> tuple[dict, str]:
+    """({trainer: {column: value}}, Markdown text with the table and the detection pictures' folders)."""
+    table = {}
+    for trainer, path in summaries.items():
+        means = json.loads(Path(path).read_text())["foreground_mean"]
+        table[trainer] = {column: means.get(key, math.nan) for column, key in COLUMNS.items()}
+    num_cases = len(json.loads(Path(next(iter(summaries.values()))).read_text())["metric_per_case"])
+    lines = [f"Test split, {num_cases} cases (mean per case; DSC/SDSC volumetric, F1/IS/IP instance-wise):", "",
+             "| trainer | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for trainer, row in table.items():
+        lines.append(f"| {trainer} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
+    lines += ["", "Detection pictures (maximum-intensity projections, hits and misses per instance):"]
+    for trainer in summaries:
+        pictures = sorted((Path(evaluation_root) / trainer / "pictures").glob("*.png"))
+        lines.append(f"- {trainer}: {pictures[0].parent if pictures else '(none)'} ({len(pictures)} PNG)")
+    return table, "\n".join(lines) + "\n"

@@ -1,0 +1,155 @@
+"""The demo: synthetic data -> nnU-Net planning/preprocessing -> instance maps -> training of stock nnU-Net and
+blob-loss trainers with the same seed and budget -> prediction on a held-out test split -> evaluation and comparison.
+
+Every step is the real command-line tool a user would type, in a workspace of its own (see :mod:`.stages`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, TRAINER_FOLDER, Budget
+from nnunet_blob.demo.plans import shrink_plans
+from nnunet_blob.demo.report import results_table
+from nnunet_blob.demo.stages import Stages, StageError, demo_environment
+
+DATASET_ID, DATASET_NAME = 991, "BlobDemo"
+CONFIGURATION = "3d_fullres"
+SETTINGS = "demo.json"
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start (bad workspace or arguments); the message says what to do."""
+
+
+def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default",
+             trainers: Sequence[str] = ("nnUNetTrainer", "nnUNetTrainerBlobDice"), device: str = "auto",
+             clean: bool = False, seed: int = 0, num_processes: int = 2, out=sys.stdout) -> dict:
+    """Run (or resume) the demo in ``workspace``; returns the results table as {trainer: {metric: value}}."""
+    from nnunet_blob.demo.budgets import demo_trainer_bases
+
+    root = Path(workspace).resolve()
+    unknown = [t for t in trainers if t not in demo_trainer_bases()]
+    if unknown:
+        raise DemoError(f"unknown trainer(s) {', '.join(unknown)}; choose from: "
+                        f"{', '.join(sorted(demo_trainer_bases()))}")
+    if budget not in BUDGETS:
+        raise DemoError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
+    if clean and root.exists():
+        shutil.rmtree(root)
+    device = _device(device)
+    plan = BUDGETS[budget]
+    reduce = plan.base_features if device == "cpu" else None
+    settings = _settings(root, budget, seed, reduce)
+    stages = Stages(root, demo_environment(root, {**plan.environment(seed), "nnUNet_extTrainer": _ext_trainers(),
+                                                  "nnUNet_n_proc_DA": str(num_processes)}), out)
+    stages.say(f"nnunet_blob demo in {root} (budget {budget}: {plan.num_train} training and {plan.num_test} test "
+               f"cases of {'x'.join(map(str, plan.shape))} voxels, {plan.epochs} epochs of {plan.iterations} "
+               f"iterations, seed {seed}, device {device})")
+    if reduce:
+        stages.say(f"    CPU run: nnU-Net's plans are reduced to {reduce} features in the first stage "
+                   f"(same patch size and stages) so that training fits the budget; results are not nnU-Net's "
+                   f"full-size numbers. On a GPU the demo keeps nnU-Net's own network.")
+    raw = root / "nnUNet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+    preprocessed = root / "nnUNet_preprocessed" / raw.name
+
+    stages.run("dataset", lambda log: _make_dataset(raw, plan, seed), "synthetic dataset")
+    stages.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", CONFIGURATION,
+                                       "-np", num_processes, "-npfp", num_processes, "--verify_dataset_integrity"],
+               "nnUNetv2_plan_and_preprocess", after=["dataset"])
+    stages.run("reduce_plans", lambda log: _reduce_plans(preprocessed / "nnUNetPlans.json", reduce),
+               "reduced network for CPU" if reduce else "nnU-Net's own plans", after=["plan_and_preprocess"])
+    stages.run("instance_maps", ["nnunet_blob", "preprocess", "-d", DATASET_ID, "-c", CONFIGURATION, "-np",
+                                 num_processes], "nnunet_blob preprocess (instance maps)", after=["reduce_plans"])
+    summaries = {}
+    for trainer in trainers:
+        summaries[trainer] = _train_predict_evaluate(stages, trainer, raw, preprocessed, device, num_processes)
+    if len(trainers) > 1:
+        stages.run("compare", ["nnunet_blob", "compare", *summaries.values(), "--names", *summaries],
+                   "nnunet_blob compare (Wilcoxon signed-rank per metric)",
+                   after=[f"evaluate_{t}" for t in trainers])
+    table, text = results_table(summaries, root / "evaluation")
+    (root / "results.md").write_text(text)
+    stages.say("\n" + text)
+    stages.say(f"written: {root / 'results.md'}; logs in {stages.logs}")
+    settings["completed"] = True
+    (root / SETTINGS).write_text(json.dumps(settings, indent=1))
+    return table
+
+
+def _train_predict_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: Path, device: str,
+                            num_processes: int) -> Path:
+    name = trainer + DEMO_SUFFIX
+    train = f"train_{trainer}"
+    dependencies = ["instance_maps"]
+    results = (stages.root / "nnUNet_results" / raw.name / f"{name}__nnUNetPlans__{CONFIGURATION}" / "fold_0")
+    finished = stages.done(train, dependencies)
+    resume = (not finished and stages.started(train, dependencies)
+              and any((results / f).is_file() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")))
+    if not finished and not resume:  # a stale or never-checkpointed run: start afresh
+        shutil.rmtree(results, ignore_errors=True)
+    stages.run(train, ["nnUNetv2_train", DATASET_ID, CONFIGURATION, 0, "-tr", name, "-device", device,
+                       *(["--c"] if resume else [])],
+               f"nnUNetv2_train {trainer}" + (" (resuming)" if resume else ""), after=dependencies)
+    predictions = stages.root / "predictions" / trainer
+    stages.run(f"predict_{trainer}", ["nnUNetv2_predict", "-i", raw / "imagesTs", "-o", predictions, "-d",
+                                      DATASET_ID, "-c", CONFIGURATION, "-f", 0, "-tr", name, "-device", device,
+                                      "-npp", 1, "-nps", 1, "--disable_tta"],
+               f"nnUNetv2_predict {trainer} on the test split (no test-time mirroring)", after=[train])
+    summary = stages.root / "evaluation" / trainer / "summary_instances.json"
+    stages.run(f"evaluate_{trainer}", ["nnunet_blob", "evaluate", raw / "labelsTs", predictions, "-djfile",
+                                       raw / "dataset.json", "-pfile", preprocessed / "nnUNetPlans.json", "-o",
+                                       summary, "-np", num_processes, "--png", summary.parent / "pictures",
+                                       "--images", raw / "imagesTs"],
+               f"nnunet_blob evaluate {trainer}", after=[f"predict_{trainer}"])
+    return summary
+
+
+def _reduce_plans(plans_file: Path, base_features: int | None) -> None:
+    if base_features:
+        shrink_plans(plans_file, base_features)
+
+
+def _make_dataset(folder: Path, plan: Budget, seed: int) -> None:
+    from nnunet_blob.synthetic import make_dataset
+
+    shutil.rmtree(folder, ignore_errors=True)  # a half-written dataset from an interrupted run
+    make_dataset(folder.parent, DATASET_ID, DATASET_NAME, num_train=plan.num_train, num_test=plan.num_test,
+                 shape=plan.shape, small_objects=plan.small_objects, seed=seed)
+
+
+def _settings(root: Path, budget: str, seed: int, reduced_features: int | None) -> dict:
+    """The workspace's settings; a workspace made with other settings is refused, not mixed."""
+    wanted = {"budget": budget, "seed": seed, "reduced_network": reduced_features}
+    file = root / SETTINGS
+    if file.is_file():
+        previous = json.loads(file.read_text())
+        differing = {k: previous.get(k) for k in wanted if previous.get(k) != wanted[k]}
+        if differing:
+            raise DemoError(f"{root} holds a demo run with {differing}; add --clean to start over with the new "
+                            f"settings, or choose another --workspace")
+        return previous
+    root.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(wanted, indent=1))
+    return wanted
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _ext_trainers() -> str:
+    import os
+
+    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    return os.pathsep.join(current + [str(TRAINER_FOLDER)])
+
+
+__all__ = ["run_demo", "DemoError", "StageError"]

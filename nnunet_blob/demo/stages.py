@@ -1,0 +1,129 @@
+"""Resumable stages: each runs once, logs to its own file and leaves a marker only when it succeeded.
+
+A stage whose marker is missing runs again from its start (its own outputs are overwritten, or resumed where the
+tool supports it, e.g. ``nnUNetv2_train --c``), so an interrupted demo is finished by running it again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names the stage, its log file and what to run next."""
+
+
+class Stages:
+    """Runs named stages in ``root``, logs in ``root/logs``, markers in ``root/.stages``."""
+
+    def __init__(self, root: Path, environment: dict, out=sys.stdout):
+        self.root, self.environment, self.out = Path(root), environment, out
+        self.logs, self.markers = self.root / "logs", self.root / ".stages"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.markers.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+
+    def done(self, name: str, after: Sequence[str] = ()) -> bool:
+        """Finished, and after every stage it depends on last finished (make-like, by marker time)."""
+        return self._valid(self.markers / f"{name}.done", after)
+
+    def started(self, name: str, after: Sequence[str] = ()) -> bool:
+        """Begun (perhaps interrupted) since its dependencies last finished: its partial output may be resumed."""
+        return self._valid(self.markers / f"{name}.started", after)
+
+    def _valid(self, marker: Path, after: Sequence[str]) -> bool:
+        if not marker.is_file():
+            return False
+        dependencies = [self.markers / f"{d}.done" for d in after]
+        return all(d.is_file() and d.stat().st_mtime <= marker.stat().st_mtime for d in dependencies)
+
+    def log_file(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def run(self, name: str, action: Sequence[str] | Callable[[Path], None], describe: str,
+            after: Sequence[str] = ()) -> bool:
+        """Run a command line (streamed to the console and the log) or a callable(log_file), unless it is done
+        and newer than the stages it depends on (``after``). Returns True if it ran now.
+        """
+        self.count += 1
+        if self.done(name, after):
+            self.say(f"[{self.count}] {describe}: done before, skipped")
+            return False
+        self.say(f"[{self.count}] {describe} (log: {self.log_file(name)})")
+        (self.markers / f"{name}.done").unlink(missing_ok=True)
+        (self.markers / f"{name}.started").touch()
+        start = time.time()
+        try:
+            if callable(action):
+                action(self.log_file(name))
+            else:
+                self._command(name, [str(a) for a in action])
+        except KeyboardInterrupt:
+            raise StageError(f"interrupted during stage '{name}'; run the same command again to resume") from None
+        except StageError:
+            raise
+        except Exception as e:  # a Python stage: keep the traceback in its log
+            with open(self.log_file(name), "a") as log:
+                import traceback
+
+                traceback.print_exc(file=log)
+            raise StageError(self._failure(name, f"{type(e).__name__}: {e}")) from e
+        marker = self.markers / f"{name}.done"
+        marker.write_text(json.dumps({"seconds": round(time.time() - start, 1), "finished": time.ctime()}))
+        self.say(f"    {describe}: {time.time() - start:.0f} s")
+        return True
+
+    def _command(self, name: str, command: list[str]) -> None:
+        command = [_executable(command[0]), *command[1:]]
+        with open(self.log_file(name), "wb") as log:
+            log.write(("$ " + " ".join(command) + "\n").encode())
+            log.flush()
+            try:
+                process = subprocess.Popen(command, env=self.environment, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, cwd=self.root)
+            except FileNotFoundError as e:
+                raise StageError(self._failure(name, f"command not found: {command[0]} (is nnU-Net installed in "
+                                                     f"this environment?)")) from e
+            try:
+                for chunk in iter(lambda: process.stdout.read1(4096), b""):
+                    log.write(chunk)
+                    self.out.buffer.write(chunk) if hasattr(self.out, "buffer") else self.out.write(chunk.decode())
+                    self.out.flush()
+                code = process.wait()
+            except KeyboardInterrupt:
+                process.kill()
+                process.wait()
+                raise
+        if code != 0:
+            raise StageError(self._failure(name, f"{command[0]} exited with code {code}"))
+
+    def _failure(self, name: str, reason: str) -> str:
+        tail = self.log_file(name).read_text(errors="replace").splitlines()[-15:] if self.log_file(
+            name).is_file() else []
+        return (f"stage '{name}' failed: {reason}\nits log: {self.log_file(name)}\n"
+                + "".join(f"  | {line}\n" for line in tail)
+                + "fix the cause and run the same command again to resume (or add --clean to start over)")
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def _executable(name: str) -> str:
+    """A command line tool of this Python environment (even when its bin folder is not on PATH)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
+def demo_environment(root: Path, extra: dict) -> dict:
+    """The user's environment with nnU-Net's folders inside ``root`` (the user's own folders are never used)."""
+    env = dict(os.environ)
+    env.update({"nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+                "nnUNet_results": str(root / "nnUNet_results"), "nnUNet_compile": "f",
+                "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env

@@ -1,0 +1,1 @@
+"""Folder the demo lists in ``nnUNet_extTrainer``: nnU-Net imports its modules by bare name."""
