@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from nnunet_blob.cli import reports
+from nnunet_blob.demo.run import DemoError, StageError, run_demo
 
 
+@reports(DemoError, StageError, command="demo")
 def _demo(args: argparse.Namespace) -> int:
-    from nnunet_blob.demo.run import DemoError, StageError, run_demo
-
-    try:
-        run_demo(args.workspace, args.budget, args.trainers, args.device, args.clean, args.seed, args.np)
-    except (DemoError, StageError) as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        return 1
+    run_demo(args.workspace, args.budget, args.trainers, args.device, args.clean, args.seed, args.np)
     return 0
 
 

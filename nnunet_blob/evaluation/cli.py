@@ -4,41 +4,36 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnunet_blob.cli import reports
 from nnunet_blob.preprocessing.components import CONNECTIVITIES as CONNECTIVITY_3D
 
 
+@reports(FileNotFoundError, ValueError, command="evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
     from nnunet_blob.evaluation import folder
 
     common = dict(num_processes=args.np, tolerance_mm=args.tolerance_mm, connectivity=args.connectivity,
                   chill=args.chill, png_dir=args.png, images_dir=args.images)
-    try:
-        if args.l is not None:
-            folder.evaluate_folder_simple(args.gt_folder, args.pred_folder, args.l, args.il, args.o, **common)
-        elif args.djfile and args.pfile:
-            folder.evaluate_folder_from_json(args.gt_folder, args.pred_folder, args.djfile, args.pfile, args.o,
-                                             **common)
-        else:
-            print("error: give -djfile and -pfile, or -l (and -il)", file=sys.stderr)
-            return 2
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.l is not None:
+        folder.evaluate_folder_simple(args.gt_folder, args.pred_folder, args.l, args.il, args.o, **common)
+    elif args.djfile and args.pfile:
+        folder.evaluate_folder_from_json(args.gt_folder, args.pred_folder, args.djfile, args.pfile, args.o,
+                                         **common)
+    else:
+        print("nnunet_blob evaluate: error: give -djfile and -pfile, or -l (and -il)", file=sys.stderr)
+        return 2
     return 0
 
 
+@reports(FileNotFoundError, ValueError, command="compare")
 def _compare(args: argparse.Namespace) -> int:
     from nnunet_blob.evaluation.compare import compare, format_report
 
     names = args.names or [f"{i}:{p}" for i, p in enumerate(args.summaries)]
     if len(names) != len(args.summaries) or len(set(names)) != len(names):
-        print("error: --names needs one distinct name per summary", file=sys.stderr)
+        print("nnunet_blob compare: error: --names needs one distinct name per summary", file=sys.stderr)
         return 2
-    try:
-        print(format_report(compare(dict(zip(names, args.summaries)), alpha=args.alpha)))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    print(format_report(compare(dict(zip(names, args.summaries)), alpha=args.alpha)))
     return 0
 
 

@@ -1,28 +1,24 @@
 """``nnunet_blob preprocess``: instance maps for an nnU-Net dataset, after nnUNetv2_plan_and_preprocess."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
+from nnunet_blob.cli import reports
 from nnunet_blob.preprocessing.errors import InstanceMapError
 
 
+@reports(InstanceMapError, command="preprocess")
 def run(args) -> int:
     from nnunet_blob.preprocessing.locate import locate, preprocessed_configurations
     from nnunet_blob.preprocessing.runner import ensure_instance_maps
     from nnunet_blob.preprocessing.summary import summarize
 
-    try:
-        configurations = args.c or preprocessed_configurations(args.d, args.p)
-        for configuration in configurations:
-            store = ensure_instance_maps(args.d, args.p, configuration, connectivity=args.connectivity,
-                                         num_processes=args.np, overwrite=args.overwrite)
-            spacing = locate(args.d, args.p, configuration).configuration_dict["spacing"]
-            print(summarize(store.manifest, float(np.prod(spacing))))
-    except InstanceMapError as e:
-        print(f"nnunet_blob preprocess: error: {e}", file=sys.stderr)
-        return 1
+    configurations = args.c or preprocessed_configurations(args.d, args.p)
+    for configuration in configurations:
+        store = ensure_instance_maps(args.d, args.p, configuration, connectivity=args.connectivity,
+                                     num_processes=args.np, overwrite=args.overwrite)
+        spacing = locate(args.d, args.p, configuration).configuration_dict["spacing"]
+        print(summarize(store.manifest, float(np.prod(spacing))))
     return 0
 
 
