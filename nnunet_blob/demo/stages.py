@@ -92,8 +92,7 @@ class Stages:
             try:
                 for chunk in iter(lambda: process.stdout.read1(4096), b""):
                     log.write(chunk)
-                    self.out.buffer.write(chunk) if hasattr(self.out, "buffer") else self.out.write(chunk.decode())
-                    self.out.flush()
+                    self._echo(chunk)
                 code = process.wait()
             except KeyboardInterrupt:
                 process.kill()
@@ -102,9 +101,17 @@ class Stages:
         if code != 0:
             raise StageError(self._failure(name, f"{command[0]} exited with code {code}"))
 
+    def _echo(self, chunk: bytes) -> None:
+        """The tool's own output (progress bars included) to the console as it comes."""
+        if hasattr(self.out, "buffer"):
+            self.out.buffer.write(chunk)
+        else:
+            self.out.write(chunk.decode(errors="replace"))
+        self.out.flush()
+
     def _failure(self, name: str, reason: str) -> str:
-        tail = self.log_file(name).read_text(errors="replace").splitlines()[-15:] if self.log_file(
-            name).is_file() else []
+        log = self.log_file(name)
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
         return (f"stage '{name}' failed: {reason}\nits log: {self.log_file(name)}\n"
                 + "".join(f"  | {line}\n" for line in tail)
                 + "fix the cause and run the same command again to resume (or add --clean to start over)")
