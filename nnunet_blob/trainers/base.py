@@ -104,6 +104,9 @@ class InstanceAwareTrainer(LossVariantTrainer):
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         if self.label_manager.has_regions:  # region instances are labelled on each patch (RegionInstances)
+            if self.instance_sampling_exponent is not None:
+                self.print_to_log_file("nnunet_blob: instance-balanced sampling is not available for region-based "
+                                       "datasets yet; nnU-Net's own foreground sampling is used")
             return dataset_tr, dataset_val
         maps = self._instance_maps()
         exponent = self.instance_sampling_exponent
