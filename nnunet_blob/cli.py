@@ -9,7 +9,7 @@ import argparse
 import functools
 import importlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 # sub-command modules, in the order shown by --help; each defines add_parser(subparsers)
 _COMMAND_MODULES = (

@@ -11,8 +11,8 @@ like MS lesions next to a large structure. The result is a regular nnU-Net v2 ra
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

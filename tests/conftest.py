@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 def run_cli(*args, env=None, timeout=900, check=True) -> subprocess.CompletedProcess:
     """Run an installed command line tool (nnUNetv2_*, nnunet_blob) of this environment; output captured."""
     result = subprocess.run([str(BIN / args[0]), *map(str, args[1:])], env=env, capture_output=True, text=True,
-                            timeout=timeout)
+                            timeout=timeout, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
                              f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

@@ -5,7 +5,6 @@ import os
 import re
 
 import pytest
-
 from conftest import run_cli
 
 
@@ -20,7 +19,7 @@ def demo(tmp_path_factory):
 
 
 def table_rows(output: str) -> dict:
-    rows = re.findall(r"^\| (nnUNetTrainer\w*) \| ([0-9.| nan]+) \|$", output, flags=re.M)
+    rows = re.findall(r"^\| (nnUNetTrainer\w*) \| ([0-9.| nan]+) \|$", output, flags=re.MULTILINE)
     return {name: [float(v) for v in values.split("|")] for name, values in rows}
 
 
@@ -43,6 +42,16 @@ def test_rerun_resumes_without_redoing_stages(demo):
     assert table_rows(again.stdout) == table_rows(first.stdout)
 
 
+def test_interrupted_training_continues_with_c(demo):
+    root, env, _ = demo
+    (root / "ws" / ".stages" / "train_nnUNetTrainerBlobDice.done").unlink()  # as if killed after a checkpoint
+    again = run_cli("nnunet_blob", "demo", "--budget", "smoke", "--workspace", root / "ws", env=env)
+    assert "nnUNetv2_train nnUNetTrainerBlobDice (resuming)" in again.stdout
+    assert (root / "ws" / "logs" / "train_nnUNetTrainerBlobDice.log").read_text().splitlines()[0].endswith(" --c")
+    assert again.stdout.count("done before, skipped") == 7  # its prediction, evaluation and the comparison rerun
+    assert set(table_rows(again.stdout)) == {"nnUNetTrainer", "nnUNetTrainerBlobDice"}
+
+
 def test_a_failing_stage_names_itself_and_its_log(demo):
     root, env, _ = demo
     for prediction in (root / "ws" / "predictions" / "nnUNetTrainer").glob("*.nii.gz"):
@@ -62,3 +71,10 @@ def test_bad_arguments_are_refused_clearly(demo, arguments, message):
     root, env, _ = demo
     refused = run_cli("nnunet_blob", "demo", "--workspace", root / "ws", *arguments, env=env, check=False)
     assert refused.returncode == 1 and message in refused.stderr
+
+
+def test_clean_never_deletes_a_folder_the_demo_did_not_make(tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    refused = run_cli("nnunet_blob", "demo", "--workspace", tmp_path, "--clean", check=False)
+    assert refused.returncode == 1 and "holds no demo run" in refused.stderr
+    assert (tmp_path / "thesis.tex").read_text() == "precious"

@@ -20,8 +20,9 @@ def results_table(summaries: dict, evaluation_root: Path) -> tuple[dict, str]:
              "| trainer | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for trainer, row in table.items():
         lines.append(f"| {trainer} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
-    lines += ["", "Detection pictures (maximum-intensity projections, hits and misses per instance):"]
+    lines += ["", "Detection pictures (maximum-intensity projections; green found, red missed, blue false positive):"]
     for trainer in summaries:
-        pictures = sorted((Path(evaluation_root) / trainer / "pictures").glob("*.png"))
-        lines.append(f"- {trainer}: {pictures[0].parent if pictures else '(none)'} ({len(pictures)} PNG)")
+        folder = Path(evaluation_root) / trainer / "pictures"
+        pictures = sorted(folder.glob("*.png"))
+        lines.append(f"- {trainer}: {len(pictures)} PNG in {folder}" + (f", e.g. {pictures[0]}" if pictures else ""))
     return table, "\n".join(lines) + "\n"

@@ -8,13 +8,19 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, TRAINER_FOLDER, Budget
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.demo.report import results_table
-from nnunet_blob.demo.stages import Stages, StageError, demo_environment
+from nnunet_blob.demo.stages import (
+    StageError,
+    Stages,
+    demo_environment,
+    write_text_atomic,
+)
 
 DATASET_ID, DATASET_NAME = 991, "BlobDemo"
 CONFIGURATION = "3d_fullres"
@@ -31,21 +37,22 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
     """Run (or resume) the demo in ``workspace``; returns the results table as {trainer: {metric: value}}."""
     from nnunet_blob.demo.budgets import demo_trainer_bases
 
-    root = Path(workspace).resolve()
+    start = time.time()
+    root = Path(workspace).expanduser().resolve()
+    trainers = list(dict.fromkeys(trainers))
     unknown = [t for t in trainers if t not in demo_trainer_bases()]
     if unknown:
         raise DemoError(f"unknown trainer(s) {', '.join(unknown)}; choose from: "
                         f"{', '.join(sorted(demo_trainer_bases()))}")
     if budget not in BUDGETS:
         raise DemoError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
-    if clean and root.exists():
-        shutil.rmtree(root)
+    _prepare_workspace(root, clean)
     device = _device(device)
     plan = BUDGETS[budget]
     reduce = plan.base_features if device == "cpu" else None
     settings = _settings(root, budget, seed, reduce)
     stages = Stages(root, demo_environment(root, {**plan.environment(seed), "nnUNet_extTrainer": _ext_trainers(),
-                                                  "nnUNet_n_proc_DA": str(num_processes)}), out)
+                                                  "nnUNet_def_n_proc": str(num_processes)}), out)
     stages.say(f"nnunet_blob demo in {root} (budget {budget}: {plan.num_train} training and {plan.num_test} test "
                f"cases of {'x'.join(map(str, plan.shape))} voxels, {plan.epochs} epochs of {plan.iterations} "
                f"iterations, seed {seed}, device {device})")
@@ -56,11 +63,11 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
     raw = root / "nnUNet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
     preprocessed = root / "nnUNet_preprocessed" / raw.name
 
-    stages.run("dataset", lambda log: _make_dataset(raw, plan, seed), "synthetic dataset")
+    stages.run("dataset", lambda: _make_dataset(raw, plan, seed), "synthetic dataset")
     stages.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", CONFIGURATION,
                                        "-np", num_processes, "-npfp", num_processes, "--verify_dataset_integrity"],
                "nnUNetv2_plan_and_preprocess", after=["dataset"])
-    stages.run("reduce_plans", lambda log: _reduce_plans(preprocessed / "nnUNetPlans.json", reduce),
+    stages.run("reduce_plans", lambda: _reduce_plans(preprocessed / "nnUNetPlans.json", reduce),
                "reduced network for CPU" if reduce else "nnU-Net's own plans", after=["plan_and_preprocess"])
     stages.run("instance_maps", ["nnunet_blob", "preprocess", "-d", DATASET_ID, "-c", CONFIGURATION, "-np",
                                  num_processes], "nnunet_blob preprocess (instance maps)", after=["reduce_plans"])
@@ -70,13 +77,14 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
     if len(trainers) > 1:
         stages.run("compare", ["nnunet_blob", "compare", *summaries.values(), "--names", *summaries],
                    "nnunet_blob compare (Wilcoxon signed-rank per metric)",
-                   after=[f"evaluate_{t}" for t in trainers])
+                   after=[f"evaluate_{t}" for t in trainers], key=" ".join(trainers))
     table, text = results_table(summaries, root / "evaluation")
-    (root / "results.md").write_text(text)
+    write_text_atomic(root / "results.md", text)
     stages.say("\n" + text)
-    stages.say(f"written: {root / 'results.md'}; logs in {stages.logs}")
-    settings["completed"] = True
-    (root / SETTINGS).write_text(json.dumps(settings, indent=1))
+    comparison = f"; Wilcoxon tests in {stages.log_file('compare')}" if len(trainers) > 1 else ""
+    stages.say(f"written: {root / 'results.md'}{comparison}; every stage's log in {stages.logs}")
+    stages.say(f"nnunet_blob demo: finished in {time.time() - start:.0f} s (stages done before not counted)")
+    write_text_atomic(root / SETTINGS, json.dumps({**settings, "completed": True}, indent=1))
     return table
 
 
@@ -93,7 +101,8 @@ def _train_predict_evaluate(stages: Stages, trainer: str, raw: Path, preprocesse
         shutil.rmtree(results, ignore_errors=True)
     stages.run(train, ["nnUNetv2_train", DATASET_ID, CONFIGURATION, 0, "-tr", name, "-device", device,
                        *(["--c"] if resume else [])],
-               f"nnUNetv2_train {trainer}" + (" (resuming)" if resume else ""), after=dependencies)
+               f"nnUNetv2_train {trainer}" + (" (resuming)" if resume else ""), after=dependencies,
+               environment={"nnUNet_n_proc_DA": str(num_processes)})  # nnU-Net's default is 12 workers
     predictions = stages.root / "predictions" / trainer
     stages.run(f"predict_{trainer}", ["nnUNetv2_predict", "-i", raw / "imagesTs", "-o", predictions, "-d",
                                       DATASET_ID, "-c", CONFIGURATION, "-f", 0, "-tr", name, "-device", device,
@@ -108,17 +117,33 @@ def _train_predict_evaluate(stages: Stages, trainer: str, raw: Path, preprocesse
     return summary
 
 
-def _reduce_plans(plans_file: Path, base_features: int | None) -> None:
-    if base_features:
-        shrink_plans(plans_file, base_features)
+def _reduce_plans(plans_file: Path, base_features: int | None) -> str:
+    if not base_features:
+        return f"{plans_file} kept as nnU-Net planned it"
+    return f"{plans_file} reduced for the CPU:\n" + shrink_plans(plans_file, base_features)
 
 
-def _make_dataset(folder: Path, plan: Budget, seed: int) -> None:
+def _make_dataset(folder: Path, plan: Budget, seed: int) -> str:
     from nnunet_blob.synthetic import make_dataset
 
     shutil.rmtree(folder, ignore_errors=True)  # a half-written dataset from an interrupted run
     make_dataset(folder.parent, DATASET_ID, DATASET_NAME, num_train=plan.num_train, num_test=plan.num_test,
                  shape=plan.shape, small_objects=plan.small_objects, seed=seed)
+    low, high = plan.small_objects
+    return (f"{folder}: {plan.num_train} training cases (imagesTr, labelsTr) and {plan.num_test} test cases "
+            f"(imagesTs, labelsTs), one or two large structures and {low}-{high - 1} small blobs per case")
+
+
+def _prepare_workspace(root: Path, clean: bool) -> None:
+    """Refuse folders the demo did not make (``--clean`` deletes only a demo workspace)."""
+    if root.exists() and not root.is_dir():
+        raise DemoError(f"--workspace {root} is a file; choose a folder")
+    if not root.is_dir() or (root / SETTINGS).is_file() or not any(root.iterdir()):
+        if clean and root.is_dir():
+            shutil.rmtree(root)
+        return
+    raise DemoError(f"{root} is not empty and holds no demo run ({SETTINGS} is missing); nothing was changed. "
+                    f"Choose a new or empty folder with --workspace")
 
 
 def _settings(root: Path, budget: str, seed: int, reduced_features: int | None) -> dict:
@@ -126,14 +151,17 @@ def _settings(root: Path, budget: str, seed: int, reduced_features: int | None) 
     wanted = {"budget": budget, "seed": seed, "reduced_network": reduced_features}
     file = root / SETTINGS
     if file.is_file():
-        previous = json.loads(file.read_text())
+        try:
+            previous = json.loads(file.read_text())
+        except ValueError:
+            raise DemoError(f"{file} is unreadable; add --clean to start over") from None
         differing = {k: previous.get(k) for k in wanted if previous.get(k) != wanted[k]}
         if differing:
             raise DemoError(f"{root} holds a demo run with {differing}; add --clean to start over with the new "
                             f"settings, or choose another --workspace")
         return previous
     root.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(wanted, indent=1))
+    write_text_atomic(file, json.dumps(wanted, indent=1))
     return wanted
 
 
@@ -152,4 +180,4 @@ def _ext_trainers() -> str:
     return os.pathsep.join(current + [str(TRAINER_FOLDER)])
 
 
-__all__ = ["run_demo", "DemoError", "StageError"]
+__all__ = ["DemoError", "StageError", "run_demo"]

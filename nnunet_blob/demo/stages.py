@@ -10,12 +10,20 @@ import os
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+
+from nnunet_blob.preprocessing.store import atomic_write_bytes
 
 
 class StageError(RuntimeError):
     """A stage failed; the message names the stage, its log file and what to run next."""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name, then rename: never a half-written file under ``path``."""
+    atomic_write_bytes(Path(path), text.encode())
 
 
 class Stages:
@@ -28,9 +36,11 @@ class Stages:
         self.markers.mkdir(parents=True, exist_ok=True)
         self.count = 0
 
-    def done(self, name: str, after: Sequence[str] = ()) -> bool:
-        """Finished, and after every stage it depends on last finished (make-like, by marker time)."""
-        return self._valid(self.markers / f"{name}.done", after)
+    def done(self, name: str, after: Sequence[str] = (), key: str = "") -> bool:
+        """Finished with the same ``key`` (e.g. the trainers compared), and after every stage it depends on last
+        finished (make-like, by marker time)."""
+        marker = self.markers / f"{name}.done"
+        return self._valid(marker, after) and _read_json(marker).get("key", "") == key
 
     def started(self, name: str, after: Sequence[str] = ()) -> bool:
         """Begun (perhaps interrupted) since its dependencies last finished: its partial output may be resumed."""
@@ -45,13 +55,14 @@ class Stages:
     def log_file(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
-    def run(self, name: str, action: Sequence[str] | Callable[[Path], None], describe: str,
-            after: Sequence[str] = ()) -> bool:
-        """Run a command line (streamed to the console and the log) or a callable(log_file), unless it is done
-        and newer than the stages it depends on (``after``). Returns True if it ran now.
+    def run(self, name: str, action: Sequence | Callable[[], str | None], describe: str,
+            after: Sequence[str] = (), environment: dict | None = None, key: str = "") -> bool:
+        """Run a command line (streamed to the console and the log, with ``environment`` added to the demo's) or
+        a Python callable (its returned text is printed and logged), unless the stage is done with the same
+        ``key`` and newer than the stages it depends on (``after``). Returns True if it ran now.
         """
         self.count += 1
-        if self.done(name, after):
+        if self.done(name, after, key):
             self.say(f"[{self.count}] {describe}: done before, skipped")
             return False
         self.say(f"[{self.count}] {describe} (log: {self.log_file(name)})")
@@ -60,32 +71,38 @@ class Stages:
         start = time.time()
         try:
             if callable(action):
-                action(self.log_file(name))
+                self._python(name, action)
             else:
-                self._command(name, [str(a) for a in action])
+                self._command(name, [str(a) for a in action], environment or {})
         except KeyboardInterrupt:
-            raise StageError(f"interrupted during stage '{name}'; run the same command again to resume") from None
-        except StageError:
-            raise
-        except Exception as e:  # a Python stage: keep the traceback in its log
-            with open(self.log_file(name), "a") as log:
-                import traceback
-
-                traceback.print_exc(file=log)
-            raise StageError(self._failure(name, f"{type(e).__name__}: {e}")) from e
-        marker = self.markers / f"{name}.done"
-        marker.write_text(json.dumps({"seconds": round(time.time() - start, 1), "finished": time.ctime()}))
-        self.say(f"    {describe}: {time.time() - start:.0f} s")
+            raise StageError(f"interrupted during stage '{name}' (log: {self.log_file(name)}); run the same "
+                             f"command again to resume") from None
+        seconds = time.time() - start
+        write_text_atomic(self.markers / f"{name}.done",
+                          json.dumps({"seconds": round(seconds, 1), "finished": time.ctime(), "key": key}))
+        self.say(f"    {describe}: {seconds:.0f} s")
         return True
 
-    def _command(self, name: str, command: list[str]) -> None:
+    def _python(self, name: str, action: Callable[[], str | None]) -> None:
+        with open(self.log_file(name), "w") as log:
+            try:
+                text = action()
+            except Exception as e:  # keep the traceback in the stage's log
+                traceback.print_exc(file=log)
+                log.close()
+                raise StageError(self._failure(name, f"{type(e).__name__}: {e}")) from e
+            if text:
+                log.write(text + "\n")
+                self.say("    " + text.replace("\n", "\n    "))
+
+    def _command(self, name: str, command: list[str], environment: dict) -> None:
         command = [_executable(command[0]), *command[1:]]
         with open(self.log_file(name), "wb") as log:
             log.write(("$ " + " ".join(command) + "\n").encode())
             log.flush()
             try:
-                process = subprocess.Popen(command, env=self.environment, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, cwd=self.root)
+                process = subprocess.Popen(command, env={**self.environment, **environment}, cwd=self.root,
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             except FileNotFoundError as e:
                 raise StageError(self._failure(name, f"command not found: {command[0]} (is nnU-Net installed in "
                                                      f"this environment?)")) from e
@@ -118,6 +135,13 @@ class Stages:
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _executable(name: str) -> str:
