@@ -1,6 +1,8 @@
 """`nnunet_blob preprocess` / ensure_instance_maps on datasets preprocessed by the real nnU-Net."""
 from __future__ import annotations
 
+import json
+
 import os
 import pickle
 import shutil
@@ -226,3 +228,19 @@ def test_region_dataset_records_labels_and_regions(preprocessed):
         per_label = store.open(case)[:][0]  # the stored map: per label, so the region (1, 2) splits at label borders
         assert sum(store.manifest["cases"][case]["instances_per_class"].values()) >= ids[0].max()
         assert not np.any(per_label[seg[0] == 0])
+        regions = store.region_table(case)  # for instance-balanced sampling: components of each region mask
+        for r, channel in enumerate(ids):
+            members = regions.of_class(r + 1)
+            assert sorted(regions.sizes[members]) == sorted(np.bincount(channel.ravel())[1:])
+
+
+def test_maps_of_an_older_format_are_recomputed(multiclass):
+    store = ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    case = sorted(store.manifest["cases"])[0]
+    record = json.loads(store.record_path(case).read_text())
+    del record["format"]  # as written by nnunet_blob before format 2
+    store.record_path(case).write_text(json.dumps(record))
+    messages = []
+    ensure_instance_maps(611, configuration="3d_fullres", log=messages.append)
+    assert "computing instance maps of 1 of" in messages[0]
+    assert json.loads(store.record_path(case).read_text())["format"] == 2

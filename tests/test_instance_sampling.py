@@ -9,7 +9,8 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from nnunet_blob.trainers.instance_sampling import (InstanceBalancedLocations, InstanceLocations,
-                                                    balanced_class_locations, sample_instance_locations)
+                                                    balanced_class_locations, region_groups,
+                                                    region_instance_locations, sample_instance_locations)
 
 PATCH = 16
 
@@ -110,3 +111,38 @@ def test_voxel_within_the_instance_is_uniform_and_uses_no_extra_random_draw():
     assert counts[:50].sum() == pytest.approx(10000, rel=0.03)  # uniform over the two instances
     assert counts[:50].min() > 140 and counts[:50].max() < 260  # ~200 per voxel of the big one
     assert counts[100:].min() > 3000 and counts[50:100].sum() == 0
+
+
+@pytest.fixture(scope="module")
+def region_case():
+    """BraTS-like nesting: the large object is label 1 around a label-2 core; the small ones alternate 1 and 2."""
+    seg, whole = one_large_many_small()
+    seg[14:26, 14:26, 14:26] = 2
+    small = np.isin(whole, np.arange(2, whole.max() + 1, 2))
+    seg[small] = 2
+    regions = [(1, 2), (2,)]
+    stock = DefaultPreprocessor._sample_foreground_locations(seg[None], regions, seed=1234)
+    region_ids = np.stack([cc3d.connected_components(np.isin(seg, r), connectivity=26) for r in regions])
+    return seg, regions, stock, region_ids, region_instance_locations(region_ids)
+
+
+def test_region_table_holds_each_region_mask_components(region_case):
+    seg, regions, _, region_ids, table = region_case
+    for r, ids in enumerate(region_ids):
+        members = table.of_class(r + 1)
+        assert len(members) == ids.max() and sorted(table.sizes[members]) == sorted(np.bincount(ids.ravel())[1:])
+        for i in members:
+            coords = table.coordinates[table.offsets[i]:table.offsets[i + 1]]
+            assert len(np.unique(ids[tuple(coords.T)])) == 1 and np.all(np.isin(seg[tuple(coords.T)], regions[r]))
+
+
+@pytest.mark.parametrize("region", [0, 1])
+def test_region_keys_are_uniform_over_the_components_of_their_region(region_case, region):
+    """nnU-Net keys region datasets' class_locations by label tuple; each region draws its own components."""
+    seg, regions, stock, region_ids, table = region_case
+    key = tuple(regions[region])
+    groups = region_groups([(1, 2), 2])  # dataset.json may name a one-label region by the bare label
+    balanced = balanced_class_locations({key: stock[key]}, table, 0.0, groups)
+    assert isinstance(balanced[key], InstanceBalancedLocations)
+    freq = centred_instance_frequencies(balanced, region_ids[region], seed=3)
+    assert np.allclose(freq, 1 / len(freq), atol=0.015), freq

@@ -97,6 +97,10 @@ def test_region_based_dataset(preprocessed):
     train(603, "nnUNetTrainerBlobDice_tiny")
     log = "".join(p.read_text() for p in results_folder(dataset, "nnUNetTrainerBlobDice_tiny").glob("training_log*"))
     assert "Online instance F1" in log
+    train(603, "nnUNetTrainerBlobDice_instSampling_tiny")
+    log = "".join(p.read_text() for p in
+                  results_folder(dataset, "nnUNetTrainerBlobDice_instSampling_tiny").glob("training_log*"))
+    assert "instance-balanced foreground sampling, weight ~ size ** 0.0 (components of each region)" in log
     refused = train(603, "nnUNetTrainerTopKDice_tiny", check=False)
     assert refused.returncode != 0 and "TopK-Dice is defined for softmax outputs" in refused.stderr + refused.stdout
 

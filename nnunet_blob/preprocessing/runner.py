@@ -15,10 +15,16 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from nnunet_blob.preprocessing.components import compute_instances
+from nnunet_blob.preprocessing.components import compute_instances, instances_per_region
 from nnunet_blob.preprocessing.errors import InstanceMapError
 from nnunet_blob.preprocessing.locate import ConfigurationLocation, locate
-from nnunet_blob.preprocessing.store import InstanceMapStore, atomic_write_json, file_unchanged, seg_fingerprint
+from nnunet_blob.preprocessing.store import (
+    FORMAT_VERSION,
+    InstanceMapStore,
+    atomic_write_json,
+    file_unchanged,
+    seg_fingerprint,
+)
 
 
 def default_num_processes() -> int:
@@ -85,7 +91,7 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
 
 #: settings a map depends on; dataset, plans and configuration are only recorded (a cascade configuration shares
 #: the data folder, and so the maps, of its full-resolution configuration)
-FRESHNESS_KEYS = ("data_identifier", "connectivity", "ignore_label")
+FRESHNESS_KEYS = ("format", "data_identifier", "connectivity", "ignore_label", "regions")
 
 
 def _settings(location: ConfigurationLocation, connectivity: int) -> dict:
@@ -97,7 +103,7 @@ def _settings(location: ConfigurationLocation, connectivity: int) -> dict:
             "configuration": location.configuration, "data_identifier": location.data_identifier,
             "connectivity": connectivity, "ignore_label": location.ignore_label,
             "labels": location.foreground_labels,
-            "regions": None if regions is None else [list(r) for r in regions]}
+            "regions": None if regions is None else [list(r) for r in regions], "format": FORMAT_VERSION}
 
 
 def _seg_file(data_folder: Path, case: str) -> Path:
@@ -147,9 +153,11 @@ def _process_case(job) -> dict:
         return record
     try:
         instances = compute_instances(seg, settings["ignore_label"], settings["connectivity"], case)
+        region_ids = None if settings["regions"] is None else instances_per_region(
+            seg, settings["regions"], settings["connectivity"], case)
     except ValueError as e:
         raise InstanceMapError(str(e)) from None
-    return store.write_case(case, instances, fingerprint, settings, patch_size)
+    return store.write_case(case, instances, fingerprint, settings, patch_size, region_ids)
 
 
 def _same_content(record: dict, fingerprint: dict, store: InstanceMapStore, case: str, settings: dict) -> bool:

@@ -5,7 +5,8 @@ Per case ``<case>`` in the instance folder:
 * ``<case>.b2nd``: (1, *spatial) instance ids (uint8, int16 or wider), blosc2 chunked like nnU-Net's data so the
   loader reads crops cheaply;
 * ``<case>_table.npz``: class, voxel count and up to 50 sampled voxel coordinates per instance (for
-  instance-balanced patch sampling);
+  instance-balanced patch sampling); for region-based datasets also the same for the components of each region
+  mask (``region_*`` arrays);
 * ``<case>.json``: the record: fingerprint of the segmentation it was computed from (shape, sha1 of the labels,
   plus file size and mtime for a fast check), connectivity, instances per class, voxel counts.
 
@@ -27,7 +28,8 @@ from nnunet_blob.preprocessing.components import CaseInstances
 from nnunet_blob.preprocessing.errors import InstanceMapError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+#: 2: tables of region-based datasets also hold the region components (maps of format 1 are recomputed)
+FORMAT_VERSION = 2
 TABLE_SAMPLES_PER_INSTANCE = 50
 
 
@@ -102,10 +104,22 @@ class InstanceMapStore:
 
     def table(self, case: str):
         """The instance table of ``case`` (see :class:`nnunet_blob.trainers.instance_sampling.InstanceLocations`)."""
+        return self._table(case, "")
+
+    def region_table(self, case: str):
+        """The table of the components of each region mask of ``case`` (class = region position + 1)."""
+        return self._table(case, "region_")
+
+    def _table(self, case: str, prefix: str):
         from nnunet_blob.trainers.instance_sampling import InstanceLocations
 
-        with np.load(self.table_path(case)) as f:
-            return InstanceLocations(f["classes"], f["sizes"], f["coordinates"], f["offsets"])
+        try:
+            with np.load(self.table_path(case)) as f:
+                return InstanceLocations(*(f[prefix + name] for name in ("classes", "sizes", "coordinates",
+                                                                         "offsets")))
+        except (OSError, KeyError, ValueError) as e:
+            raise InstanceMapError(f"case {case}: cannot read its instance table {self.table_path(case)} ({e}). "
+                                   f"Recompute it with `nnunet_blob preprocess ... --overwrite`.") from e
 
     @property
     def manifest(self) -> dict:
@@ -116,11 +130,12 @@ class InstanceMapStore:
 
     # ---- writing ----------------------------------------------------------------------------------------------
     def write_case(self, case: str, instances: CaseInstances, fingerprint: dict, settings: dict,
-                   patch_size) -> dict:
-        """Write map and table atomically, then the record; returns the record."""
+                   patch_size, region_ids: np.ndarray | None = None) -> dict:
+        """Write map and table atomically, then the record; returns the record. ``region_ids``: (R, *spatial)
+        components of each region mask of a region-based dataset, tabled beside the instances."""
         import blosc2
 
-        from nnunet_blob.trainers.instance_sampling import sample_instance_locations
+        from nnunet_blob.trainers.instance_sampling import region_instance_locations, sample_instance_locations
         from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
 
         self.record_path(case).unlink(missing_ok=True)  # the old record must not vouch for the new files
@@ -135,11 +150,14 @@ class InstanceMapStore:
             tmp.unlink(missing_ok=True)
         table = sample_instance_locations(instances.instance_map[0], _class_map(instances),
                                           TABLE_SAMPLES_PER_INSTANCE)
+        arrays = vars(table)
+        if region_ids is not None:
+            regions = region_instance_locations(region_ids, TABLE_SAMPLES_PER_INSTANCE)
+            arrays = {**arrays, **{"region_" + name: value for name, value in vars(regions).items()}}
         tmp = _temporary(self.table_path(case))
         try:
             with open(tmp, "wb") as f:
-                np.savez(f, classes=table.classes, sizes=table.sizes, coordinates=table.coordinates,
-                         offsets=table.offsets)
+                np.savez(f, **arrays)
             os.replace(tmp, self.table_path(case))
         finally:
             tmp.unlink(missing_ok=True)

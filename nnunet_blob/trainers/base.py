@@ -21,6 +21,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnunet_blob.trainers.instance_data import InstanceDataset
+from nnunet_blob.trainers.instance_sampling import region_groups
 from nnunet_blob.trainers.instance_transforms import make_instance_aware, unpack_instances
 from nnunet_blob.trainers.online_detection import COUNT_KEYS, batch_detection_counts, f1_from_counts
 
@@ -103,17 +104,19 @@ class InstanceAwareTrainer(LossVariantTrainer):
     # ---- data: instance maps beside the segmentation ------------------------------------------------------------
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
-        if self.label_manager.has_regions:  # region instances are labelled on each patch (RegionInstances)
-            if self.instance_sampling_exponent is not None:
-                self.print_to_log_file("nnunet_blob: instance-balanced sampling is not available for region-based "
-                                       "datasets yet; nnU-Net's own foreground sampling is used")
+        exponent = self.instance_sampling_exponent
+        regions = self.label_manager.has_regions
+        if regions and exponent is None:  # region instances are labelled on each patch (RegionInstances)
             return dataset_tr, dataset_val
         maps = self._instance_maps()
-        exponent = self.instance_sampling_exponent
         if exponent is not None:
-            self.print_to_log_file(f"nnunet_blob: instance-balanced foreground sampling, weight ~ size ** {exponent}")
-        return (InstanceDataset(dataset_tr, maps.open, maps.table, exponent),
-                InstanceDataset(dataset_val, maps.open, maps.table, exponent))
+            self.print_to_log_file(f"nnunet_blob: instance-balanced foreground sampling, weight ~ size ** {exponent}"
+                                   + (" (components of each region)" if regions else ""))
+        if regions:  # sampling only: the segmentation stays as nnU-Net loads it
+            groups = region_groups(self.label_manager.foreground_regions)
+            return tuple(InstanceDataset(d, None, maps.region_table, exponent, groups)
+                         for d in (dataset_tr, dataset_val))
+        return tuple(InstanceDataset(d, maps.open, maps.table, exponent) for d in (dataset_tr, dataset_val))
 
     def _instance_maps(self):
         """Find, check and (if missing or stale) compute this configuration's instance maps."""

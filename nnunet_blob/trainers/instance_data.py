@@ -69,19 +69,20 @@ class SegWithInstances:
 class InstanceDataset:
     """Wraps an nnU-Net dataset (``nnUNetDatasetBlosc2``/``nnUNetDatasetNumpy``); ``load_case`` adds instances.
 
-    ``open_instances(identifier)`` returns the case's instance map (array-like, (1, *spatial) or (*spatial)).
+    ``open_instances(identifier)`` returns the case's instance map (array-like, (1, *spatial) or (*spatial)); None
+    leaves the segmentation as it is (region-based datasets label their instances on each patch).
     With ``sampling_exponent`` set, ``open_table(identifier)`` gives the case's instance table and the case's
-    ``class_locations`` are replaced by instance-balanced ones (:mod:`.instance_sampling`).
+    ``class_locations`` are replaced by instance-balanced ones (:mod:`.instance_sampling`; ``groups`` as there).
     Everything else is delegated to the wrapped dataset.
     """
 
-    def __init__(self, dataset, open_instances: Callable[[str], object], open_table: Callable | None = None,
-                 sampling_exponent: float | None = None):
+    def __init__(self, dataset, open_instances: Callable[[str], object] | None, open_table: Callable | None = None,
+                 sampling_exponent: float | None = None, groups: dict | None = None):
         if sampling_exponent is not None and open_table is None:
             raise ValueError("instance-balanced sampling needs the instance tables (open_table)")
         self._dataset = dataset
         self._open_instances = open_instances
-        self._open_table, self._sampling_exponent = open_table, sampling_exponent
+        self._open_table, self._sampling_exponent, self._groups = open_table, sampling_exponent, groups
         self._balanced = {}
 
     def __getattr__(self, name):
@@ -97,7 +98,9 @@ class InstanceDataset:
         data, seg, seg_prev, properties = self._dataset.load_case(identifier)
         if self._sampling_exponent is not None:
             properties = {**properties, "class_locations": self._balanced_locations(identifier, properties)}
-        return data, SegWithInstances(seg, self._open_instances(identifier), identifier), seg_prev, properties
+        if self._open_instances is not None:
+            seg = SegWithInstances(seg, self._open_instances(identifier), identifier)
+        return data, seg, seg_prev, properties
 
     def _balanced_locations(self, identifier, properties) -> dict:
         """The case's instance-balanced ``class_locations``, built on its first load (tables are small)."""
@@ -105,5 +108,5 @@ class InstanceDataset:
             from nnunet_blob.trainers.instance_sampling import balanced_class_locations
 
             self._balanced[identifier] = balanced_class_locations(
-                properties["class_locations"], self._open_table(identifier), self._sampling_exponent)
+                properties["class_locations"], self._open_table(identifier), self._sampling_exponent, self._groups)
         return self._balanced[identifier]

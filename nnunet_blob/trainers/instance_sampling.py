@@ -11,6 +11,10 @@ uniform index nnU-Net draws is turned into an instance chosen with probability p
 behaviour), and then a voxel drawn uniformly from that instance's stored locations, both from nnU-Net's single
 draw. Everything else in nnU-Net's sampling (which samples are forced, the class choice, the bounding box) and the
 sequence of random numbers the augmentation sees are unchanged.
+
+Region-based datasets (BraTS-style) key ``class_locations`` by region (a label tuple): their tables hold the
+connected components of each region mask (:func:`region_instance_locations`), the table's ``classes`` being the
+region's position + 1 in nnU-Net's ``foreground_regions`` (:func:`region_groups`).
 """
 from __future__ import annotations
 
@@ -62,15 +66,35 @@ class InstanceBalancedLocations:
         return np.concatenate(([0], voxel))  # nnU-Net's locations carry a leading channel index
 
 
-def balanced_class_locations(class_locations: dict, table: InstanceLocations, exponent: float) -> dict:
-    """nnU-Net's ``class_locations`` with every class that has instances replaced by instance-balanced picks.
+def _label_set(key) -> tuple[int, ...] | None:
+    """A ``class_locations`` key as a sorted label tuple (3 -> (3,), (3, 2) -> (2, 3)); None for other keys."""
+    if isinstance(key, (int, np.integer)):
+        return (int(key),)
+    if isinstance(key, tuple) and key and all(isinstance(k, (int, np.integer)) for k in key):
+        return tuple(sorted(int(k) for k in key))
+    return None
 
-    Keys nnU-Net uses for other purposes (e.g. the ignore label's "annotated" key, a tuple) are kept as they are.
+
+def region_groups(foreground_regions) -> dict[tuple[int, ...], int]:
+    """{label tuple of region r: r + 1} for nnU-Net's ``LabelManager.foreground_regions``."""
+    return {_label_set(tuple(np.atleast_1d(region).tolist())): r + 1 for r, region in enumerate(foreground_regions)}
+
+
+def balanced_class_locations(class_locations: dict, table: InstanceLocations, exponent: float,
+                             groups: dict[tuple[int, ...], int] | None = None) -> dict:
+    """nnU-Net's ``class_locations`` with every class (or region) that has instances replaced by instance-balanced
+    picks.
+
+    ``groups`` maps a key's label tuple to the table's ``classes`` value: by default label c is (c,) -> c; region
+    datasets pass :func:`region_groups`. Keys nnU-Net uses for other purposes (the ignore label's "annotated" key,
+    ``(-1, 0, 1, ...)``) match no group and are kept as they are.
     """
     balanced = dict(class_locations)
     for key in class_locations:
-        if isinstance(key, (int, np.integer)) and len(table.of_class(int(key))):
-            balanced[key] = InstanceBalancedLocations(table, int(key), exponent)
+        labels = _label_set(key)
+        group = (labels[0] if labels and len(labels) == 1 else None) if groups is None else groups.get(labels)
+        if group is not None and len(table.of_class(group)):
+            balanced[key] = InstanceBalancedLocations(table, group, exponent)
     return balanced
 
 
@@ -99,3 +123,20 @@ def sample_instance_locations(instance_map: np.ndarray, seg: np.ndarray, max_per
     classes = seg[tuple(c[order[first]] for c in coords)].astype(np.int64)
     offsets = np.concatenate(([0], np.cumsum(kept_counts))).astype(np.int64)
     return InstanceLocations(classes, sizes.astype(np.int64), coordinates, offsets)
+
+
+def region_instance_locations(region_ids: np.ndarray, max_per_instance: int = 50,
+                              seed: int = 1234) -> InstanceLocations:
+    """One table for the (R, *spatial) component maps of a case's regions (instance ids restart in every region,
+    see :func:`~nnunet_blob.preprocessing.components.instances_per_region`); region r's instances get class r + 1.
+    """
+    tables = [sample_instance_locations(ids, np.broadcast_to(np.int64(r + 1), ids.shape), max_per_instance,
+                                        seed + r) for r, ids in enumerate(region_ids)]
+    if not tables:
+        return sample_instance_locations(np.zeros(region_ids.shape[1:], np.uint8), np.zeros(1, np.int64))
+    offsets, shift = [np.zeros(1, np.int64)], 0
+    for table in tables:
+        offsets.append(table.offsets[1:] + shift)
+        shift += table.offsets[-1]
+    return InstanceLocations(np.concatenate([t.classes for t in tables]), np.concatenate([t.sizes for t in tables]),
+                             np.concatenate([t.coordinates for t in tables]), np.concatenate(offsets))
