@@ -80,8 +80,8 @@ def main():
         print(f"| {name} | {r:.2f} | {r / rate['nnUNetTrainer']:.2f}x |")
     without = rate["nnUNetTrainerBlobDice"]
     print(f"instance sampling vs the same loader without it: exponent 0 (uniform over instances) "
-          f"{rate['nnUNetTrainerBlobDice_instSampling'] / without:.2f}x, exponent 1 (nnU-Net's voxel-uniform distribution: only the "
-          f"machinery's cost) {rate['InstSamplingVoxelUniform'] / without:.2f}x")
+          f"{rate['nnUNetTrainerBlobDice_instSampling'] / without:.2f}x, exponent 1 (nnU-Net's voxel-uniform "
+          f"distribution: only the machinery's cost) {rate['InstSamplingVoxelUniform'] / without:.2f}x")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ For a (B, C, S, S, S) patch with 1, 10, 100, 1000 instances it prints the best t
 - blob dice, blob tversky (the blob term alone, softmax included), TopK-Dice, CE + TopK-Dice,
 - a loop-over-instances blob dice baseline (one full-volume mask per instance, like the public reference code)
   at <= 100 instances,
-and the ratios (best of several interleaved rounds). Targets (issue "losses"): blob terms <= 1.5x MemoryEfficientSoftDiceLoss at every instance count
-and <= 1.2x growth of their own time from 1 to 1000 instances; TopK-Dice <= 2x.
+and the ratios (best of several interleaved rounds). Targets (issue "losses"): blob terms <= 1.5x
+MemoryEfficientSoftDiceLoss at every instance count and <= 1.2x growth of their own time from 1 to 1000 instances;
+TopK-Dice <= 2x.
 
     python benchmarks/bench_losses.py [--size 128] [--batch 2] [--classes 2] [--repeats 5]
 """

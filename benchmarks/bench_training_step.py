@@ -27,11 +27,11 @@ _DATA_FOLDER = os.path.join(os.environ["nnUNet_preprocessed"], "Dataset999_Bench
 os.makedirs(_DATA_FOLDER)
 open(os.path.join(_DATA_FOLDER, "placeholder.b2nd"), "w").close()
 
-import cc3d
-import numpy as np
-import torch
+import cc3d  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from nnunet_blob.trainers.instance_transforms import make_instance_aware
+from nnunet_blob.trainers.instance_transforms import make_instance_aware  # noqa: E402
 
 
 def make_plans(patch: int, stages: int, batch: int, features: int) -> dict:

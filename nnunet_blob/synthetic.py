@@ -86,7 +86,8 @@ def make_dataset(raw_root: str | Path, dataset_id: int = 501, name: str = "Blobs
                 itk.SetSpacing(spacing[::-1])
                 sitk.WriteImage(itk, str(path))
     if regions:
-        labels = {"background": 0, **{f"region_{r}": list(range(r, num_classes + 1)) for r in range(1, num_classes + 1)}}
+        labels = {"background": 0,
+                  **{f"region_{r}": list(range(r, num_classes + 1)) for r in range(1, num_classes + 1)}}
     else:
         labels = {"background": 0, **{f"class_{c}": c for c in range(1, num_classes + 1)}}
     if ignore_value is not None:

@@ -73,7 +73,8 @@ def _borders(mask: np.ndarray, full: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def surface_dice(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float], tolerance_mm: float) -> float:
-    """Surface Dice at ``tolerance_mm`` (Nikolov et al. 2021), as ``surface_distance.compute_surface_dice_at_tolerance``.
+    """Surface Dice at ``tolerance_mm`` (Nikolov et al. 2021), as DeepMind's
+    ``surface_distance.compute_surface_dice_at_tolerance``.
 
     ``(|S_ref within tol of S_pred| + |S_pred within tol of S_ref|) / (|S_ref| + |S_pred|)`` with surface
     measured in mm^2 (3D) or mm (2D). NaN when both masks are empty, 0 when exactly one is.
