@@ -1,7 +1,9 @@
 """A scratch nnU-Net workspace with a synthetic dataset, shared by the benchmark scripts."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,8 +14,11 @@ BIN = Path(sys.executable).parent
 
 
 def workspace(prefix: str) -> Path:
-    """Point nnU-Net's folders at a new temporary workspace (before nnU-Net reads them)."""
+    """Point nnU-Net's folders at a new temporary workspace (before nnU-Net reads them); removed at exit unless
+    NNUNET_BLOB_KEEP_BENCH=1."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.environ.get("NNUNET_BLOB_KEEP_BENCH") != "1":
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
     for name in ("raw", "preprocessed", "results"):
         os.environ[f"nnUNet_{name}"] = str(root / name)
     return root
