@@ -56,39 +56,57 @@ def literal_blob_loss(probs, target, instances, inner="dice", *, smooth=1e-5, tv
     return torch.stack(sample_losses).mean()
 
 
-def literal_topk_dice_loss(probs, target, k=50.0, *, squared=True, smooth=1e-5, batch_dice=False, loss_mask=None):
-    """TopK-Dice, Eq. (1)-(7): a full descending sort per class picks the D_c easiest foreground voxels
-    (ties: lowest index first), which are zeroed in Y and P; squared soft Dice over the classes present."""
-    batch, channels = probs.shape[:2]
+def _literal_topk_sums(p, y, v, k, squared):
+    """(2 * sum Yk Pk, denominator, n) of one class over one selection unit (flat tensors): a full descending sort
+    picks the D_c easiest of the n foreground voxels (ties: lowest index first), which are zeroed in Y and P."""
+    n = int(y.sum())
+    removed_count = int((n * (100 - k)) // 100) if float(k).is_integer() else int(n * (100 - k) / 100)
+    fg_index = torch.nonzero(y)[:, 0]
+    tp_map = p.detach()[fg_index]
+    # stable sort on (-value) keeps the lowest index first among ties
+    order = torch.sort(-tp_map, stable=True).indices
+    ignore = torch.zeros_like(y)
+    ignore[fg_index[order[:removed_count]]] = True
+    yk = (y & ~ignore).to(p.dtype)
+    pk = p * (v & ~ignore).to(p.dtype)
+    return 2 * (yk * pk).sum(), (yk ** 2).sum() + ((pk ** 2).sum() if squared else pk.sum()), n
+
+
+def _topk_rows(probs, target, loss_mask):
     valid = torch.ones_like(target, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
-    rows = [(probs[:, c], (target[:, 0] == c) & valid[:, 0], valid[:, 0]) for c in range(1, channels)]
+    return [(probs[:, c], (target[:, 0] == c) & valid[:, 0], valid[:, 0]) for c in range(1, probs.shape[1])]
+
+
+def literal_topk_dice_loss(probs, target, k=50.0, *, squared=True, smooth=1e-5, batch_dice=False, loss_mask=None):
+    """TopK-Dice, Eq. (1)-(7): squared soft Dice over the classes present after removing the D_c easiest
+    foreground voxels of each class (per sample, or over the batch with ``batch_dice``)."""
+    rows = _topk_rows(probs, target, loss_mask)
     if batch_dice:
         units = [[(p.reshape(-1), y.reshape(-1), v.reshape(-1)) for p, y, v in rows]]
     else:
-        units = [[(p[b].reshape(-1), y[b].reshape(-1), v[b].reshape(-1)) for p, y, v in rows] for b in range(batch)]
+        units = [[(p[b].reshape(-1), y[b].reshape(-1), v[b].reshape(-1)) for p, y, v in rows]
+                 for b in range(probs.shape[0])]
     unit_scores = []
     for unit in units:
-        class_scores = []
-        for p, y, v in unit:
-            n = int(y.sum())
-            if n == 0:
-                continue
-            removed_count = int((n * (100 - k)) // 100) if float(k).is_integer() else int(n * (100 - k) / 100)
-            fg_index = torch.nonzero(y)[:, 0]
-            tp_map = p.detach()[fg_index]
-            # stable sort on (-value) keeps the lowest index first among ties
-            order = torch.sort(-tp_map, stable=True).indices
-            ignore = torch.zeros_like(y)
-            ignore[fg_index[order[:removed_count]]] = True
-            yk = (y & ~ignore).to(p.dtype)
-            pk = p * (v & ~ignore).to(p.dtype)
-            denominator = (yk ** 2).sum() + ((pk ** 2).sum() if squared else pk.sum())
-            class_scores.append((2 * (yk * pk).sum() + smooth) / (denominator + smooth))
+        sums = [_literal_topk_sums(p, y, v, k, squared) for p, y, v in unit]
+        class_scores = [(tp2 + smooth) / (den + smooth) for tp2, den, n in sums if n]
         if class_scores:
             unit_scores.append(torch.stack(class_scores).mean())
     if not unit_scores:
         return probs.sum() * 0
     return 1 - torch.stack(unit_scores).mean()
+
+
+def literal_topk_batch_dice_across_workers(probs, target, k, workers, *, squared=True, smooth=1e-5):
+    """Batch TopK-Dice under DDP: each worker (an equal share of the batch) removes the D_c easiest voxels of its
+    own share; the Dice sums are then added over the workers (a share without the class adds its predictions)."""
+    shares = torch.arange(probs.shape[0]).chunk(workers)
+    scores = []
+    for c, (p, y, v) in enumerate(_topk_rows(probs, target, None)):
+        sums = [_literal_topk_sums(p[i].reshape(-1), y[i].reshape(-1), v[i].reshape(-1), k, squared) for i in shares]
+        if sum(x[2] for x in sums):
+            scores.append((sum(x[0] for x in sums) + smooth) / (sum(x[1] for x in sums) + smooth))
+    return 1 - torch.stack(scores).mean()
 
 
 def literal_tversky_loss(probs, target, *, alpha=0.3, beta=0.7, smooth=1e-5, batch_dice=False, do_bg=False,

@@ -90,18 +90,19 @@ def _mean_over_all_workers(per_sample: torch.Tensor, has_instances: torch.Tensor
 class TopKDiceAndCELoss(nn.Module):
     """CE + TopK-Dice (Hosseini, section 3.2: "the final loss is the summation of CE and topK Dice loss").
 
-    ``ignore_label`` voxels are left out of both terms, like nnU-Net's ``DC_and_CE_loss``.
+    ``ignore_label`` voxels are left out of both terms, like nnU-Net's ``DC_and_CE_loss``; ``ddp`` as in
+    :func:`~nnunet_blob.losses.topk_dice.topk_dice_loss` (the trainers pass nnU-Net's ``is_ddp``).
     """
 
     def __init__(self, k: float = 50.0, weight_ce: float = 1.0, weight_topk_dice: float = 1.0,
                  ignore_label: Optional[int] = None, batch_dice: bool = False, squared: bool = True,
-                 smooth: float = 1e-5):
+                 smooth: float = 1e-5, ddp: bool = False):
         super().__init__()
         from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 
         self.ce = RobustCrossEntropyLoss(ignore_index=-100 if ignore_label is None else ignore_label)
         self.k, self.weight_ce, self.weight_topk_dice, self.ignore_label = k, weight_ce, weight_topk_dice, ignore_label
-        self.topk_kwargs = dict(batch_dice=batch_dice, squared=squared, smooth=smooth)
+        self.topk_kwargs = dict(batch_dice=batch_dice, squared=squared, smooth=smooth, ddp=ddp)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         mask = None if self.ignore_label is None else target != self.ignore_label

@@ -7,7 +7,9 @@ both the target and the prediction (Eq. 5-6). The loss is squared soft Dice on w
 .. math::  L = 1 - \frac{1}{C} \sum_c \frac{2 \sum Yk^c Pk^c + s}{\sum (Yk^c)^2 + \sum (Pk^c)^2 + s}
 
 averaged over the classes present in the target (per sample, then over the samples that have any foreground;
-with ``batch_dice`` once over the batch). Background voxels are never ignored.
+with ``batch_dice`` once over the batch). Background voxels are never ignored. Under multi-GPU DDP with
+``batch_dice`` and ``ddp=True`` the sums are added over all workers' batches before the Dice, as nnU-Net's
+``MemoryEfficientSoftDiceLoss`` does; the K% are still chosen within each worker's batch.
 
 Exactly :math:`D_c` voxels are removed even with tied probabilities: the paper adds a fixed random perturbation
 for this; here the threshold is the :math:`D_c`-th largest value (``torch.kthvalue``, O(voxels), no sort) and among
@@ -65,6 +67,7 @@ def topk_dice_loss(
     smooth: float = 1e-5,
     batch_dice: bool = False,
     loss_mask: Optional[torch.Tensor] = None,
+    ddp: bool = False,
 ) -> torch.Tensor:
     """TopK-Dice over the K% hardest foreground voxels of each class (lower is better, 0 is perfect).
 
@@ -76,6 +79,7 @@ def topk_dice_loss(
         smooth: added to numerator and denominator.
         batch_dice: select and score each class over the whole batch instead of per sample.
         loss_mask: optional (B, 1, *spatial), nonzero = voxel counts; masked voxels are in no sum.
+        ddp: with ``batch_dice`` inside an initialized ``torch.distributed`` group, sum over all workers' batches.
     """
     if not 0 < k <= 100:
         raise ValueError(f"k is the percentage of foreground voxels kept and must be in (0, 100], got {k}")
@@ -91,6 +95,8 @@ def topk_dice_loss(
     tp, sum_pred = _KeptSums.apply(p, kept, ignored, valid, squared)
     if batch_dice:  # one score per class over the whole batch
         tp, sum_pred = tp.sum(0, keepdim=True), sum_pred.sum(0, keepdim=True)
+        if ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
+            tp, sum_pred, num_kept = _sum_over_workers(tp, sum_pred, num_kept)
     dice = soft_dice_score(tp, num_kept.to(tp.dtype), sum_pred, smooth)
 
     present = num_kept > 0
@@ -99,6 +105,15 @@ def topk_dice_loss(
     per_sample, sample_has = mean_over_present(dice, present, dim=1)
     mean_dice, _ = mean_over_present(per_sample, sample_has, dim=0)
     return 1 - mean_dice
+
+
+def _sum_over_workers(tp: torch.Tensor, sum_pred: torch.Tensor, num_kept: torch.Tensor):
+    """The batch sums of every DDP worker added up (gradients flow back to each worker's own part)."""
+    from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+
+    num_kept = num_kept.clone()
+    torch.distributed.all_reduce(num_kept)
+    return AllGatherGrad.apply(tp).sum(0), AllGatherGrad.apply(sum_pred).sum(0), num_kept
 
 
 def _select(p: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor], k: float,

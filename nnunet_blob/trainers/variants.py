@@ -64,7 +64,7 @@ class nnUNetTrainerTopKDice(LossVariantTrainer):
             raise RuntimeError(f"{type(self).__name__}: TopK-Dice is defined for softmax outputs; this dataset is "
                                f"region-based (dataset.json 'regions_class_order'). Use a blob or stock trainer.")
         return TopKDiceAndCELoss(k=self.topk_k, ignore_label=self.label_manager.ignore_label,
-                                 batch_dice=self.configuration_manager.batch_dice)
+                                 batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp)
 
 
 class nnUNetTrainerTopKDice_k30(nnUNetTrainerTopKDice):
