@@ -13,19 +13,15 @@ default shape.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
-import shutil
 import statistics
-import tempfile
 import time
+
+from _workspace import workspace
 
 # nnU-Net reads its folders at import time: point them at a scratch workspace first. Trainers only need the
 # preprocessed data folder to exist (nnU-Net infers the dataset format from its files) and a results folder.
-_WORKSPACE = tempfile.mkdtemp(prefix="nnunet_blob_bench_")
-atexit.register(shutil.rmtree, _WORKSPACE, ignore_errors=True)
-os.environ["nnUNet_preprocessed"] = os.path.join(_WORKSPACE, "preprocessed")
-os.environ["nnUNet_results"] = os.path.join(_WORKSPACE, "results")
+_WORKSPACE = workspace("nnunet_blob_bench_step_")
 _DATA_FOLDER = os.path.join(os.environ["nnUNet_preprocessed"], "Dataset999_Bench", "nnUNetPlans_3d_fullres")
 os.makedirs(_DATA_FOLDER)
 open(os.path.join(_DATA_FOLDER, "placeholder.b2nd"), "w").close()

@@ -102,7 +102,7 @@ def literal_topk_batch_dice_across_workers(probs, target, k, workers, *, squared
     own share; the Dice sums are then added over the workers (a share without the class adds its predictions)."""
     shares = torch.arange(probs.shape[0]).chunk(workers)
     scores = []
-    for c, (p, y, v) in enumerate(_topk_rows(probs, target, None)):
+    for p, y, v in _topk_rows(probs, target, None):
         sums = [_literal_topk_sums(p[i].reshape(-1), y[i].reshape(-1), v[i].reshape(-1), k, squared) for i in shares]
         if sum(x[2] for x in sums):
             scores.append((sum(x[0] for x in sums) + smooth) / (sum(x[1] for x in sums) + smooth))

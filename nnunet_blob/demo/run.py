@@ -15,12 +15,8 @@ from pathlib import Path
 from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, TRAINER_FOLDER, Budget
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.demo.report import results_table
-from nnunet_blob.demo.stages import (
-    StageError,
-    Stages,
-    demo_environment,
-    write_text_atomic,
-)
+from nnunet_blob.demo.stages import StageError, Stages, demo_environment
+from nnunet_blob.preprocessing.store import atomic_write_bytes, atomic_write_json
 
 DATASET_ID, DATASET_NAME = 991, "BlobDemo"
 CONFIGURATION = "3d_fullres"
@@ -79,12 +75,12 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
                    "nnunet_blob compare (Wilcoxon signed-rank per metric)",
                    after=[f"evaluate_{t}" for t in trainers], key=" ".join(trainers))
     table, text = results_table(summaries, root / "evaluation")
-    write_text_atomic(root / "results.md", text)
+    atomic_write_bytes(root / "results.md", text.encode())
     stages.say("\n" + text)
     comparison = f"; Wilcoxon tests in {stages.log_file('compare')}" if len(trainers) > 1 else ""
     stages.say(f"written: {root / 'results.md'}{comparison}; every stage's log in {stages.logs}")
     stages.say(f"nnunet_blob demo: finished in {time.time() - start:.0f} s (stages done before not counted)")
-    write_text_atomic(root / SETTINGS, json.dumps({**settings, "completed": True}, indent=1))
+    atomic_write_json(root / SETTINGS, {**settings, "completed": True})
     return table
 
 
@@ -161,7 +157,7 @@ def _settings(root: Path, budget: str, seed: int, reduced_features: int | None) 
                             f"settings, or choose another --workspace")
         return previous
     root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(file, json.dumps(wanted, indent=1))
+    atomic_write_json(file, wanted)
     return wanted
 
 

@@ -14,16 +14,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nnunet_blob.preprocessing.store import atomic_write_bytes
+from nnunet_blob.preprocessing.store import atomic_write_json
 
 
 class StageError(RuntimeError):
     """A stage failed; the message names the stage, its log file and what to run next."""
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name, then rename: never a half-written file under ``path``."""
-    atomic_write_bytes(Path(path), text.encode())
 
 
 class Stages:
@@ -78,8 +73,8 @@ class Stages:
             raise StageError(f"interrupted during stage '{name}' (log: {self.log_file(name)}); run the same "
                              f"command again to resume") from None
         seconds = time.time() - start
-        write_text_atomic(self.markers / f"{name}.done",
-                          json.dumps({"seconds": round(seconds, 1), "finished": time.ctime(), "key": key}))
+        atomic_write_json(self.markers / f"{name}.done",
+                          {"seconds": round(seconds, 1), "finished": time.ctime(), "key": key})
         self.say(f"    {describe}: {seconds:.0f} s")
         return True
 
