@@ -28,6 +28,16 @@ def run_cli(*args, env=None, timeout=900, check=True) -> subprocess.CompletedPro
     return result
 
 
+@pytest.fixture(params=["host", "device"])
+def loss_path(request, monkeypatch):
+    """Run a loss test on both entry paths: "host" drops inert voxels first (CPU default), "device" keeps every
+    voxel and masks (what an accelerator runs, without host synchronisation)."""
+    import nnunet_blob.losses._common as common
+
+    monkeypatch.setattr(common, "COMPACT_ON_HOST", request.param == "host")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def nnunet_workspace(tmp_path_factory):
     """nnUNet_raw/_preprocessed/_results in a temporary folder, small worker pools, our test trainers listed."""

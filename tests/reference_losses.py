@@ -77,9 +77,11 @@ def _topk_rows(probs, target, loss_mask):
     return [(probs[:, c], (target[:, 0] == c) & valid[:, 0], valid[:, 0]) for c in range(1, probs.shape[1])]
 
 
-def literal_topk_dice_loss(probs, target, k=50.0, *, squared=True, smooth=1e-5, batch_dice=False, loss_mask=None):
+def literal_topk_dice_loss(probs, target, k=50.0, *, squared=True, smooth=1e-5, batch_dice=False, loss_mask=None,
+                           classes="present"):
     """TopK-Dice, Eq. (1)-(7): squared soft Dice over the classes present after removing the D_c easiest
-    foreground voxels of each class (per sample, or over the batch with ``batch_dice``)."""
+    foreground voxels of each class (per sample, or over the batch with ``batch_dice``). ``classes="all"``: the
+    mean of the Dice of every (sample, class) pair, present or not."""
     rows = _topk_rows(probs, target, loss_mask)
     if batch_dice:
         units = [[(p.reshape(-1), y.reshape(-1), v.reshape(-1)) for p, y, v in rows]]
@@ -89,7 +91,7 @@ def literal_topk_dice_loss(probs, target, k=50.0, *, squared=True, smooth=1e-5, 
     unit_scores = []
     for unit in units:
         sums = [_literal_topk_sums(p, y, v, k, squared) for p, y, v in unit]
-        class_scores = [(tp2 + smooth) / (den + smooth) for tp2, den, n in sums if n]
+        class_scores = [(tp2 + smooth) / (den + smooth) for tp2, den, n in sums if n or classes == "all"]
         if class_scores:
             unit_scores.append(torch.stack(class_scores).mean())
     if not unit_scores:

@@ -6,11 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nnunet_blob.losses import blob_loss, blob_loss_regions
 from reference_losses import literal_blob_loss
+
+pytestmark = pytest.mark.usefixtures("loss_path")
 
 INNERS = [
     ("dice", {}),
@@ -229,7 +231,7 @@ def test_regions_match_literal(inner, kwargs, masking):
     torch.testing.assert_close(torch.autograd.grad(value, probs)[0], torch.autograd.grad(reference, probs)[0])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     batch=st.integers(1, 3),
     classes=st.integers(2, 4),

@@ -12,6 +12,8 @@ from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, TverskyLoss
 from reference_losses import literal_blob_loss, literal_topk_dice_loss
 from test_blob_loss import random_instance_batch
 
+pytestmark = pytest.mark.usefixtures("loss_path")
+
 
 def nnunet_dc_ce(ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss):
     return DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
@@ -103,6 +105,15 @@ def test_topk_dice_and_ce(ignore_label):
     ce = RobustCrossEntropyLoss(ignore_index=-100 if ignore_label is None else ignore_label)(logits, target[:, 0])
     expected = ce + literal_topk_dice_loss(torch.softmax(logits, 1), target, 30, loss_mask=mask)
     torch.testing.assert_close(value, expected)
+
+
+def test_topk_dice_and_ce_with_every_voxel_ignored_is_zero():
+    """As nnU-Net's DC_and_CE_loss: no annotated voxel, no loss and no gradient (not NaN)."""
+    target = torch.full((2, 1, 4, 4, 4), 3)
+    logits = logits_like(2, 3, (4, 4, 4), seed=12)
+    value = TopKDiceAndCELoss(k=30, ignore_label=3)(logits, target)
+    (grad,) = torch.autograd.grad(value, logits)
+    assert value.item() == 0.0 and torch.all(grad == 0)
 
 
 def test_fp16_logits_under_autocast_give_float32_loss():

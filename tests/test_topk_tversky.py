@@ -5,13 +5,15 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nnunet_blob.losses import topk_dice_loss, tversky_loss
-from nnunet_blob.losses.topk_dice import largest_mask, num_removed
+from nnunet_blob.losses.topk_dice import largest_per_group, removed_counts
 from reference_losses import literal_topk_dice_loss, literal_tversky_loss
 from test_blob_loss import random_probs
+
+pytestmark = pytest.mark.usefixtures("loss_path")
 
 
 def random_labels(batch, classes, spatial, seed, background_share=0.6):
@@ -75,20 +77,26 @@ def test_k100_is_plain_squared_soft_dice():
     torch.testing.assert_close(topk_dice_loss(probs, target, 100), 1 - dice.mean())
 
 
-def test_removed_count_is_exact_with_ties():
-    values = torch.tensor([0.5, 0.9, 0.5, 0.5, 0.1, 0.9, 0.5])
-    for count in range(0, 8):
-        chosen = largest_mask(values, count)
-        assert int(chosen.sum()) == count
-        # the chosen are the largest, ties go to the lowest index
-        expected = torch.sort(-values, stable=True).indices[:count]
-        assert set(chosen.nonzero()[:, 0].tolist()) == set(expected.tolist())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_largest_per_group_is_exact_with_ties(dtype):
+    """Each group keeps exactly its count of largest values; equal values go to the lowest position first."""
+    values = torch.tensor([0.5, 0.9, 0.5, 0.5, 0.1, 0.9, 0.5, 0.0, 0.9, 0.5, -0.0, 0.0], dtype=dtype)
+    group = torch.tensor([0, 1, 0, 0, 1, 0, 2, 1, 0, 1, 1, 2])  # group 2 is the "never chosen" group here
+    members = {g: (group == g).nonzero()[:, 0] for g in (0, 1)}
+    for count0 in range(0, len(members[0]) + 1):
+        for count1 in range(0, len(members[1]) + 1):
+            chosen = largest_per_group(values, group, torch.tensor([count0, count1]))
+            assert not chosen[group == 2].any()
+            for g, count in ((0, count0), (1, count1)):
+                index = members[g]
+                expected = index[torch.sort(-values[index], stable=True).indices[:count]]
+                assert set(chosen.nonzero()[:, 0].tolist()) & set(index.tolist()) == set(expected.tolist())
 
 
 @pytest.mark.parametrize("n,k,removed", [(10, 50, 5), (10, 30, 7), (7, 50, 3), (1, 50, 0), (3, 10, 2), (100, 100, 0),
-                                         (10, 70, 3), (1000, 30, 700)])
+                                         (10, 70, 3), (1000, 30, 700), (0, 50, 0)])
 def test_number_removed_is_floor_of_eq3(n, k, removed):
-    assert num_removed(n, k) == removed
+    assert removed_counts(torch.tensor([n]), k).tolist() == [removed]
 
 
 def test_tied_probabilities_remove_exactly_d_voxels_and_give_them_no_gradient():
@@ -116,6 +124,30 @@ def test_easiest_voxels_are_the_removed_ones():
     assert grad[0, 1, 0, 1] != 0 and grad[0, 1, 0, 3] != 0
 
 
+@pytest.mark.parametrize("batch_dice", [False, True])
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_all_classes_average_matches_literal(batch_dice, use_mask):
+    """classes="all": absent classes and empty samples count, with Dice s / (sum p^2 + s)."""
+    target = random_labels(3, 4, (6, 6, 6), seed=21)
+    target[:, :, target[0, 0] == 3] = 0  # class 3 absent from every sample
+    target[1] = 0  # an empty sample
+    probs = random_probs(3, 4, (6, 6, 6), seed=22)
+    mask = random_labels(3, 2, (6, 6, 6), seed=23, background_share=0.3).bool() if use_mask else None
+    value = topk_dice_loss(probs, target, 30, batch_dice=batch_dice, loss_mask=mask, classes="all")
+    reference = literal_topk_dice_loss(probs, target, 30, batch_dice=batch_dice, loss_mask=mask, classes="all")
+    assert_close_with_grad(value, reference, probs)
+
+
+def test_all_classes_average_penalises_an_absent_class_predicted():
+    """A perfect class 1 and false positives of class 2, which is absent: "present" sees nothing wrong."""
+    target = torch.zeros(1, 1, 6, 6, dtype=torch.long)
+    target[0, 0, :2] = 1
+    probs = torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1).double()
+    probs[0, :, 4:] = torch.tensor([0.7, 0.0, 0.3]).reshape(3, 1, 1)  # class 2 predicted where nothing is
+    assert topk_dice_loss(probs, target, 50).item() == pytest.approx(0.0, abs=1e-9)
+    assert topk_dice_loss(probs, target, 50, classes="all").item() == pytest.approx(0.5, abs=1e-5)
+
+
 def test_absent_classes_are_not_averaged_in():
     target = random_labels(1, 2, (6, 6, 6), seed=4)  # only class 1 present
     probs = random_probs(1, 4, (6, 6, 6), seed=5)  # classes 2, 3 absent
@@ -135,12 +167,17 @@ def test_topk_empty_batch_and_fp16():
     torch.testing.assert_close(out, topk_dice_loss(half.float(), target, 30))
 
 
-def test_topk_bad_k():
+def test_topk_bad_options():
+    probs, target = torch.full((1, 2, 3, 3), 0.5), torch.zeros(1, 1, 3, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="must be in \\(0, 100\\]"):
-        topk_dice_loss(torch.full((1, 2, 3, 3), 0.5), torch.zeros(1, 1, 3, 3, dtype=torch.long), 0)
+        topk_dice_loss(probs, target, 0)
+    with pytest.raises(ValueError, match="classes must be 'present' or 'all'"):
+        topk_dice_loss(probs, target, 50, classes="some")
+    with pytest.raises(ValueError, match="outside \\[0, 2\\)"):
+        topk_dice_loss(probs, torch.full((1, 1, 3, 3), 2), 50)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     batch=st.integers(1, 2),
     classes=st.integers(2, 4),

@@ -53,11 +53,44 @@ def float32_math(fn: Callable) -> Callable:
     return wrapper
 
 
+#: Where the host can read a tensor without waiting for a device (CPU tensors), the losses first drop the voxels that
+#: cannot contribute to a term (``nonzero``); on an accelerator they keep every voxel and mask, so that a training
+#: step never waits for the device. Both give the same result; tests set this to False to run the accelerator's path
+#: on the CPU (e.g. to count host synchronisations).
+COMPACT_ON_HOST = True
+
+
+def entry_positions(selected: torch.Tensor) -> Optional[torch.Tensor]:
+    """Flat positions of the ``True`` entries of ``selected`` where listing them costs no device synchronisation
+    (see :data:`COMPACT_ON_HOST`), else None: the caller then keeps every entry and masks."""
+    if COMPACT_ON_HOST and selected.device.type == "cpu":
+        return selected.reshape(-1).nonzero()[:, 0]
+    return None
+
+
+def require(condition: torch.Tensor, message: str) -> None:
+    """Check a value condition without a host synchronisation.
+
+    On an accelerator this is a device-side assertion (``torch._assert_async``): a violation stops the program at
+    the next synchronisation with ``message``. On the CPU it raises ``ValueError(message)`` at once.
+
+    Raises:
+        ValueError: on the CPU, when ``condition`` is False.
+    """
+    try:
+        torch._assert_async(condition, message)
+    except RuntimeError:
+        raise ValueError(message) from None
+
+
 def as_label_map(name: str, x: torch.Tensor, probs: torch.Tensor, channels: int = 1,
                  to_long: bool = True) -> torch.Tensor:
     """Check that ``x`` is (B, channels, *spatial) (or (B, *spatial) when channels == 1) and integer-valued.
 
     Returns it as int64 (``to_long=False``: in its own dtype, for callers that only compare it with labels).
+
+    Raises:
+        ValueError: wrong shape or dtype (at once), non-integer float values (see :func:`require`).
     """
     spatial = tuple(probs.shape[2:])
     if x.ndim == probs.ndim - 1 and channels == 1:
@@ -68,8 +101,7 @@ def as_label_map(name: str, x: torch.Tensor, probs: torch.Tensor, channels: int 
             f"probs {tuple(probs.shape)}, got {tuple(x.shape)}"
         )
     if x.is_floating_point():
-        if not torch.equal(x, torch.round(x)):
-            raise ValueError(f"{name} must hold integer values, got non-integer floats")
+        require((x == torch.round(x)).all(), f"{name} must hold integer values, got non-integer floats")
     elif x.dtype == torch.bool:
         pass
     elif not (x.dtype.is_signed or x.dtype == torch.uint8) or x.is_complex():
@@ -81,7 +113,7 @@ def as_mask(loss_mask: Optional[torch.Tensor], probs: torch.Tensor) -> Optional[
     """Validate an optional loss mask (B, 1, *spatial); nonzero = voxel takes part in the loss."""
     if loss_mask is None:
         return None
-    return as_label_map("loss_mask", loss_mask, probs).bool()
+    return as_label_map("loss_mask", loss_mask, probs, to_long=False).bool()
 
 
 def check_probs(probs: torch.Tensor, min_channels: int) -> None:
@@ -94,16 +126,12 @@ def check_probs(probs: torch.Tensor, min_channels: int) -> None:
 
 
 def check_label_range(target: torch.Tensor, num_classes: int, valid: Optional[torch.Tensor]) -> None:
-    """Class labels must lie in [0, num_classes) wherever the loss looks at them."""
-    if target.numel() == 0:
-        return
-    t = target if valid is None else torch.where(valid, target, 0)
-    lo, hi = (int(v) for v in torch.aminmax(t))
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"target holds class {lo if lo < 0 else hi}, outside [0, {num_classes}) for probs with {num_classes} "
-            f"channels; mark ignored voxels with loss_mask"
-        )
+    """Class labels must lie in [0, num_classes) wherever the loss looks at them (see :func:`require`)."""
+    inside = (target >= 0) & (target < num_classes)
+    if valid is not None:
+        inside |= ~valid
+    require(inside.all(), f"target holds a class outside [0, {num_classes}) for probs with {num_classes} channels; "
+                          f"mark ignored voxels with loss_mask")
 
 
 def soft_dice_score(tp: torch.Tensor, sum_gt: torch.Tensor, sum_pred: torch.Tensor, smooth: float) -> torch.Tensor:

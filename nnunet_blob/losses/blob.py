@@ -18,9 +18,11 @@ is assembled by :class:`nnunet_blob.losses.BlobCompoundLoss`.
 With :math:`T_f` the sum of f(p^c) over all (unmasked) voxels, :math:`L_f` the sum over the voxels labelled c and
 :math:`I_f` the sum over :math:`I_n`, the sum over the rest of the domain :math:`\Omega_{c,n} \setminus I_n` is
 :math:`T_f - L_f` (masking) or :math:`T_f - I_f` (``masking=False``, supplement 6.4: the other instances stay in
-the domain as negatives). All :math:`I_f` come from one segment sum (``index_add``) keyed by (sample, class, id),
-so the cost does not depend on the number of instances and there is no Python loop over them. Then
-TP = :math:`I_p`, FP = rest sum of p, FN = :math:`G_n - I_p`.
+the domain as negatives). All :math:`I_f` and :math:`L_f` come from one segment sum (``index_add``) into a table
+with a slot per (sample, class, id) over the id range (256 for uint8 ids, 32768 for the loader's int16 ids), so
+the cost does not depend on the number of instances, there is no Python loop over instances or classes, and
+nothing waits for the device (no host synchronisation on an accelerator). Then TP = :math:`I_p`, FP = rest sum of
+p, FN = :math:`G_n - I_p`.
 
 Instances are read where the target has a foreground class: a voxel's instance belongs to the class its target
 label says (an id spanning two classes counts as one instance per class); ids on background voxels and id 0 are
@@ -29,6 +31,7 @@ instance nor background.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
@@ -39,11 +42,12 @@ from nnunet_blob.losses._common import (
     check_label_range,
     check_probs,
     clamped_log,
+    entry_positions,
     float32_math,
     mean_over_present,
+    require,
     soft_dice_score,
     tversky_score,
-    zero_with_graph,
 )
 
 InnerLoss = Literal["dice", "tversky", "bce"]
@@ -62,6 +66,7 @@ def blob_loss(
     squared: bool = False,
     loss_mask: Optional[torch.Tensor] = None,
     masking: bool = True,
+    max_id: Optional[int] = None,
 ) -> torch.Tensor:
     """The blob term for softmax outputs (lower is better, 0 is perfect).
 
@@ -77,10 +82,17 @@ def blob_loss(
         loss_mask: optional (B, 1, *spatial), nonzero = voxel counts (e.g. ``target != ignore_label``); masked
             voxels are in no term; an instance whose voxels are all masked has no term.
         masking: False is the ablation of supplement 6.4 (other instances of the class stay in the domain).
+        max_id: largest instance id that can occur. Default: from the dtype of ``instances`` (255 for uint8,
+            32767 for int16, as the trainers' loader delivers them); for wider dtypes the largest id present is read
+            from the data, which waits for the device once per call.
+
+    Raises:
+        ValueError: bad shapes, dtypes or options; labels outside [0, C), negative or non-integer ids (on an
+            accelerator the value checks are device-side assertions, see :func:`~._common.require`).
     """
     return _mean_over_samples(*blob_loss_per_sample(
         probs, target, instances, inner, smooth=smooth, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta,
-        squared=squared, loss_mask=loss_mask, masking=masking))
+        squared=squared, loss_mask=loss_mask, masking=masking, max_id=max_id))
 
 
 def blob_loss_regions(
@@ -95,6 +107,7 @@ def blob_loss_regions(
     squared: bool = False,
     loss_mask: Optional[torch.Tensor] = None,
     masking: bool = True,
+    max_id: Optional[int] = None,
 ) -> torch.Tensor:
     """The blob term for region-based (sigmoid) outputs, e.g. BraTS-style nested regions.
 
@@ -105,63 +118,126 @@ def blob_loss_regions(
     """
     return _mean_over_samples(*blob_loss_per_sample(
         probs, target, instances, inner, regions=True, smooth=smooth, tversky_alpha=tversky_alpha,
-        tversky_beta=tversky_beta, squared=squared, loss_mask=loss_mask, masking=masking))
+        tversky_beta=tversky_beta, squared=squared, loss_mask=loss_mask, masking=masking, max_id=max_id))
 
 
 @float32_math
 def blob_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, instances: torch.Tensor,
                          inner: InnerLoss = "dice", *, regions: bool = False, loss_mask: Optional[torch.Tensor] = None,
-                         **options) -> tuple[torch.Tensor, torch.Tensor]:
+                         max_id: Optional[int] = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) blob loss of each sample and (B,) flags "sample has instances" (for reductions across workers).
 
     Arguments as :func:`blob_loss` (``regions=True``: as :func:`blob_loss_regions`).
     """
+    if inner not in INNER_LOSSES:
+        raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
     entries = (_region_entries if regions else _label_entries)(probs, target, instances, loss_mask)
-    return _blob_from_entries(*entries, inner=inner, **options)
+    ids, id_space = _numbered_ids(entries, instances.dtype, max_id)
+    return _blob_from_entries(entries, ids, id_space, inner=inner, **options)
 
 
-def _label_entries(probs, target, instances, loss_mask):
-    """Softmax form: the unmasked foreground voxels, their class (channel) and instance id."""
+@dataclass
+class _Entries:
+    """The (sample, channel, voxel) entries a blob term reads, as flat (M,) arrays.
+
+    ``p`` is (B, K, N) and ``valid`` (B, 1, N) or None. Entry e reads ``p.reshape(-1)[position[e]]``, belongs to
+    group ``group[e]`` = sample * K + channel and has instance id ``ids[e]``; ``labelled[e]`` says whether the voxel
+    carries the channel's class (None: all entries do, the others were dropped, see
+    :func:`~._common.entry_positions`).
+    """
+
+    p: torch.Tensor
+    valid: Optional[torch.Tensor]
+    position: torch.Tensor
+    group: torch.Tensor
+    ids: torch.Tensor
+    labelled: Optional[torch.Tensor]
+
+    @property
+    def num_groups(self) -> int:
+        return self.p.shape[0] * self.p.shape[1]
+
+
+def _label_entries(probs, target, instances, loss_mask) -> _Entries:
+    """Softmax form: every voxel is an entry of the channel of its target class; labelled where that is > 0."""
     check_probs(probs, min_channels=2)
     batch, num_classes = probs.shape[:2]
     target = as_label_map("target", target, probs)
-    instances = as_label_map("instances", instances, probs)
+    instances = as_label_map("instances", instances, probs, to_long=False)
     valid = as_mask(loss_mask, probs)
     check_label_range(target, num_classes, valid)
+    _check_ids(instances)
 
     t = target.reshape(batch, -1)
+    num_voxels = t.shape[1]
+    labelled = t > 0 if valid is None else (t > 0) & valid.reshape(batch, -1)
+    ids = instances.reshape(-1)
+    keep = entry_positions(labelled)
+    if keep is None:
+        voxel, flags = torch.arange(batch * num_voxels, device=t.device), labelled.reshape(-1)
+        sample, channel = voxel.div(num_voxels, rounding_mode="floor"), torch.where(flags, t.reshape(-1), 0)
+    else:
+        voxel, ids = keep, ids[keep]
+        sample, channel, flags = keep.div(num_voxels, rounding_mode="floor"), t.reshape(-1)[keep], None
+    group = sample * num_classes + channel
+    position = group * num_voxels + voxel.remainder(num_voxels)
     valid = None if valid is None else valid.reshape(batch, 1, -1)
-    labelled = t > 0 if valid is None else (t > 0) & valid[:, 0]
-    sample, voxel = labelled.nonzero(as_tuple=True)
-    channel = t[sample, voxel]
-    entry_id = instances.reshape(batch, -1)[sample, voxel]
-    return probs.reshape(batch, num_classes, -1), valid, sample, channel, voxel, entry_id
+    return _Entries(probs.reshape(batch, num_classes, -1), valid, position, group, ids.long(), flags)
 
 
-def _region_entries(probs, target, instances, loss_mask):
-    """Sigmoid form: the unmasked voxels inside each region, the region (channel) and its instance id there."""
+def _region_entries(probs, target, instances, loss_mask) -> _Entries:
+    """Sigmoid form: every (sample, region, voxel) is an entry; labelled where the voxel is inside the region."""
     check_probs(probs, min_channels=1)
     batch, num_regions = probs.shape[:2]
-    target = as_label_map("target", target, probs, channels=num_regions)
-    instances = as_label_map("instances", instances, probs, channels=num_regions)
+    target = as_label_map("target", target, probs, channels=num_regions, to_long=False)
+    instances = as_label_map("instances", instances, probs, channels=num_regions, to_long=False)
     valid = as_mask(loss_mask, probs)
+    _check_ids(instances)
 
+    p = probs.reshape(batch, num_regions, -1)
     valid = None if valid is None else valid.reshape(batch, 1, -1)
-    inside = target.reshape(batch, num_regions, -1) != 0
+    inside = target.reshape(p.shape) != 0
     if valid is not None:
         inside = inside & valid
-    sample, channel, voxel = inside.nonzero(as_tuple=True)
-    entry_id = instances.reshape(batch, num_regions, -1)[sample, channel, voxel]
-    return probs.reshape(batch, num_regions, -1), valid, sample, channel, voxel, entry_id
+    ids = instances.reshape(-1)
+    keep = entry_positions(inside)
+    if keep is None:
+        position, flags = torch.arange(inside.numel(), device=p.device), inside.reshape(-1)
+    else:
+        position, ids, flags = keep, ids[keep], None
+    return _Entries(p, valid, position, position.div(p.shape[2], rounding_mode="floor"), ids.long(), flags)
+
+
+def _check_ids(instances: torch.Tensor) -> None:
+    if instances.dtype.is_signed or instances.is_floating_point():
+        require((instances >= 0).all(), "instances must be >= 0 (0 = no instance)")
+
+
+#: slots of the segment-sum table per (sample, channel) for each id dtype: every id the dtype can hold
+_ID_SPACE = {torch.bool: 2, torch.uint8: 256, torch.int8: 128, torch.int16: 32768}
+
+
+def _numbered_ids(entries: _Entries, dtype: torch.dtype, max_id: Optional[int]) -> tuple[torch.Tensor, int]:
+    """The entries' ids and the number of id slots per (sample, channel): ``max_id + 1``, else every id the dtype
+    can hold, else (wide dtypes) the largest id present + 1, read from the data (this waits for the device), with
+    very sparse ids numbered densely first."""
+    ids = entries.ids
+    if max_id is not None:
+        require((ids <= max_id).all(), f"instances hold ids above max_id={max_id}")
+        return ids, int(max_id) + 1
+    if dtype in _ID_SPACE:
+        return ids, _ID_SPACE[dtype]
+    space = int(ids.max()) + 1 if ids.numel() else 1
+    if entries.num_groups * space > 4 * ids.numel() + (1 << 16):
+        ids = torch.unique(torch.cat((ids.new_zeros(1), ids)), return_inverse=True)[1][1:]  # 0 stays 0
+        space = int(ids.max()) + 1 if ids.numel() else 1
+    return ids, space
 
 
 def _blob_from_entries(
-    p: torch.Tensor,
-    valid: Optional[torch.Tensor],
-    sample: torch.Tensor,
-    channel: torch.Tensor,
-    voxel: torch.Tensor,
-    entry_id: torch.Tensor,
+    e: _Entries,
+    ids: torch.Tensor,
+    id_space: int,
     *,
     inner: str,
     smooth: float = 1e-5,
@@ -170,124 +246,89 @@ def _blob_from_entries(
     squared: bool = False,
     masking: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blob term from the labelled voxels ("entries") of every (sample, channel) group.
+    """Blob term of every instance from one segment sum over the entries (see the module docstring).
 
-    ``p`` is (B, K, N); group ``b * K + k`` reads channel k of sample b; ``valid`` is (B, 1, N) or None. Entry e
-    is the unmasked voxel ``voxel[e]`` of sample ``sample[e]`` labelled with channel ``channel[e]``'s class, with
-    instance id ``entry_id[e]``. Its probability is read by one flat index, so the backward pass scatters into a
-    single gradient buffer.
+    Slot ``group * id_space + id`` of the table collects the entries of instance ``id`` of a group (id 0: labelled
+    voxels without an instance); entries that carry no label go to a spare row that is dropped.
     """
-    if inner not in INNER_LOSSES:
-        raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
-    if entry_id.numel() and int(entry_id.min()) < 0:
-        raise ValueError("instances must be >= 0 (0 = no instance)")
-    batch, channels, num_voxels = p.shape
-    num_groups = batch * channels
-    entry_group = sample * channels + channel
-    total_p, entry_p = _TotalsAndEntries.apply(p, valid, entry_group * num_voxels + voxel)
-
-    is_instance = entry_id > 0
-    instance_index, instance_group = _segment_ids(entry_group[is_instance], entry_id[is_instance], num_groups)
-    num_instances = instance_group.numel()
-    if num_instances == 0:
-        return zero_with_graph(p).expand(batch), torch.zeros(batch, dtype=torch.bool, device=p.device)
-    inst_p = entry_p[is_instance]
+    batch, channels, num_voxels = e.p.shape
+    num_groups = e.num_groups
+    slot = e.group * id_space + ids
+    if e.labelled is not None:  # spread the unlabelled entries over the spare row (no contention on one slot)
+        slot = torch.where(e.labelled, slot, num_groups * id_space + e.position.remainder(id_space))
+    total_p, x = _TotalsAndEntries.apply(e.p, e.valid, e.position)
 
     def totals(f: torch.Tensor) -> torch.Tensor:  # sum of f over every unmasked voxel, per group
-        return (f if valid is None else f * valid).sum(-1).reshape(num_groups)
-
-    def per_group(f: torch.Tensor) -> torch.Tensor:  # sum of f over the voxels labelled with the group's class
-        return torch.zeros(num_groups, dtype=f.dtype, device=f.device).index_add(0, entry_group, f)
-
-    def per_instance(f: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(num_instances, dtype=f.dtype, device=f.device).index_add(0, instance_index, f)
-
-    def rest(total: torch.Tensor, labelled: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
-        """Sum over the domain without the instance itself."""
-        return (total - labelled)[instance_group] if masking else total[instance_group] - inst
-
-    size = per_instance(torch.ones_like(inst_p))
-    tp = per_instance(inst_p)
+        return (f if e.valid is None else f * e.valid).sum(-1).reshape(num_groups)
 
     if inner == "bce":
-        log_p = clamped_log(inst_p)
-        log_1mp_all = clamped_log(1 - p)
-        log_1mp_entries = clamped_log(1 - entry_p)
-        neg_log = rest(totals(log_1mp_all), per_group(log_1mp_entries), per_instance(log_1mp_entries[is_instance]))
-        ones_all = torch.ones_like(p[:, :, :1]).expand_as(p)
-        domain_size = size + rest(totals(ones_all), per_group(torch.ones_like(entry_p)), size)
-        losses = -(per_instance(log_p) + neg_log) / domain_size
+        columns = (torch.ones_like(x), clamped_log(x), clamped_log(1 - x))
+    elif squared:
+        columns = (torch.ones_like(x), x, x * x)
     else:
-        fp = rest(total_p.reshape(num_groups), per_group(entry_p), tp)
+        columns = (torch.ones_like(x), x)
+    table = x.new_zeros((num_groups + 1) * id_space, len(columns)).index_add(0, slot, torch.stack(columns, 1))
+    table = table.reshape(num_groups + 1, id_space, len(columns))[:num_groups]
+    labelled_sums = table.sum(1)  # (G, k): sums over the voxels labelled with each group's class
+    instance_sums = table[:, 1:]  # (G, S - 1, k): sums over each instance
+    size = instance_sums[..., 0]
+
+    def rest(total: torch.Tensor, column: int) -> torch.Tensor:
+        """Sum over each instance's domain without the instance itself."""
+        if masking:
+            return (total - labelled_sums[:, column]).unsqueeze(1)
+        return total.unsqueeze(1) - instance_sums[..., column]
+
+    if inner == "bce":  # -(sum of log p over the instance + sum of log(1 - p) over the rest) / |domain|
+        voxels = x.new_full((batch, 1), num_voxels) if e.valid is None else e.valid.sum(-1).to(x.dtype)
+        domain_size = size + rest(voxels.expand(batch, channels).reshape(num_groups), 0)
+        neg_log = rest(totals(clamped_log(1 - e.p)), 2)
+        losses = -(instance_sums[..., 1] + neg_log) / domain_size.clamp_min(1)
+    else:
+        tp = instance_sums[..., 1]
+        fp = rest(total_p.reshape(num_groups), 1)
         if inner == "tversky":
             losses = 1 - tversky_score(tp, fp, size - tp, tversky_alpha, tversky_beta, smooth)
         elif squared:
-            inst_sq = per_instance(inst_p * inst_p)
-            sum_sq = inst_sq + rest(totals(p * p), per_group(entry_p * entry_p), inst_sq)
+            sum_sq = instance_sums[..., 2] + rest(totals(e.p * e.p), 2)
             losses = 1 - soft_dice_score(tp, size, sum_sq, smooth)
         else:
             losses = 1 - soft_dice_score(tp, size, tp + fp, smooth)
-    return _mean_over_instances_and_classes(losses, instance_group, batch, channels)
+    return _mean_over_instances_and_classes(losses, size > 0, batch, channels)
 
 
 class _TotalsAndEntries(torch.autograd.Function):
-    """(sum of p over the unmasked voxels per (sample, channel), p at the entries' flat indices).
+    """(sum of p over the unmasked voxels per (sample, channel), p at the entries' flat positions).
 
     Fused so that the backward pass writes one gradient buffer (broadcast total gradient plus a sparse
     ``index_add`` of the entries' gradients) instead of a zero-filled buffer per term.
     """
 
     @staticmethod
-    def forward(ctx, p, valid, flat_index):
-        ctx.save_for_backward(valid, flat_index)
+    def forward(ctx, p, valid, position):
+        ctx.save_for_backward(valid, position)
         ctx.shape = p.shape
         totals = (p if valid is None else p * valid).sum(-1)
-        return totals, p.reshape(-1)[flat_index]
+        return totals, p.reshape(-1)[position]
 
     @staticmethod
     def backward(ctx, grad_totals, grad_entries):
-        valid, flat_index = ctx.saved_tensors
+        valid, position = ctx.saved_tensors
         grad = grad_totals.unsqueeze(-1).expand(ctx.shape)
         grad = grad.clone(memory_format=torch.contiguous_format) if valid is None else grad * valid
-        grad.view(-1).index_add_(0, flat_index, grad_entries)
+        grad.view(-1).index_add_(0, position, grad_entries)
         return grad, None, None
 
 
-def _segment_ids(group: torch.Tensor, ids: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Number the distinct (group, id) pairs 0..M-1.
-
-    Returns each entry's instance index and each instance's group. Instance ids are normally small (the loader
-    renumbers them per patch) and a dense key table is used; very sparse ids fall back to ``torch.unique``.
-    """
-    if ids.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=ids.device)
-        return empty, empty
-    id_space = int(ids.max()) + 1
-    keys = group * id_space + ids
-    key_space = num_groups * id_space
-    if key_space <= 4 * keys.numel() + (1 << 16):
-        present = torch.zeros(key_space, dtype=torch.bool, device=keys.device)
-        present[keys] = True
-        present_keys = present.nonzero()[:, 0]
-        dense_to_compact = torch.cumsum(present, 0) - 1
-        index = dense_to_compact[keys]
-    else:
-        present_keys, index = torch.unique(keys, return_inverse=True)
-    return index, torch.div(present_keys, id_space, rounding_mode="floor")
-
-
-def _mean_over_instances_and_classes(losses: torch.Tensor, instance_group: torch.Tensor, batch: int,
+def _mean_over_instances_and_classes(losses: torch.Tensor, present: torch.Tensor, batch: int,
                                      channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: mean over the instances of a class, then over the classes with instances.
 
-    Returns (B,) sample losses and (B,) flags "sample has instances".
+    ``losses`` and ``present`` are (B * K, S - 1) per id slot. Returns (B,) sample losses and (B,) flags
+    "sample has instances".
     """
-    num_groups = batch * channels
-    count = torch.zeros(num_groups, dtype=losses.dtype, device=losses.device).index_add(
-        0, instance_group, torch.ones_like(losses))
-    total = torch.zeros(num_groups, dtype=losses.dtype, device=losses.device).index_add(0, instance_group, losses)
-    class_mean = (total / count.clamp_min(1)).reshape(batch, channels)
-    return mean_over_present(class_mean, count.reshape(batch, channels) > 0, dim=1)
+    class_mean, class_has = mean_over_present(losses, present, dim=1)
+    return mean_over_present(class_mean.reshape(batch, channels), class_has.reshape(batch, channels), dim=1)
 
 
 def _mean_over_samples(sample_losses: torch.Tensor, sample_has: torch.Tensor) -> torch.Tensor:

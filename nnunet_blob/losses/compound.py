@@ -90,19 +90,21 @@ def _mean_over_all_workers(per_sample: torch.Tensor, has_instances: torch.Tensor
 class TopKDiceAndCELoss(nn.Module):
     """CE + TopK-Dice (Hosseini, section 3.2: "the final loss is the summation of CE and topK Dice loss").
 
-    ``ignore_label`` voxels are left out of both terms, like nnU-Net's ``DC_and_CE_loss``; ``ddp`` as in
-    :func:`~nnunet_blob.losses.topk_dice.topk_dice_loss` (the trainers pass nnU-Net's ``is_ddp``).
+    ``ignore_label`` voxels are left out of both terms, like nnU-Net's ``DC_and_CE_loss`` (cross-entropy is the mean
+    over the other voxels, 0 when there are none); ``ddp`` as in
+    :func:`~nnunet_blob.losses.topk_dice.topk_dice_loss` (the trainers pass nnU-Net's ``is_ddp``), ``classes`` too.
     """
 
     def __init__(self, k: float = 50.0, weight_ce: float = 1.0, weight_topk_dice: float = 1.0,
                  ignore_label: Optional[int] = None, batch_dice: bool = False, squared: bool = True,
-                 smooth: float = 1e-5, ddp: bool = False):
+                 smooth: float = 1e-5, ddp: bool = False, classes: str = "present"):
         super().__init__()
         from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 
-        self.ce = RobustCrossEntropyLoss(ignore_index=-100 if ignore_label is None else ignore_label)
+        self.ce = RobustCrossEntropyLoss(ignore_index=-100 if ignore_label is None else ignore_label,
+                                         reduction="mean" if ignore_label is None else "sum")
         self.k, self.weight_ce, self.weight_topk_dice, self.ignore_label = k, weight_ce, weight_topk_dice, ignore_label
-        self.topk_kwargs = dict(batch_dice=batch_dice, squared=squared, smooth=smooth, ddp=ddp)
+        self.topk_kwargs = dict(batch_dice=batch_dice, squared=squared, smooth=smooth, ddp=ddp, classes=classes)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         mask = None if self.ignore_label is None else target != self.ignore_label
@@ -111,6 +113,9 @@ class TopKDiceAndCELoss(nn.Module):
             labels = target if mask is None else torch.where(mask, target, 0)
             probs = _probabilities(logits, sigmoid=False)
             total = self.weight_topk_dice * topk_dice_loss(probs, labels, self.k, loss_mask=mask, **self.topk_kwargs)
-        if self.weight_ce and (mask is None or bool(mask.any())):
-            total = total + self.weight_ce * self.ce(logits, target[:, 0])
+        if self.weight_ce:
+            ce = self.ce(logits, target[:, 0])
+            if mask is not None:  # mean over the annotated voxels without asking the device whether there are any
+                ce = ce / mask.sum().clamp_min(1)
+            total = total + self.weight_ce * ce
         return total

@@ -1,4 +1,4 @@
-r"""TopK-Dice loss (Hosseini, "TopK Dice Loss for Medical Image Segmentation", Eq. 1-7).
+r"""TopK-Dice loss (S. M. Hosseini, "TopK Dice Loss for Medical Image Segmentation", Eq. 1-7).
 
 Per foreground class c, among the :math:`n_c` voxels labelled c the :math:`D_c = \lfloor (1 - K/100)\, n_c \rfloor`
 easiest ones (highest :math:`TP^c = Y^c \odot P^c`, Eq. 2-3) form the ignore map (Eq. 4) and are set to zero in
@@ -6,20 +6,24 @@ both the target and the prediction (Eq. 5-6). The loss is squared soft Dice on w
 
 .. math::  L = 1 - \frac{1}{C} \sum_c \frac{2 \sum Yk^c Pk^c + s}{\sum (Yk^c)^2 + \sum (Pk^c)^2 + s}
 
-averaged over the classes present in the target (per sample, then over the samples that have any foreground;
-with ``batch_dice`` once over the batch). Background voxels are never ignored. Under multi-GPU DDP with
-``batch_dice`` and ``ddp=True`` the sums are added over all workers' batches before the Dice, as nnU-Net's
+where, as the paper says, C is the number of classes present in the image: the mean runs over the classes with
+foreground voxels in a sample, then over the samples that have any foreground (with ``batch_dice`` once over the
+batch). A patch without foreground therefore gets no Dice penalty for false positives (a cross-entropy term still
+acts); ``classes="all"`` averages over every foreground class instead, so a class predicted where it is absent
+scores ``s / (sum P^2 + s)``. Background voxels are never ignored. Under multi-GPU DDP with ``batch_dice`` and
+``ddp=True`` the sums are added over all workers' batches before the Dice, as nnU-Net's
 ``MemoryEfficientSoftDiceLoss`` does; the K% are still chosen within each worker's batch.
 
-Exactly :math:`D_c` voxels are removed even with tied probabilities: the paper adds a fixed random perturbation
-for this; here the threshold is the :math:`D_c`-th largest value (``torch.kthvalue``, O(voxels), no sort) and among
-the voxels equal to it the first ones in memory order are removed, which is exact and deterministic. The
-selection carries no gradient; removed voxels get none.
+**Selection.** Exactly :math:`D_c` voxels are removed even with tied probabilities: the paper adds a fixed random
+perturbation for this; here, among voxels with equal probability the first ones in memory order are removed, which
+is exact and deterministic. All (sample, class) groups are selected at once: one sort of the foreground voxels by
+(probability descending, position) and a stable sort by group give each voxel its rank in its group; the
+:math:`D_c` first of each group are removed. No Python loop over classes or samples, and nothing waits for the
+device. The selection carries no gradient; removed voxels get none.
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
@@ -28,33 +32,47 @@ from nnunet_blob.losses._common import (
     as_mask,
     check_label_range,
     check_probs,
+    entry_positions,
     float32_math,
     mean_over_present,
     soft_dice_score,
-    zero_with_graph,
 )
 
-
-def num_removed(num_foreground: int, k: float) -> int:
-    """D = floor((1 - K/100) * n): how many of n foreground voxels TopK-Dice ignores (Eq. 3)."""
-    return int(math.floor(num_foreground * (100.0 - k) / 100.0 + 1e-9))
+ClassAverage = Literal["present", "all"]
 
 
-def largest_mask(values: torch.Tensor, count: int) -> torch.Tensor:
-    """Boolean mask of exactly ``count`` largest entries of a 1D tensor; ties go to the lowest index.
+def removed_counts(num_foreground: torch.Tensor, k: float) -> torch.Tensor:
+    """D = floor((1 - K/100) n): how many of n foreground voxels TopK-Dice ignores (Eq. 3), per group."""
+    return torch.floor(num_foreground.to(torch.float64) * (100.0 - k) / 100.0 + 1e-9).to(torch.int64)
 
-    O(n): the threshold comes from ``kthvalue``, ties are resolved with a cumulative sum.
+
+def descending_order(values: torch.Tensor) -> torch.Tensor:
+    """Indices that order the non-negative ``values`` from largest to smallest, equal values by position."""
+    if values.dtype == torch.float32 and values.numel() < (1 << 31):
+        # non-negative floats order like their bit patterns: one integer sort of a unique key (fast on CPU and GPU)
+        bits = (values + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into 0.0
+        position = torch.arange(values.numel(), device=values.device)
+        return torch.sort(((0x7F800000 - bits) << 31) | position).indices
+    return torch.sort(values, descending=True, stable=True).indices
+
+
+def largest_per_group(values: torch.Tensor, group: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the ``count[g]`` largest ``values`` of each group g (ties: lowest position first).
+
+    ``values`` (M,) non-negative, ``group`` (M,) in [0, G], where group G holds entries never chosen (its count
+    is ignored), ``count`` (G,) with ``0 <= count[g] <=`` size of group g.
     """
-    n = values.numel()
-    if count <= 0:
-        return torch.zeros_like(values, dtype=torch.bool)
-    if count >= n:
-        return torch.ones_like(values, dtype=torch.bool)
-    threshold = torch.kthvalue(values, n - count + 1).values  # the count-th largest value
-    above = values > threshold
-    tied = values == threshold
-    ties_needed = count - above.sum()
-    return above | (tied & (torch.cumsum(tied, 0) <= ties_needed))
+    num_groups = count.numel()
+    order = descending_order(values)
+    order = order[torch.sort(group[order], stable=True).indices]  # by group; each group still in descending order
+    sorted_group = group[order]
+    size = torch.zeros(num_groups + 1, dtype=torch.int64, device=values.device).index_add_(
+        0, group, torch.ones_like(group))
+    start = torch.cumsum(size, 0) - size
+    rank = torch.arange(values.numel(), device=values.device) - start[sorted_group]
+    quota = torch.cat((count.to(torch.int64), count.new_zeros(1, dtype=torch.int64)))
+    chosen = torch.empty_like(values, dtype=torch.bool)
+    return chosen.scatter_(0, order, rank < quota[sorted_group])
 
 
 @float32_math
@@ -68,6 +86,7 @@ def topk_dice_loss(
     batch_dice: bool = False,
     loss_mask: Optional[torch.Tensor] = None,
     ddp: bool = False,
+    classes: ClassAverage = "present",
 ) -> torch.Tensor:
     """TopK-Dice over the K% hardest foreground voxels of each class (lower is better, 0 is perfect).
 
@@ -80,9 +99,17 @@ def topk_dice_loss(
         batch_dice: select and score each class over the whole batch instead of per sample.
         loss_mask: optional (B, 1, *spatial), nonzero = voxel counts; masked voxels are in no sum.
         ddp: with ``batch_dice`` inside an initialized ``torch.distributed`` group, sum over all workers' batches.
+        classes: ``"present"`` (the paper's Eq. 7: mean over the classes present in the target) or ``"all"``
+            (mean over every foreground class and every sample).
+
+    Raises:
+        ValueError: bad shapes, dtypes or options; labels outside [0, C) where not masked (on an accelerator a
+            device-side assertion, see :func:`~._common.require`).
     """
     if not 0 < k <= 100:
         raise ValueError(f"k is the percentage of foreground voxels kept and must be in (0, 100], got {k}")
+    if classes not in ("present", "all"):
+        raise ValueError(f"classes must be 'present' or 'all', got {classes!r}")
     check_probs(probs, min_channels=2)
     batch, num_classes = probs.shape[:2]
     target = as_label_map("target", target, probs, to_long=False)
@@ -91,20 +118,21 @@ def topk_dice_loss(
 
     p = probs.reshape(batch, num_classes, -1)
     valid = None if valid is None else valid.reshape(batch, 1, -1)
-    kept, ignored, num_kept = _select(p.detach(), target.reshape(batch, -1), valid, k, batch_dice)
-    tp, sum_pred = _KeptSums.apply(p, kept, ignored, valid, squared)
+    fg = _Foreground.of(p, target.reshape(batch, -1), valid)
+    removed = fg.removed(p.detach(), k, batch_dice)
+    tp, sum_pred, num_fg, num_removed = _KeptSums.apply(p, fg.position, fg.channel, fg.labelled, removed, valid,
+                                                        squared)
+    num_kept = num_fg - num_removed
     if batch_dice:  # one score per class over the whole batch
-        tp, sum_pred = tp.sum(0, keepdim=True), sum_pred.sum(0, keepdim=True)
+        tp, sum_pred, num_kept = tp.sum(0, keepdim=True), sum_pred.sum(0, keepdim=True), num_kept.sum(0, keepdim=True)
         if ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
             tp, sum_pred, num_kept = _sum_over_workers(tp, sum_pred, num_kept)
     dice = soft_dice_score(tp, num_kept.to(tp.dtype), sum_pred, smooth)
-
-    present = num_kept > 0
-    if not bool(present.any()):
-        return zero_with_graph(probs)
-    per_sample, sample_has = mean_over_present(dice, present, dim=1)
-    mean_dice, _ = mean_over_present(per_sample, sample_has, dim=0)
-    return 1 - mean_dice
+    if classes == "all":
+        return 1 - dice.mean()
+    per_sample, sample_has = mean_over_present(dice, num_kept > 0, dim=1)
+    mean_dice, any_present = mean_over_present(per_sample, sample_has, dim=0)
+    return (1 - mean_dice) * any_present  # 0, with a graph, when no class is present
 
 
 def _sum_over_workers(tp: torch.Tensor, sum_pred: torch.Tensor, num_kept: torch.Tensor):
@@ -116,61 +144,81 @@ def _sum_over_workers(tp: torch.Tensor, sum_pred: torch.Tensor, num_kept: torch.
     return AllGatherGrad.apply(tp).sum(0), AllGatherGrad.apply(sum_pred).sum(0), num_kept
 
 
-def _select(p: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor], k: float,
-            batch_dice: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split the foreground voxels of every (sample, class) into kept and ignored (Eq. 4): the ignored ones are
-    the D_c with the highest probability, chosen within each sample, or over the batch with ``batch_dice``.
+class _Foreground:
+    """The voxels TopK-Dice selects among, as flat (M,) arrays over the (B, C, N) probabilities.
 
-    Returns flat indices into ``p`` (B, C, N) of the kept and of the ignored foreground voxels, and the number of
-    kept foreground voxels per (sample, class >= 1), or per class (1, C - 1) with ``batch_dice``.
+    Entry e is voxel ``position[e] % N`` of sample ``position[e] // (C N)`` in channel ``channel[e]`` (its class
+    for labelled entries); ``labelled[e]`` is None when every entry is an unmasked foreground voxel (the others were
+    dropped, see :func:`~._common.entry_positions`), else a mask of those.
     """
-    batch, num_classes, n = p.shape
-    flat = p.reshape(-1)
-    kept, ignored = [], []
-    num_kept = torch.zeros(1 if batch_dice else batch, num_classes - 1, dtype=torch.long)
-    for c in range(1, num_classes):
-        fg = target == c
-        if valid is not None:
-            fg &= valid[:, 0]
-        sample, voxel = fg.nonzero(as_tuple=True)
-        index = (sample * num_classes + c) * n + voxel
-        groups = [index] if batch_dice else torch.split(index, torch.bincount(sample, minlength=batch).tolist())
-        for row, group in enumerate(groups):
-            remove = largest_mask(flat[group], num_removed(group.numel(), k))
-            ignored.append(group[remove])
-            kept.append(group[~remove])
-            num_kept[row, c - 1] = kept[-1].numel()
-    return torch.cat(kept), torch.cat(ignored), num_kept.to(p.device)
+
+    def __init__(self, position, channel, labelled, batch, num_classes, num_voxels):
+        self.position, self.channel, self.labelled = position, channel, labelled
+        self.batch, self.num_classes, self.num_voxels = batch, num_classes, num_voxels
+
+    @classmethod
+    def of(cls, p: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor]) -> _Foreground:
+        batch, num_classes, num_voxels = p.shape
+        labelled = target > 0 if valid is None else (target > 0) & valid[:, 0]
+        keep = entry_positions(labelled)
+        if keep is None:
+            voxel, flags = torch.arange(labelled.numel(), device=p.device), labelled.reshape(-1)
+            channel = torch.where(flags, target.reshape(-1), 0).long()
+        else:
+            voxel, flags, channel = keep, None, target.reshape(-1)[keep].long()
+        sample = voxel.div(num_voxels, rounding_mode="floor")
+        position = (sample * num_classes + channel) * num_voxels + voxel.remainder(num_voxels)
+        return cls(position, channel, flags, batch, num_classes, num_voxels)
+
+    def removed(self, p: torch.Tensor, k: float, batch_dice: bool) -> torch.Tensor:
+        """The entries TopK-Dice ignores: the D_c with the highest probability in each selection group (a
+        (sample, class), or a class over the batch with ``batch_dice``)."""
+        if k >= 100:
+            return torch.zeros_like(self.channel, dtype=torch.bool)
+        num_groups = self.num_classes if batch_dice else self.batch * self.num_classes
+        group = self.channel
+        if not batch_dice:
+            group = self.position.div(self.num_classes * self.num_voxels, rounding_mode="floor") * self.num_classes \
+                + self.channel
+        if self.labelled is not None:
+            group = torch.where(self.labelled, group, num_groups)
+        size = torch.zeros(num_groups + 1, dtype=torch.int64, device=p.device).index_add_(
+            0, group, torch.ones_like(group))[:num_groups]
+        return largest_per_group(p.reshape(-1)[self.position], group, removed_counts(size, k))
 
 
 class _KeptSums(torch.autograd.Function):
-    r"""Per (sample, class >= 1): :math:`TP = \sum_{kept\ fg} p` and :math:`\sum_{valid,\ not\ ignored} p^2`
-    (or :math:`p` when not squared), from one pass over ``p`` plus gathers at the foreground voxels.
+    r"""Per (sample, class >= 1): :math:`TP = \sum_{kept\ fg} p`, :math:`\sum_{valid,\ not\ ignored} p^2` (or
+    :math:`p` when not squared), and the numbers of foreground and of ignored voxels, from one pass over ``p`` plus
+    one segment sum over the foreground entries.
 
     The backward writes the gradient into one buffer: ``2p`` (or 1) times the sum's gradient everywhere valid,
     plus TP's gradient at the kept foreground voxels, zero at the ignored ones and in the background channel.
     """
 
     @staticmethod
-    def forward(ctx, p, kept, ignored, valid, squared):
-        batch, num_classes, n = p.shape
+    def forward(ctx, p, position, channel, labelled, removed, valid, squared):
+        batch, num_classes, num_voxels = p.shape
         fg_p = p[:, 1:]
         domain = fg_p if valid is None else fg_p * valid
         total = torch.linalg.vecdot(domain, fg_p) if squared else domain.sum(-1)
-        flat = p.reshape(-1)
-        removed = flat[ignored] ** 2 if squared else flat[ignored]
-        total_per_channel = p.new_zeros(batch * num_classes)
-        total_per_channel.index_add_(0, torch.div(ignored, n, rounding_mode="floor"), removed)
-        tp = p.new_zeros(batch * num_classes).index_add_(0, torch.div(kept, n, rounding_mode="floor"), flat[kept])
-        ctx.save_for_backward(p, kept, ignored, valid)
+        x = p.reshape(-1)[position]
+        kept = ~removed if labelled is None else labelled & ~removed
+        removed_part = x * x if squared else x
+        columns = torch.stack((torch.where(kept, x, 0), torch.where(removed, removed_part, 0),
+                               torch.ones_like(x) if labelled is None else labelled.to(x.dtype),
+                               removed.to(x.dtype)), 1)
+        sums = p.new_zeros(batch * num_classes, 4).index_add_(
+            0, position.div(num_voxels, rounding_mode="floor"), columns).reshape(batch, num_classes, 4)[:, 1:]
+        ctx.save_for_backward(p, position, kept, removed, valid)
         ctx.squared = squared
-        per_channel = lambda x: x.reshape(batch, num_classes)[:, 1:]  # noqa: E731
-        return per_channel(tp), total - per_channel(total_per_channel)
+        ctx.mark_non_differentiable(sums[..., 2], sums[..., 3])
+        return sums[..., 0], total - sums[..., 1], sums[..., 2].round().long(), sums[..., 3].round().long()
 
     @staticmethod
-    def backward(ctx, grad_tp, grad_total):
-        p, kept, ignored, valid = ctx.saved_tensors
-        batch, num_classes, n = p.shape
+    def backward(ctx, grad_tp, grad_total, _grad_num_fg, _grad_num_removed):
+        p, position, kept, removed, valid = ctx.saved_tensors
+        batch, num_classes, num_voxels = p.shape
         grad = torch.empty_like(p)
         grad[:, 0] = 0
         scale = grad_total.unsqueeze(-1)
@@ -181,7 +229,7 @@ class _KeptSums(torch.autograd.Function):
         if valid is not None:
             grad[:, 1:] *= valid
         flat = grad.view(-1)
-        grad_tp_flat = torch.cat([grad_tp.new_zeros(batch, 1), grad_tp], 1).reshape(-1)
-        flat.index_add_(0, kept, grad_tp_flat[torch.div(kept, n, rounding_mode="floor")])
-        flat[ignored] = 0
-        return grad, None, None, None, None
+        grad_tp = torch.cat([grad_tp.new_zeros(batch, 1), grad_tp], 1).reshape(-1)
+        at_entries = flat[position] + torch.where(kept, grad_tp[position.div(num_voxels, rounding_mode="floor")], 0)
+        flat.index_put_((position,), torch.where(removed, 0, at_entries))
+        return grad, None, None, None, None, None, None
