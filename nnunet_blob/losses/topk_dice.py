@@ -219,15 +219,10 @@ class _KeptSums(torch.autograd.Function):
     def backward(ctx, grad_tp, grad_total, _grad_num_fg, _grad_num_removed):
         p, position, kept, removed, valid = ctx.saved_tensors
         batch, num_classes, num_voxels = p.shape
-        grad = torch.empty_like(p)
-        grad[:, 0] = 0
-        scale = grad_total.unsqueeze(-1)
-        if ctx.squared:
-            torch.mul(p[:, 1:], 2 * scale, out=grad[:, 1:])
-        else:
-            grad[:, 1:] = scale
+        scale = torch.cat((grad_total.new_zeros(batch, 1), grad_total), 1).unsqueeze(-1)  # 0: background
+        grad = p * (2 * scale) if ctx.squared else scale.expand(p.shape).contiguous()
         if valid is not None:
-            grad[:, 1:] *= valid
+            grad = grad * valid
         flat = grad.view(-1)
         grad_tp = torch.cat([grad_tp.new_zeros(batch, 1), grad_tp], 1).reshape(-1)
         at_entries = flat[position] + torch.where(kept, grad_tp[position.div(num_voxels, rounding_mode="floor")], 0)
