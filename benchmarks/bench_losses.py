@@ -5,11 +5,14 @@ For a (B, C, S, S, S) patch with 1, 10, 100, 1000 instances it prints the best t
 - blob dice, blob tversky (the blob term alone, softmax included), TopK-Dice, CE + TopK-Dice,
 - a loop-over-instances blob dice baseline (one full-volume mask per instance, like the public reference code)
   at <= 100 instances,
-and the ratios (best of several interleaved rounds). Targets (issue "losses"): blob terms <= 1.5x
-MemoryEfficientSoftDiceLoss at every instance count and <= 1.2x growth of their own time from 1 to 1000 instances;
-TopK-Dice <= 2x.
+and the ratios (best of several interleaved rounds). Targets: blob terms <= 1.5x MemoryEfficientSoftDiceLoss at
+every instance count and <= 1.2x growth of their own time from 1 to 1000 instances; TopK-Dice <= 2x.
 
-    python benchmarks/bench_losses.py [--size 128] [--batch 2] [--classes 2] [--repeats 5]
+Targets and instance maps are int16, as the trainers' loader delivers them. ``--path device`` runs the
+accelerator's algorithm on any device (every voxel kept and masked, no host synchronisation); ``--path host`` (the
+CPU's default) first drops the voxels that cannot contribute.
+
+    python benchmarks/bench_losses.py [--size 128] [--batch 2] [--classes 2] [--repeats 5] [--path host|device]
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, topk_dice_lo
 def make_batch(batch, classes, size, num_instances, seed=0):
     """One large object plus ``num_instances - 1`` small cubes per sample, classes drawn at random."""
     rng = np.random.default_rng(seed)
-    target = np.zeros((batch, 1, size, size, size), dtype=np.int64)
+    target = np.zeros((batch, 1, size, size, size), dtype=np.int16)
     instances = np.zeros_like(target)
     for b in range(batch):
         half = size // 4
@@ -101,8 +104,14 @@ def main():
     parser.add_argument("--loop-max", type=int, default=100, help="largest instance count for the loop baseline")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--path", choices=["host", "device"], default=None,
+                        help="entry path of the losses (default: the device's own; see nnunet_blob.losses._common)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.path is not None:
+        import nnunet_blob.losses._common as common
+
+        common.COMPACT_ON_HOST = args.path == "host"
 
     dice_kwargs = {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}
     me_dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **dice_kwargs)
@@ -114,7 +123,7 @@ def main():
     shape = (args.batch, args.classes, args.size, args.size, args.size)
     print(f"# bench_losses: patch {shape}, device {device}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"best of {args.repeats} interleaved fwd+bwd rounds")
+          f"best of {args.repeats} interleaved fwd+bwd rounds, loss path {args.path or 'default'}")
     header = ("instances", "MemEffDice s", "DC_and_CE s", "blob dice", "blob tversky", "TopK-Dice", "CE+TopK-Dice",
               "loop blob dice")
     print("| " + " | ".join(header) + " |")
