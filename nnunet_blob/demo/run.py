@@ -16,7 +16,7 @@ from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, TRAINER_FOLDER, Budge
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.demo.report import results_table
 from nnunet_blob.demo.stages import StageError, Stages, demo_environment
-from nnunet_blob.preprocessing.store import atomic_write_bytes, atomic_write_json
+from nnunet_blob.io import atomic_write_bytes, atomic_write_json
 
 DATASET_ID, DATASET_NAME = 991, "BlobDemo"
 CONFIGURATION = "3d_fullres"

@@ -21,8 +21,10 @@ from nnunetv2.imageio.reader_writer_registry import (determine_reader_writer_fro
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
-from nnunet_blob.evaluation.metrics import label_metrics, spatial_view
+from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_metrics, spatial_view
+from nnunet_blob.instances.detection import instance_scores
 
+#: instance counts added over the cases in ``pooled_instances``
 POOLED = ("n_ref_instances", "n_pred_instances", "TP_ref_instances", "TP_pred_instances", "FN_instances",
           "FP_instances")
 
@@ -65,12 +67,8 @@ def summarize(results: list[dict], labels_or_regions, tolerance_mm: float, conne
         values = {m: np.array([c["metrics"][r][m] for c in results], float) for m in metric_names}
         means[r] = {m: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for m, v in values.items()}
         nan_cases[r] = {m: int(np.isnan(v).sum()) for m, v in values.items()}
-        p = {m: int(values[m].sum()) for m in POOLED}
-        p["IS"] = p["TP_ref_instances"] / p["n_ref_instances"] if p["n_ref_instances"] else float("nan")
-        p["IP"] = p["TP_pred_instances"] / p["n_pred_instances"] if p["n_pred_instances"] else float("nan")
-        s = p["IS"] + p["IP"]
-        p["F1"] = 2 * p["IS"] * p["IP"] / s if s > 0 else (0.0 if s == 0 else float("nan"))
-        pooled[r] = p
+        counts = np.array([[c["metrics"][r][key] for key in COUNT_METRICS] for c in results], np.int64)
+        pooled[r] = {m: int(values[m].sum()) for m in POOLED} | instance_scores(counts)
     foreground_mean = {m: float(np.mean([means[r][m] for r in labels_or_regions if r not in (0, "0")]))
                        for m in metric_names}
     return {"metric_per_case": results, "mean": means, "foreground_mean": foreground_mean,
