@@ -128,7 +128,7 @@ def test_validation_folder_hook_writes_next_to_summary(dataset, tmp_path):
     assert out == val / "summary_instances.json"
     cases = json.loads(out.read_text())["metric_per_case"]
     assert [os.path.basename(c["reference_file"]) for c in cases] == ["case_1.nii.gz"]
-    assert not [p for p in os.listdir(val) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(val) if ".tmp" in p]
 
 
 def _summary_with(tmp_path, name, dice_values):
