@@ -88,7 +88,7 @@ def dataset_name(dataset: str | int) -> str:
         return maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:
         raise InstanceMapError(f"dataset {dataset!r} not found in nnUNet_preprocessed ({preprocessed_root()}) or "
-                               f"nnUNet_raw. Run nnUNetv2_plan_and_preprocess -d {dataset} first. ({e})") from None
+                               f"nnUNet_raw. Run nnUNetv2_plan_and_preprocess -d {dataset} first. ({e})") from e
 
 
 def locate(dataset: str | int, plans_identifier: str, configuration: str) -> ConfigurationLocation:
