@@ -1,4 +1,4 @@
-"""``nnunet_blob evaluate`` and ``nnunet_blob compare`` (issue 5)."""
+"""``nnunet_blob evaluate`` and ``nnunet_blob compare``."""
 from __future__ import annotations
 
 import argparse
