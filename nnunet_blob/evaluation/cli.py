@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_blob.cli import reports
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
+from nnunet_blob.io import reports
 
 
 @reports(FileNotFoundError, ValueError, command="evaluate")

@@ -60,11 +60,13 @@ def compare(summaries: dict[str, str], metrics: dict[str, bool] | None = None, a
     for name, vals in loaded.items():
         other = sorted(next(iter(vals[next(iter(vals))].values())).keys())
         if other != cases or sorted(vals) != sorted(first):
-            diff = sorted(set(cases) ^ set(other))
+            unpaired = sorted(set(cases) ^ set(other))
             raise ValueError(f"{summaries[name]} and {summaries[first_name]} cover different cases or labels "
-                             f"(e.g. {diff[:5]}); evaluate both on the same reference cases")
+                             f"(e.g. {unpaired[:5]}); evaluate both on the same reference cases")
     methods = list(loaded)
-    tables, p_values, scores = {}, {}, {}
+    tables: dict = {}
+    p_values: dict = {}
+    scores: dict = {}
     for label in first:
         for metric, higher in metrics.items():
             if metric not in first[label]:

@@ -46,7 +46,7 @@ class ConfigurationLocation:
     @property
     def foreground_labels(self) -> list[int]:
         """The labels whose components are instances (all foreground labels; region datasets store labels)."""
-        labels = set()
+        labels: set[int] = set()
         for name, value in self.dataset_json["labels"].items():
             if name != "ignore":
                 labels.update(int(x) for x in (value if isinstance(value, (list, tuple)) else [value]))

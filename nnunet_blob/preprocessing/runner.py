@@ -20,8 +20,7 @@ from nnunet_blob.instances.connectivity import CONNECTIVITIES
 from nnunet_blob.io import atomic_write_json, temporary_path
 from nnunet_blob.preprocessing.errors import InstanceMapError
 from nnunet_blob.preprocessing.locate import ConfigurationLocation, locate
-from nnunet_blob.preprocessing.store import (FORMAT_VERSION, MANIFEST, InstanceMapStore, file_unchanged,
-                                             seg_fingerprint)
+from nnunet_blob.preprocessing.store import FORMAT_VERSION, MANIFEST, InstanceMapStore, file_unchanged, seg_fingerprint
 
 #: connectivity of new maps when none is asked for (the blob loss paper's)
 DEFAULT_CONNECTIVITY = 26
@@ -113,8 +112,8 @@ def _choose_connectivity(store: InstanceMapStore, location: ConfigurationLocatio
 
 def _same_settings(manifest: dict, location: ConfigurationLocation) -> bool:
     """Whether a manifest describes maps of this configuration's data as they are made now (any connectivity)."""
-    current = _settings(location, manifest.get("connectivity"))
-    return bool(manifest) and all(manifest.get(k) == current[k] for k in FRESHNESS_KEYS)
+    current = _settings(location, DEFAULT_CONNECTIVITY)
+    return bool(manifest) and all(manifest.get(k) == current[k] for k in FRESHNESS_KEYS if k != "connectivity")
 
 
 def _check_writable(store: InstanceMapStore, location: ConfigurationLocation) -> None:

@@ -24,8 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_blob.instances.components import CaseInstances
-from nnunet_blob.instances.tables import (InstanceLocations, read_table, region_instance_locations,
-                                          sample_instance_locations, write_table)
+from nnunet_blob.instances.tables import (
+    InstanceLocations,
+    read_table,
+    region_instance_locations,
+    sample_instance_locations,
+    write_table,
+)
 from nnunet_blob.io import atomic_path, atomic_write_json
 from nnunet_blob.preprocessing.errors import InstanceMapError
 
