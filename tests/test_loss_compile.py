@@ -13,8 +13,14 @@ import pytest
 import torch
 
 import nnunet_blob.losses._common as common
-from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, blob_loss, blob_loss_regions, topk_dice_loss, \
-    tversky_loss
+from nnunet_blob.losses import (
+    BlobCompoundLoss,
+    TopKDiceAndCELoss,
+    blob_loss,
+    blob_loss_regions,
+    topk_dice_loss,
+    tversky_loss,
+)
 
 
 def _batch(regions: bool, seed: int = 0):

@@ -7,7 +7,7 @@ term, that term keeps nnU-Net's convention. The two differ by a constant, which 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -60,7 +60,7 @@ def float32_math(fn: Callable) -> Callable:
 COMPACT_ON_HOST = True
 
 
-def entry_positions(selected: torch.Tensor) -> Optional[torch.Tensor]:
+def entry_positions(selected: torch.Tensor) -> torch.Tensor | None:
     """Flat positions of the ``True`` entries of ``selected`` where listing them costs no device synchronisation
     (see :data:`COMPACT_ON_HOST`), else None: the caller then keeps every entry and masks."""
     if COMPACT_ON_HOST and selected.device.type == "cpu":
@@ -109,7 +109,7 @@ def as_label_map(name: str, x: torch.Tensor, probs: torch.Tensor, channels: int 
     return x.long() if to_long else x
 
 
-def as_mask(loss_mask: Optional[torch.Tensor], probs: torch.Tensor) -> Optional[torch.Tensor]:
+def as_mask(loss_mask: torch.Tensor | None, probs: torch.Tensor) -> torch.Tensor | None:
     """Validate an optional loss mask (B, 1, *spatial); nonzero = voxel takes part in the loss."""
     if loss_mask is None:
         return None
@@ -125,7 +125,7 @@ def check_probs(probs: torch.Tensor, min_channels: int) -> None:
         raise ValueError(f"probs needs at least {min_channels} channels, got {probs.shape[1]}")
 
 
-def check_label_range(target: torch.Tensor, num_classes: int, valid: Optional[torch.Tensor]) -> None:
+def check_label_range(target: torch.Tensor, num_classes: int, valid: torch.Tensor | None) -> None:
     """Class labels must lie in [0, num_classes) wherever the loss looks at them (see :func:`require`)."""
     inside = (target >= 0) & (target < num_classes)
     if valid is not None:

@@ -32,7 +32,7 @@ instance nor background.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -64,9 +64,9 @@ def blob_loss(
     tversky_alpha: float = 0.3,
     tversky_beta: float = 0.7,
     squared: bool = False,
-    loss_mask: Optional[torch.Tensor] = None,
+    loss_mask: torch.Tensor | None = None,
     masking: bool = True,
-    max_id: Optional[int] = None,
+    max_id: int | None = None,
 ) -> torch.Tensor:
     """The blob term for softmax outputs (lower is better, 0 is perfect).
 
@@ -105,9 +105,9 @@ def blob_loss_regions(
     tversky_alpha: float = 0.3,
     tversky_beta: float = 0.7,
     squared: bool = False,
-    loss_mask: Optional[torch.Tensor] = None,
+    loss_mask: torch.Tensor | None = None,
     masking: bool = True,
-    max_id: Optional[int] = None,
+    max_id: int | None = None,
 ) -> torch.Tensor:
     """The blob term for region-based (sigmoid) outputs, e.g. BraTS-style nested regions.
 
@@ -123,8 +123,8 @@ def blob_loss_regions(
 
 @float32_math
 def blob_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, instances: torch.Tensor,
-                         inner: InnerLoss = "dice", *, regions: bool = False, loss_mask: Optional[torch.Tensor] = None,
-                         max_id: Optional[int] = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+                         inner: InnerLoss = "dice", *, regions: bool = False, loss_mask: torch.Tensor | None = None,
+                         max_id: int | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) blob loss of each sample and (B,) flags "sample has instances" (for reductions across workers).
 
     Arguments as :func:`blob_loss` (``regions=True``: as :func:`blob_loss_regions`).
@@ -147,11 +147,11 @@ class _Entries:
     """
 
     p: torch.Tensor
-    valid: Optional[torch.Tensor]
+    valid: torch.Tensor | None
     position: torch.Tensor
     group: torch.Tensor
     ids: torch.Tensor
-    labelled: Optional[torch.Tensor]
+    labelled: torch.Tensor | None
 
     @property
     def num_groups(self) -> int:
@@ -217,7 +217,7 @@ def _check_ids(instances: torch.Tensor) -> None:
 _ID_SPACE = {torch.bool: 2, torch.uint8: 256, torch.int8: 128, torch.int16: 32768}
 
 
-def _numbered_ids(entries: _Entries, dtype: torch.dtype, max_id: Optional[int]) -> tuple[torch.Tensor, int]:
+def _numbered_ids(entries: _Entries, dtype: torch.dtype, max_id: int | None) -> tuple[torch.Tensor, int]:
     """The entries' ids and the number of id slots per (sample, channel): ``max_id + 1``, else every id the dtype
     can hold, else (wide dtypes) the largest id present + 1, read from the data (this waits for the device), with
     very sparse ids numbered densely first."""
@@ -261,12 +261,11 @@ def _blob_from_entries(
     def totals(f: torch.Tensor) -> torch.Tensor:  # sum of f over every unmasked voxel, per group
         return (f if e.valid is None else f * e.valid).sum(-1).reshape(num_groups)
 
+    columns: list[torch.Tensor] = [torch.ones_like(x)]  # per slot: voxel count, then the sums the inner loss needs
     if inner == "bce":
-        columns = (torch.ones_like(x), clamped_log(x), clamped_log(1 - x))
-    elif squared:
-        columns = (torch.ones_like(x), x, x * x)
+        columns += [clamped_log(x), clamped_log(1 - x)]
     else:
-        columns = (torch.ones_like(x), x)
+        columns += [x, x * x] if squared else [x]
     table = x.new_zeros((num_groups + 1) * id_space, len(columns)).index_add(0, slot, torch.stack(columns, 1))
     table = table.reshape(num_groups + 1, id_space, len(columns))[:num_groups]
     labelled_sums = table.sum(1)  # (G, k): sums over the voxels labelled with each group's class

@@ -10,8 +10,6 @@ Probabilities are computed in float32 with autocast disabled.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -43,7 +41,7 @@ class BlobCompoundLoss(nn.Module):
         blob_kwargs: passed on (``smooth``, ``squared``, ``masking``, ``tversky_alpha``, ``tversky_beta``).
     """
 
-    def __init__(self, global_loss: Optional[nn.Module], alpha: float = 2.0, beta: float = 1.0,
+    def __init__(self, global_loss: nn.Module | None, alpha: float = 2.0, beta: float = 1.0,
                  inner: str = "dice", *, regions: bool = False, ignore_label=None, ddp: bool = True,
                  **blob_kwargs):
         super().__init__()
@@ -69,9 +67,11 @@ class BlobCompoundLoss(nn.Module):
         return _mean_over_all_workers(per_sample, has_instances, self.ddp)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
-        total = self.beta * self.blob_term(logits, target, instances) if self.beta else 0.0
-        if self.alpha:
-            total = total + self.alpha * self.global_loss(logits, target)
+        total = self.beta * self.blob_term(logits, target, instances) if self.beta else None
+        if self.alpha and self.global_loss is not None:
+            weighted = self.alpha * self.global_loss(logits, target)
+            total = weighted if total is None else total + weighted
+        assert total is not None  # alpha + beta > 0 (checked in __init__)
         return total
 
 
@@ -96,7 +96,7 @@ class TopKDiceAndCELoss(nn.Module):
     """
 
     def __init__(self, k: float = 50.0, weight_ce: float = 1.0, weight_topk_dice: float = 1.0,
-                 ignore_label: Optional[int] = None, batch_dice: bool = False, squared: bool = True,
+                 ignore_label: int | None = None, batch_dice: bool = False, squared: bool = True,
                  smooth: float = 1e-5, ddp: bool = False, classes: str = "present"):
         super().__init__()
         from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
@@ -108,7 +108,7 @@ class TopKDiceAndCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         mask = None if self.ignore_label is None else target != self.ignore_label
-        total = 0.0
+        total = logits.new_zeros((), dtype=torch.float32)
         if self.weight_topk_dice:
             labels = target if mask is None else torch.where(mask, target, 0)
             probs = _probabilities(logits, sigmoid=False)

@@ -23,7 +23,7 @@ device. The selection carries no gradient; removed voxels get none.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -84,7 +84,7 @@ def topk_dice_loss(
     squared: bool = True,
     smooth: float = 1e-5,
     batch_dice: bool = False,
-    loss_mask: Optional[torch.Tensor] = None,
+    loss_mask: torch.Tensor | None = None,
     ddp: bool = False,
     classes: ClassAverage = "present",
 ) -> torch.Tensor:
@@ -157,7 +157,7 @@ class _Foreground:
         self.batch, self.num_classes, self.num_voxels = batch, num_classes, num_voxels
 
     @classmethod
-    def of(cls, p: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor]) -> _Foreground:
+    def of(cls, p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> _Foreground:
         batch, num_classes, num_voxels = p.shape
         labelled = target > 0 if valid is None else (target > 0) & valid[:, 0]
         keep = entry_positions(labelled)

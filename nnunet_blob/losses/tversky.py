@@ -11,7 +11,7 @@ beta = 0.7 false negatives. FP and FN are taken as sum p - TP and sum g - TP, so
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ def tversky_loss(
     smooth: float = 1e-5,
     batch_dice: bool = False,
     do_bg: bool = False,
-    loss_mask: Optional[torch.Tensor] = None,
+    loss_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Global Tversky loss (lower is better).
 
@@ -64,13 +64,13 @@ def _overlap_sums(probs, target, do_bg, valid):
 class TverskyLoss(nn.Module):
     """nn.Module form of :func:`tversky_loss` with nnU-Net's Dice-loss interface (``apply_nonlin``, DDP)."""
 
-    def __init__(self, apply_nonlin: Optional[Callable] = None, batch_dice: bool = False, do_bg: bool = False,
+    def __init__(self, apply_nonlin: Callable | None = None, batch_dice: bool = False, do_bg: bool = False,
                  smooth: float = 1e-5, alpha: float = 0.3, beta: float = 0.7, ddp: bool = True):
         super().__init__()
         self.apply_nonlin, self.batch_dice, self.do_bg = apply_nonlin, batch_dice, do_bg
         self.smooth, self.alpha, self.beta, self.ddp = smooth, alpha, beta, ddp
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.apply_nonlin is not None:
             x = self.apply_nonlin(x)
         return _tversky_module_loss(x, y, loss_mask, self)
