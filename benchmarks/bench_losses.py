@@ -2,7 +2,8 @@
 
 For a (B, C, S, S, S) patch with 1, 10, 100, 1000 instances it prints the best time (over interleaved rounds) of
 - nnU-Net's MemoryEfficientSoftDiceLoss and DC_and_CE_loss (the references),
-- blob dice, blob tversky (the blob term alone, softmax included), TopK-Dice, CE + TopK-Dice,
+- blob dice, blob tversky (the blob term alone, softmax included), TopK-Dice, CE + TopK-Dice, the CC-DiceCE term
+  (its Voronoi cells are computed beforehand, as the trainers' data loader does),
 - a loop-over-instances blob dice baseline (one full-volume mask per instance, like the public reference code)
   at <= 100 instances,
 and the ratios (best of several interleaved rounds). Targets: blob terms <= 1.5x MemoryEfficientSoftDiceLoss at
@@ -26,7 +27,8 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
 
-from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, topk_dice_loss
+from nnunet_blob.instances.voronoi import voronoi_cells
+from nnunet_blob.losses import BlobCompoundLoss, CCDiceCELoss, TopKDiceAndCELoss, topk_dice_loss
 
 
 def make_batch(batch, classes, size, num_instances, seed=0):
@@ -119,19 +121,21 @@ def main():
     blob_dice = BlobCompoundLoss(None, 0, 1, "dice")
     blob_tversky = BlobCompoundLoss(None, 0, 1, "tversky")
     ce_topk = TopKDiceAndCELoss(k=50)
+    cc_term = CCDiceCELoss(None, 0, 1)
 
     shape = (args.batch, args.classes, args.size, args.size, args.size)
     print(f"# bench_losses: patch {shape}, device {device}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"best of {args.repeats} interleaved fwd+bwd rounds, loss path {args.path or 'default'}")
     header = ("instances", "MemEffDice s", "DC_and_CE s", "blob dice", "blob tversky", "TopK-Dice", "CE+TopK-Dice",
-              "loop blob dice")
+              "CC-DiceCE term", "loop blob dice")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     logits = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
     first = {}
     for index, count in enumerate(args.counts):
         target, instances = (t.to(device) for t in make_batch(args.batch, args.classes, args.size, count))
+        cells = voronoi_cells(target, args.classes).to(torch.int16)  # computed by the data loader in training
         candidates = {
             "dice": lambda x: me_dice(x, target),
             "dc_ce": lambda x: dc_ce(x, target),
@@ -139,6 +143,7 @@ def main():
             "tversky": lambda x: blob_tversky.blob_term(x, target, instances),
             "topk": lambda x: topk_dice_loss(torch.softmax(x, 1), target, 50),
             "ce_topk": lambda x: ce_topk(x, target),
+            "cc": lambda x: cc_term.instance_term(x, target, cells),
         }
         if count <= args.loop_max:
             candidates["loop"] = lambda x: loop_blob_dice(x, target, instances)
@@ -151,7 +156,8 @@ def main():
         first.setdefault("tversky", t["tversky"])
         last = {"blob": t["blob"], "tversky": t["tversky"]}
         print(f"| {count} | {ref:.3f} | {ref_ce:.3f} | {t['blob'] / ref:.2f}x | {t['tversky'] / ref:.2f}x "
-              f"| {t['topk'] / ref:.2f}x | {t['ce_topk'] / ref_ce:.2f}x of DC_and_CE | {loop} |", flush=True)
+              f"| {t['topk'] / ref:.2f}x | {t['ce_topk'] / ref_ce:.2f}x of DC_and_CE | {t['cc'] / ref:.2f}x | {loop} |",
+              flush=True)
     print(f"growth of the blob-dice time from {args.counts[0]} to {args.counts[-1]} instances: "
           f"{last['blob'] / first['blob']:.2f}x; blob tversky: {last['tversky'] / first['tversky']:.2f}x")
 

@@ -126,3 +126,34 @@ def literal_tversky_loss(probs, target, *, alpha=0.3, beta=0.7, smooth=1e-5, bat
             tp, fp, fn = (p * g).sum(), (p * (1 - g)).sum(), ((1 - p) * g).sum()
             scores.append((tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
     return 1 - torch.stack(scores).mean()
+
+
+def literal_cc_dice_ce_loss(probs, target, cells, *, smooth=0.0, loss_mask=None, regions=False):
+    """CC-DiceCE (Bouteille et al., ISBI 2026) from its definition: for every sample, class and cell an explicit
+    cell mask, Dice (linear denominator floored at 1e-7) plus the mean of -log max(q, 1e-7) over the cell; means
+    over cells, classes with cells, samples with any."""
+    batch, channels = probs.shape[:2]
+    sample_losses = []
+    for b in range(batch):
+        valid = torch.ones_like(cells[b, 0], dtype=torch.bool) if loss_mask is None else loss_mask[b, 0].bool()
+        class_losses = []
+        for k, c in enumerate(range(channels) if regions else range(1, channels)):
+            y_class = target[b, k] != 0 if regions else target[b, 0] == c
+            cell_losses = []
+            for cell in [int(i) for i in torch.unique(cells[b, k]) if i > 0]:
+                inside = (cells[b, k] == cell) & valid
+                if not inside.any():
+                    continue
+                p = probs[b, c][inside]
+                y = y_class[inside].to(probs.dtype)
+                dice = 1 - (2 * (p * y).sum() + smooth) / torch.clamp(p.sum() + y.sum() + smooth, min=1e-7)
+                q = torch.where(y > 0, p, 1 - p)
+                cross_entropy = (-torch.log(torch.clamp(q, min=1e-7))).mean()
+                cell_losses.append(dice + cross_entropy)
+            if cell_losses:
+                class_losses.append(torch.stack(cell_losses).mean())
+        if class_losses:
+            sample_losses.append(torch.stack(class_losses).mean())
+    if not sample_losses:
+        return probs.sum() * 0
+    return torch.stack(sample_losses).mean()

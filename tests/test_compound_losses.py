@@ -8,8 +8,9 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 
-from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, TverskyLoss
-from reference_losses import literal_blob_loss, literal_topk_dice_loss
+from nnunet_blob.instances.voronoi import voronoi_cells
+from nnunet_blob.losses import BlobCompoundLoss, CCDiceCELoss, TopKDiceAndCELoss, TverskyLoss
+from reference_losses import literal_blob_loss, literal_cc_dice_ce_loss, literal_topk_dice_loss
 from test_blob_loss import random_instance_batch
 
 pytestmark = pytest.mark.usefixtures("loss_path")
@@ -114,6 +115,24 @@ def test_topk_dice_and_ce_with_every_voxel_ignored_is_zero():
     value = TopKDiceAndCELoss(k=30, ignore_label=3)(logits, target)
     (grad,) = torch.autograd.grad(value, logits)
     assert value.item() == 0.0 and torch.all(grad == 0)
+
+
+@pytest.mark.parametrize("ignore_label", [None, 3])
+def test_cc_dice_ce_compound_is_global_plus_cc_term(ignore_label):
+    """nnU-Net's DiceCE (Dice smoothing 0, as published) + the CC term, 1:1; ignored voxels in neither."""
+    target, _ = random_instance_batch((2, 8, 8, 8), 3, [12, 9], seed=13)
+    if ignore_label is not None:
+        target[:, :, :2] = ignore_label
+    mask = None if ignore_label is None else target != ignore_label
+    cells = voronoi_cells(torch.where(target == 3, 0, target), 3).to(torch.int16)
+    logits = logits_like(2, 3, (8, 8, 8), seed=14)
+    global_loss = DC_and_CE_loss({"batch_dice": False, "smooth": 0.0, "do_bg": False, "ddp": False}, {},
+                                 weight_ce=1, weight_dice=1, ignore_label=ignore_label,
+                                 dice_class=MemoryEfficientSoftDiceLoss)
+    value = CCDiceCELoss(global_loss, ignore_label=ignore_label)(logits, target, cells)
+    expected = global_loss(logits, target) + literal_cc_dice_ce_loss(torch.softmax(logits, 1), target, cells,
+                                                                     loss_mask=mask)
+    torch.testing.assert_close(value, expected)
 
 
 def test_fp16_logits_under_autocast_give_float32_loss():

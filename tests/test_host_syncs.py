@@ -21,7 +21,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 from host_syncs import HostSyncCounter
-from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, TverskyLoss
+from nnunet_blob.losses import BlobCompoundLoss, CCDiceCELoss, TopKDiceAndCELoss, TverskyLoss
 
 #: host syncs our losses may add to one training step (all deep-supervision scales together)
 BUDGET = 2
@@ -35,8 +35,9 @@ def accelerator_path(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- losses alone
-def _scales(batch, classes, shape, regions, seed=0, num_scales=4, ids_per_scale=40):
-    """Logits, targets and int16 instance maps per deep-supervision scale, as the trainers' loader packs them."""
+def _scales(batch, classes, shape, regions, seed=0, num_scales=4, ids_per_scale=40, per_class=False):
+    """Logits, targets and int16 instance maps per deep-supervision scale, as the trainers' loader packs them
+    (``per_class``: one map per foreground class, like Voronoi cells)."""
     g = torch.Generator().manual_seed(seed)
     outputs, targets, instances = [], [], []
     for s in range(num_scales):
@@ -45,7 +46,10 @@ def _scales(batch, classes, shape, regions, seed=0, num_scales=4, ids_per_scale=
         outputs.append(torch.randn(batch, classes, *spatial, generator=g, requires_grad=True))
         seg = torch.randint(0, 2 if regions else classes, (batch, channels, *spatial), generator=g)
         targets.append(seg.to(torch.int16))
-        ids = torch.randint(1, ids_per_scale, (batch, channels, *spatial), generator=g) * (seg > 0)
+        if per_class and not regions:
+            ids = torch.randint(0, ids_per_scale, (batch, classes - 1, *spatial), generator=g)
+        else:
+            ids = torch.randint(1, ids_per_scale, (batch, channels, *spatial), generator=g) * (seg > 0)
         instances.append(ids.to(torch.int16))
     return outputs, targets, instances
 
@@ -79,6 +83,13 @@ LOSSES = {
     "blob dice, no masking": lambda regions: BlobCompoundLoss(_nnunet_global(regions), regions=regions, masking=False),
     "blob term alone": lambda regions: BlobCompoundLoss(None, alpha=0, regions=regions),
     "tversky (global)": lambda regions: _with_tversky(_nnunet_global(regions)),
+    "cc dice ce": lambda regions: CCDiceCELoss(_nnunet_global(regions), regions=regions),
+    # with an ignore label, nnU-Net's own DC_and_CE_loss reads the device once per scale (``num_fg > 0``), for stock
+    # nnU-Net as for the trainers that reuse it as their global term: the instance terms alone are counted here
+    "cc dice ce term, ignore label": lambda regions: CCDiceCELoss(None, 0, 1, regions=regions,
+                                                                  ignore_label=True if regions else 0),
+    "blob dice term, ignore label": lambda regions: BlobCompoundLoss(None, 0, 1, regions=regions,
+                                                                     ignore_label=True if regions else 0),
     "topk dice + ce": lambda regions: TopKDiceAndCELoss(k=30),
     "topk dice + ce, batch dice": lambda regions: TopKDiceAndCELoss(k=30, batch_dice=True),
     "topk dice + ce, ignore label": lambda regions: TopKDiceAndCELoss(k=30, ignore_label=0),
@@ -91,9 +102,12 @@ LOSSES = {
 def test_losses_do_not_wait_for_the_device(name, classes, regions):
     if regions and name.startswith("topk"):
         pytest.skip("TopK-Dice is defined for softmax outputs")
-    outputs, targets, instances = _scales(2, classes, (16, 16, 16), regions)
+    outputs, targets, instances = _scales(2, classes, (16, 16, 16), regions, per_class=name.startswith("cc"))
+    if regions and "ignore" in name:  # nnU-Net's region targets end with a channel marking ignored voxels
+        targets = [torch.cat((t, (torch.rand_like(t[:, :1], dtype=torch.float) < 0.1).to(t.dtype)), 1)
+                   for t in targets]
     loss = _deep_supervision(LOSSES[name](regions))
-    args = (outputs, targets, instances) if name.startswith("blob") else (outputs, targets)
+    args = (outputs, targets, instances) if name.startswith(("blob", "cc")) else (outputs, targets)
     loss(*args).backward()  # first call (lazy set-up) is not counted
     with HostSyncCounter() as syncs:
         loss(*args).backward()

@@ -18,6 +18,8 @@ from nnunet_blob.losses import (
     TopKDiceAndCELoss,
     blob_loss,
     blob_loss_regions,
+    cc_dice_ce_loss,
+    cc_dice_ce_loss_regions,
     topk_dice_loss,
     tversky_loss,
 )
@@ -51,6 +53,9 @@ CASES = {
     "topk dice, all classes, not squared": (False, lambda x, t, i, m: topk_dice_loss(_softmax(x), t, 10, squared=False,
                                                                                   classes="all")),
     "tversky": (False, lambda x, t, i, m: tversky_loss(_softmax(x), t, loss_mask=m)),
+    "cc dice ce, masked": (False, lambda x, t, i, m: cc_dice_ce_loss(_softmax(x), t, i.expand(-1, 2, -1, -1, -1),
+                                                                     loss_mask=m)),
+    "cc dice ce, regions": (True, lambda x, t, i, m: cc_dice_ce_loss_regions(torch.sigmoid(x), t, i)),
     "BlobCompoundLoss (blob term)": (False, lambda x, t, i, m: BlobCompoundLoss(None, 0, 1).blob_term(x, t, i)),
     "TopKDiceAndCELoss, ignore label": (False, lambda x, t, i, m: TopKDiceAndCELoss(30, ignore_label=2)(x, t)),
 }
@@ -85,7 +90,7 @@ def test_one_graph_on_the_accelerator_path(name, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a compiler")
 @pytest.mark.parametrize("name", ["blob dice", "blob bce", "blob dice, regions", "topk dice, batch dice, masked",
-                                  "tversky"])
+                                  "tversky", "cc dice ce, masked"])
 @pytest.mark.parametrize("path", ["device", "host"])
 def test_inductor_matches_eager(name, path, monkeypatch):
     monkeypatch.setattr(common, "COMPACT_ON_HOST", path == "host")

@@ -68,6 +68,45 @@ def entry_positions(selected: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+def segment_table(columns: list[torch.Tensor], group: torch.Tensor, ids: torch.Tensor, active: torch.Tensor | None,
+                  position: torch.Tensor, num_groups: int, id_space: int) -> torch.Tensor:
+    """Sums of each column over the entries of every (group, id): one ``index_add`` into a dense table.
+
+    ``columns`` are (M,) values per entry; entry e adds to slot ``group[e] * id_space + ids[e]``. Entries with
+    ``active`` False (None: all are active) go to a spare row, spread over its slots by ``position`` so that no
+    single slot collects them all (atomic adds on one address serialise on a GPU). Returns (G, id_space, k). The
+    cost is one pass over the entries plus the table, whatever the number of distinct ids; nothing waits for the
+    device.
+    """
+    slot = group * id_space + ids
+    if active is not None:
+        slot = torch.where(active, slot, num_groups * id_space + position.remainder(id_space))
+    values = torch.stack(columns, 1)
+    table = values.new_zeros((num_groups + 1) * id_space, len(columns)).index_add(0, slot, values)
+    return table.reshape(num_groups + 1, id_space, len(columns))[:num_groups]
+
+
+#: id slots of a segment-sum table per group for each id dtype: every id the dtype can hold
+ID_SPACE = {torch.bool: 2, torch.uint8: 256, torch.int8: 128, torch.int16: 32768}
+
+
+def numbered_ids(ids: torch.Tensor, dtype: torch.dtype, max_id: int | None, num_groups: int,
+                 name: str = "instances") -> tuple[torch.Tensor, int]:
+    """Ids (int64) for :func:`segment_table` and the number of id slots per group: ``max_id + 1``; else every id
+    ``dtype`` can hold (uint8, int16: nothing is read from the device); else the largest id present + 1, read from
+    the data (one wait for the device), with very sparse ids first numbered densely (``unique``, 0 stays 0)."""
+    if max_id is not None:
+        require((ids <= max_id).all(), f"{name} hold ids above the given maximum {max_id}")
+        return ids, int(max_id) + 1
+    if dtype in ID_SPACE:
+        return ids, ID_SPACE[dtype]
+    space = int(ids.max()) + 1 if ids.numel() else 1
+    if num_groups * space > 4 * ids.numel() + (1 << 16):
+        ids = torch.unique(torch.cat((ids.new_zeros(1), ids)), return_inverse=True)[1][1:]
+        space = int(ids.max()) + 1 if ids.numel() else 1
+    return ids, space
+
+
 def require(condition: torch.Tensor, message: str) -> None:
     """Check a value condition without a host synchronisation.
 
@@ -162,3 +201,8 @@ def mean_over_present(values: torch.Tensor, present: torch.Tensor, dim: int) -> 
     n = present.sum(dim)
     total = torch.where(present, values, torch.zeros_like(values)).sum(dim)
     return total / n.clamp_min(1), n > 0
+
+
+def mean_over_samples(sample_losses: torch.Tensor, sample_has: torch.Tensor) -> torch.Tensor:
+    """Mean over the samples that have a term (0, with a graph, when none has)."""
+    return mean_over_present(sample_losses, sample_has, dim=0)[0]

@@ -45,7 +45,10 @@ from nnunet_blob.losses._common import (
     entry_positions,
     float32_math,
     mean_over_present,
+    mean_over_samples,
+    numbered_ids,
     require,
+    segment_table,
     soft_dice_score,
     tversky_score,
 )
@@ -90,7 +93,7 @@ def blob_loss(
         ValueError: bad shapes, dtypes or options; labels outside [0, C), negative or non-integer ids (on an
             accelerator the value checks are device-side assertions, see :func:`~._common.require`).
     """
-    return _mean_over_samples(*blob_loss_per_sample(
+    return mean_over_samples(*blob_loss_per_sample(
         probs, target, instances, inner, smooth=smooth, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta,
         squared=squared, loss_mask=loss_mask, masking=masking, max_id=max_id))
 
@@ -116,7 +119,7 @@ def blob_loss_regions(
     different regions are independent). Each region is treated as a class of :func:`blob_loss`: its domain for
     instance n excludes the other voxels of that region. Other arguments as in :func:`blob_loss`.
     """
-    return _mean_over_samples(*blob_loss_per_sample(
+    return mean_over_samples(*blob_loss_per_sample(
         probs, target, instances, inner, regions=True, smooth=smooth, tversky_alpha=tversky_alpha,
         tversky_beta=tversky_beta, squared=squared, loss_mask=loss_mask, masking=masking, max_id=max_id))
 
@@ -132,7 +135,7 @@ def blob_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, instances: t
     if inner not in INNER_LOSSES:
         raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
     entries = (_region_entries if regions else _label_entries)(probs, target, instances, loss_mask)
-    ids, id_space = _numbered_ids(entries, instances.dtype, max_id)
+    ids, id_space = numbered_ids(entries.ids, instances.dtype, max_id, entries.num_groups)
     return _blob_from_entries(entries, ids, id_space, inner=inner, **options)
 
 
@@ -213,27 +216,6 @@ def _check_ids(instances: torch.Tensor) -> None:
         require((instances >= 0).all(), "instances must be >= 0 (0 = no instance)")
 
 
-#: slots of the segment-sum table per (sample, channel) for each id dtype: every id the dtype can hold
-_ID_SPACE = {torch.bool: 2, torch.uint8: 256, torch.int8: 128, torch.int16: 32768}
-
-
-def _numbered_ids(entries: _Entries, dtype: torch.dtype, max_id: int | None) -> tuple[torch.Tensor, int]:
-    """The entries' ids and the number of id slots per (sample, channel): ``max_id + 1``, else every id the dtype
-    can hold, else (wide dtypes) the largest id present + 1, read from the data (this waits for the device), with
-    very sparse ids numbered densely first."""
-    ids = entries.ids
-    if max_id is not None:
-        require((ids <= max_id).all(), f"instances hold ids above max_id={max_id}")
-        return ids, int(max_id) + 1
-    if dtype in _ID_SPACE:
-        return ids, _ID_SPACE[dtype]
-    space = int(ids.max()) + 1 if ids.numel() else 1
-    if entries.num_groups * space > 4 * ids.numel() + (1 << 16):
-        ids = torch.unique(torch.cat((ids.new_zeros(1), ids)), return_inverse=True)[1][1:]  # 0 stays 0
-        space = int(ids.max()) + 1 if ids.numel() else 1
-    return ids, space
-
-
 def _blob_from_entries(
     e: _Entries,
     ids: torch.Tensor,
@@ -253,9 +235,6 @@ def _blob_from_entries(
     """
     batch, channels, num_voxels = e.p.shape
     num_groups = e.num_groups
-    slot = e.group * id_space + ids
-    if e.labelled is not None:  # spread the unlabelled entries over the spare row (no contention on one slot)
-        slot = torch.where(e.labelled, slot, num_groups * id_space + e.position.remainder(id_space))
     total_p, x = _TotalsAndEntries.apply(e.p, e.valid, e.position)
 
     def totals(f: torch.Tensor) -> torch.Tensor:  # sum of f over every unmasked voxel, per group
@@ -266,8 +245,7 @@ def _blob_from_entries(
         columns += [clamped_log(x), clamped_log(1 - x)]
     else:
         columns += [x, x * x] if squared else [x]
-    table = x.new_zeros((num_groups + 1) * id_space, len(columns)).index_add(0, slot, torch.stack(columns, 1))
-    table = table.reshape(num_groups + 1, id_space, len(columns))[:num_groups]
+    table = segment_table(columns, e.group, ids, e.labelled, e.position, num_groups, id_space)
     labelled_sums = table.sum(1)  # (G, k): sums over the voxels labelled with each group's class
     instance_sums = table[:, 1:]  # (G, S - 1, k): sums over each instance
     size = instance_sums[..., 0]
@@ -328,8 +306,3 @@ def _mean_over_instances_and_classes(losses: torch.Tensor, present: torch.Tensor
     """
     class_mean, class_has = mean_over_present(losses, present, dim=1)
     return mean_over_present(class_mean.reshape(batch, channels), class_has.reshape(batch, channels), dim=1)
-
-
-def _mean_over_samples(sample_losses: torch.Tensor, sample_has: torch.Tensor) -> torch.Tensor:
-    """Mean over the samples that have instances (0, with a graph, when none has)."""
-    return mean_over_present(sample_losses, sample_has, dim=0)[0]

@@ -3,6 +3,8 @@
 * :class:`BlobCompoundLoss`: ``alpha * L_global + beta * L_blob`` (blob loss paper, Eq. 3 / supplement Eq. 5).
   Called as ``loss(logits, target, instances)``; wrapped in ``DeepSupervisionWrapper`` it takes three lists, one
   entry per output scale.
+* :class:`CCDiceCELoss`: ``alpha * L_global + beta * L_CC`` (CC-DiceCE, Bouteille et al.), called as
+  ``loss(logits, target, cells)`` like the blob loss (one cell map per foreground class).
 * :class:`TopKDiceAndCELoss`: the TopK-Dice paper's "CE + topK-Dice", ``loss(logits, target)``.
 
 The global Tversky term is nnU-Net's ``DC_and_CE_loss`` with ``dice_class=TverskyLoss`` (same interface).
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from nnunet_blob.losses.blob import INNER_LOSSES, blob_loss_per_sample
+from nnunet_blob.losses.cc_dice_ce import cc_dice_ce_per_sample
 from nnunet_blob.losses.topk_dice import topk_dice_loss
 
 
@@ -23,38 +26,43 @@ def _probabilities(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
         return torch.sigmoid(x) if sigmoid else torch.softmax(x, 1)
 
 
-class BlobCompoundLoss(nn.Module):
-    """``alpha * global_loss(logits, target) + beta * blob(probs, target, instances)``.
+class InstanceTermCompoundLoss(nn.Module):
+    """``alpha * global_loss(logits, target) + beta * term(probs, target, maps)``: the shared frame of the loss
+    terms computed per instance (or per cell), which read one extra map per sample.
 
     Args:
         global_loss: any nnU-Net style loss ``(logits, target) -> scalar`` (e.g. ``DC_and_CE_loss``), or None
             when ``alpha == 0``.
-        alpha, beta: weights of the global and the blob term (paper default 2 and 1).
-        inner: inner loss of the blob term, see :func:`nnunet_blob.losses.blob_loss`.
+        alpha, beta: weights of the global and the instance term.
         regions: sigmoid outputs and region targets (B, R, ...) as nnU-Net builds them for region-based
-            datasets; instances are then (B, R, ...) ids per region.
-        ignore_label: label-based datasets: voxels with this label are masked out of the blob term. For
+            datasets; the maps are then (B, R, ...), one per region.
+        ignore_label: label-based datasets: voxels with this label are masked out of the instance term. For
             regions, True means nnU-Net's convention that the last target channel marks ignored voxels.
-        ddp: under ``torch.distributed`` make the blob term the mean over the samples with instances of *all*
+        ddp: under ``torch.distributed`` make the instance term the mean over the samples with instances of *all*
             workers (DDP averages the workers' gradients; each worker's term is rescaled by one all-reduce of
             its sample count), so the result does not depend on how samples are spread over the workers.
-        blob_kwargs: passed on (``smooth``, ``squared``, ``masking``, ``tversky_alpha``, ``tversky_beta``).
+
+    Raises:
+        ValueError: negative weights, both 0, or ``alpha > 0`` without a global loss.
     """
 
-    def __init__(self, global_loss: nn.Module | None, alpha: float = 2.0, beta: float = 1.0,
-                 inner: str = "dice", *, regions: bool = False, ignore_label=None, ddp: bool = True,
-                 **blob_kwargs):
+    def __init__(self, global_loss: nn.Module | None, alpha: float, beta: float, *, regions: bool = False,
+                 ignore_label=None, ddp: bool = True):
         super().__init__()
         if alpha < 0 or beta < 0 or alpha + beta == 0:
             raise ValueError(f"alpha and beta must be >= 0 and not both 0, got alpha={alpha}, beta={beta}")
         if alpha != 0 and global_loss is None:
             raise ValueError("alpha > 0 needs a global_loss")
-        if inner not in INNER_LOSSES:
-            raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
-        self.global_loss, self.alpha, self.beta, self.inner = global_loss, alpha, beta, inner
-        self.regions, self.ignore_label, self.ddp, self.blob_kwargs = regions, ignore_label, ddp, blob_kwargs
+        self.global_loss, self.alpha, self.beta = global_loss, alpha, beta
+        self.regions, self.ignore_label, self.ddp = regions, ignore_label, ddp
 
-    def blob_term(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, probs: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                   loss_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) term of each sample and (B,) flags "sample has a term"."""
+        raise NotImplementedError
+
+    def instance_term(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """The instance term alone, on logits (softmax, or sigmoid for regions, in float32)."""
         probs = _probabilities(logits, sigmoid=self.regions)
         if self.regions:
             mask = None
@@ -62,17 +70,60 @@ class BlobCompoundLoss(nn.Module):
                 mask, target = target[:, -1:] == 0, target[:, :-1]
         else:
             mask = None if self.ignore_label is None else target != self.ignore_label
-        per_sample, has_instances = blob_loss_per_sample(probs, target, instances, self.inner, regions=self.regions,
-                                                         loss_mask=mask, **self.blob_kwargs)
-        return _mean_over_all_workers(per_sample, has_instances, self.ddp)
+        return _mean_over_all_workers(*self.per_sample(probs, target, maps, mask), self.ddp)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
-        total = self.beta * self.blob_term(logits, target, instances) if self.beta else None
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        total = self.beta * self.instance_term(logits, target, maps) if self.beta else None
         if self.alpha and self.global_loss is not None:
             weighted = self.alpha * self.global_loss(logits, target)
             total = weighted if total is None else total + weighted
         assert total is not None  # alpha + beta > 0 (checked in __init__)
         return total
+
+
+class BlobCompoundLoss(InstanceTermCompoundLoss):
+    """``alpha * global_loss(logits, target) + beta * blob(probs, target, instances)`` (Kofler et al., Eq. 3 and
+    supplement Eq. 5; paper default alpha = 2, beta = 1).
+
+    ``inner`` is the blob term's inner loss (see :func:`nnunet_blob.losses.blob_loss`), ``blob_kwargs`` are passed
+    on (``smooth``, ``squared``, ``masking``, ``tversky_alpha``, ``tversky_beta``); the maps are instance ids
+    (B, 1, ...), or (B, R, ...) per region. Other arguments as :class:`InstanceTermCompoundLoss`.
+    """
+
+    def __init__(self, global_loss: nn.Module | None, alpha: float = 2.0, beta: float = 1.0,
+                 inner: str = "dice", *, regions: bool = False, ignore_label=None, ddp: bool = True,
+                 **blob_kwargs):
+        super().__init__(global_loss, alpha, beta, regions=regions, ignore_label=ignore_label, ddp=ddp)
+        if inner not in INNER_LOSSES:
+            raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
+        self.inner, self.blob_kwargs = inner, blob_kwargs
+
+    def per_sample(self, probs, target, maps, loss_mask):
+        return blob_loss_per_sample(probs, target, maps, self.inner, regions=self.regions, loss_mask=loss_mask,
+                                    **self.blob_kwargs)
+
+    def blob_term(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+        """The blob term alone (``instance_term``)."""
+        return self.instance_term(logits, target, instances)
+
+
+class CCDiceCELoss(InstanceTermCompoundLoss):
+    """``alpha * global_loss(logits, target) + beta * CC-DiceCE(probs, target, cells)`` (Bouteille et al.: the
+    global DiceCE and the CC term 1:1 by default, as published).
+
+    The maps are the Voronoi cells of the target's components, (B, C - 1, ...) per foreground class or (B, R, ...)
+    per region (:func:`nnunet_blob.instances.voronoi.voronoi_cells`); ``smooth`` is the CC term's Dice smoothing
+    (0 as published). Other arguments as :class:`InstanceTermCompoundLoss`.
+    """
+
+    def __init__(self, global_loss: nn.Module | None, alpha: float = 1.0, beta: float = 1.0, *,
+                 smooth: float = 0.0, regions: bool = False, ignore_label=None, ddp: bool = True):
+        super().__init__(global_loss, alpha, beta, regions=regions, ignore_label=ignore_label, ddp=ddp)
+        self.smooth = smooth
+
+    def per_sample(self, probs, target, maps, loss_mask):
+        return cc_dice_ce_per_sample(probs, target, maps, regions=self.regions, smooth=self.smooth,
+                                     loss_mask=loss_mask)
 
 
 def _mean_over_all_workers(per_sample: torch.Tensor, has_instances: torch.Tensor, ddp: bool) -> torch.Tensor:
