@@ -1,11 +1,11 @@
 """Test-only trainers with a tiny budget, found through nnUNet_extTrainer like any user's own trainers.
 
 Epochs come from NNUNET_BLOB_TEST_EPOCHS (default 1) so a test can resume a run with --c and a larger budget;
-3 training and 2 validation iterations per epoch (see :mod:`nnunet_blob.trainers.budget`).
+3 training and 2 validation iterations per epoch (see :func:`nnunet_blob.demo.budgets.with_budget`).
 """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_blob.trainers.budget import with_budget
+from nnunet_blob.demo.budgets import with_budget
 from nnunet_blob.trainers.variants import (nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling,
                                            nnUNetTrainerBlobTversky, nnUNetTrainerTopKDice)
 
