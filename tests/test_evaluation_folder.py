@@ -128,7 +128,7 @@ def test_validation_folder_hook_writes_next_to_summary(dataset, tmp_path):
     assert out == val / "summary_instances.json"
     cases = json.loads(out.read_text())["metric_per_case"]
     assert [os.path.basename(c["reference_file"]) for c in cases] == ["case_1.nii.gz"]
-    assert not [p for p in os.listdir(val) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(val) if ".tmp" in p]
 
 
 def _summary_with(tmp_path, name, dice_values):
@@ -190,3 +190,17 @@ def test_pngs_have_size_and_detection_colours(dataset, tmp_path, name, with_imag
         assert (0, 255, 0) in colours  # detected lesions
         assert ((0, 0, 255) in colours) == (m["FP_instances"] > 0)
         assert ((255, 0, 0) in colours) == (m["FN_instances"] > 0)
+
+
+def test_pooled_scores_when_a_model_predicts_nothing(dataset, tmp_path):
+    """Reference lesions and no prediction at all: IS 0, IP undefined, F1 0 (as per case and online)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for ref in sorted((dataset / "gt").iterdir()):
+        write(empty / ref.name, np.zeros((6, 24, 24), np.uint8))
+    summary = evaluate_folder_from_json(str(dataset / "gt"), str(empty), str(dataset / "dataset.json"), PLANS,
+                                        tmp_path / "s.json")
+    pooled = summary["pooled_instances"][1]
+    assert pooled["n_ref_instances"] == 6 and pooled["n_pred_instances"] == 0
+    assert pooled["IS"] == 0.0 and np.isnan(pooled["IP"]) and pooled["F1"] == 0.0
+    assert all(case["metrics"][1]["F1"] == 0.0 for case in summary["metric_per_case"])

@@ -8,9 +8,8 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from nnunet_blob.trainers.instance_sampling import (InstanceBalancedLocations, InstanceLocations,
-                                                    balanced_class_locations, region_groups,
-                                                    region_instance_locations, sample_instance_locations)
+from nnunet_blob.instances.tables import InstanceLocations, region_instance_locations, sample_instance_locations
+from nnunet_blob.trainers.instance_sampling import InstanceBalancedLocations, balanced_class_locations, region_groups
 
 PATCH = 16
 

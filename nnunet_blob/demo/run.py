@@ -16,7 +16,7 @@ from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, TRAINER_FOLDER, Budge
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.demo.report import results_table
 from nnunet_blob.demo.stages import StageError, Stages, demo_environment
-from nnunet_blob.preprocessing.store import atomic_write_bytes, atomic_write_json
+from nnunet_blob.io import EXT_TRAINER_VARIABLE, atomic_write_bytes, atomic_write_json, ext_trainer_value
 
 DATASET_ID, DATASET_NAME = 991, "BlobDemo"
 CONFIGURATION = "3d_fullres"
@@ -47,7 +47,8 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
     plan = BUDGETS[budget]
     reduce = plan.base_features if device == "cpu" else None
     settings = _settings(root, budget, seed, reduce)
-    stages = Stages(root, demo_environment(root, {**plan.environment(seed), "nnUNet_extTrainer": _ext_trainers(),
+    trainers_listed = ext_trainer_value(folder=TRAINER_FOLDER)  # the user's folders and the demo's
+    stages = Stages(root, demo_environment(root, {**plan.environment(seed), EXT_TRAINER_VARIABLE: trainers_listed,
                                                   "nnUNet_def_n_proc": str(num_processes)}), out)
     stages.say(f"nnunet_blob demo in {root} (budget {budget}: {plan.num_train} training and {plan.num_test} test "
                f"cases of {'x'.join(map(str, plan.shape))} voxels, {plan.epochs} epochs of {plan.iterations} "
@@ -167,13 +168,6 @@ def _device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _ext_trainers() -> str:
-    import os
-
-    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    return os.pathsep.join(current + [str(TRAINER_FOLDER)])
 
 
 __all__ = ["DemoError", "StageError", "run_demo"]

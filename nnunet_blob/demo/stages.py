@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nnunet_blob.preprocessing.store import atomic_write_json
+from nnunet_blob.io import atomic_write_json
 
 
 class StageError(RuntimeError):

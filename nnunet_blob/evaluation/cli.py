@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from nnunet_blob.cli import reports
-from nnunet_blob.preprocessing.components import CONNECTIVITIES as CONNECTIVITY_3D
+from nnunet_blob.instances.connectivity import CONNECTIVITIES
 
 
 @reports(FileNotFoundError, ValueError, command="evaluate")
@@ -50,7 +50,7 @@ def add_parser(subparsers) -> None:
     ev.add_argument("-o", default=None, help="output json (default PRED_FOLDER/summary_instances.json)")
     ev.add_argument("-np", type=int, default=1, help="number of processes (default 1)")
     ev.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
-    ev.add_argument("--connectivity", type=int, default=26, choices=CONNECTIVITY_3D,
+    ev.add_argument("--connectivity", type=int, default=26, choices=CONNECTIVITIES,
                     help="3D connectivity of components (default 26; 2D uses 8, or 4 for 6)")
     ev.add_argument("--chill", action="store_true", help="allow references without a prediction")
     ev.add_argument("--png", default=None, metavar="DIR", help="write one detection picture (MIP) per case")

@@ -7,10 +7,8 @@ through nnU-Net's own functions; cases are paired by the prediction folder's fil
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,11 @@ from nnunetv2.imageio.reader_writer_registry import (determine_reader_writer_fro
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
-from nnunet_blob.evaluation.metrics import label_metrics, spatial_view
+from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_metrics, spatial_view
+from nnunet_blob.instances.detection import instance_scores
+from nnunet_blob.io import atomic_write_json
 
+#: instance counts added over the cases in ``pooled_instances``
 POOLED = ("n_ref_instances", "n_pred_instances", "TP_ref_instances", "TP_pred_instances", "FN_instances",
           "FP_instances")
 
@@ -65,12 +66,8 @@ def summarize(results: list[dict], labels_or_regions, tolerance_mm: float, conne
         values = {m: np.array([c["metrics"][r][m] for c in results], float) for m in metric_names}
         means[r] = {m: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for m, v in values.items()}
         nan_cases[r] = {m: int(np.isnan(v).sum()) for m, v in values.items()}
-        p = {m: int(values[m].sum()) for m in POOLED}
-        p["IS"] = p["TP_ref_instances"] / p["n_ref_instances"] if p["n_ref_instances"] else float("nan")
-        p["IP"] = p["TP_pred_instances"] / p["n_pred_instances"] if p["n_pred_instances"] else float("nan")
-        s = p["IS"] + p["IP"]
-        p["F1"] = 2 * p["IS"] * p["IP"] / s if s > 0 else (0.0 if s == 0 else float("nan"))
-        pooled[r] = p
+        counts = np.array([[c["metrics"][r][key] for key in COUNT_METRICS] for c in results], np.int64)
+        pooled[r] = {m: int(values[m].sum()) for m in POOLED} | instance_scores(counts)
     foreground_mean = {m: float(np.mean([means[r][m] for r in labels_or_regions if r not in (0, "0")]))
                        for m in metric_names}
     return {"metric_per_case": results, "mean": means, "foreground_mean": foreground_mean,
@@ -78,26 +75,17 @@ def summarize(results: list[dict], labels_or_regions, tolerance_mm: float, conne
             "settings": {"surface_dice_tolerance_mm": tolerance_mm, "connectivity": connectivity}}
 
 
-def write_json_atomic(data: dict, output_file: str | Path) -> Path:
-    """Write JSON (tuple keys as nnU-Net's ``save_summary_json`` spells them) via a temp file and rename."""
-    output_file = Path(output_file)
-    data = dict(data)
+def json_keys(summary: dict) -> dict:
+    """The summary with label and region keys spelled as nnU-Net's ``save_summary_json`` spells them (``1``,
+    ``(1, 2)``)."""
+    data = dict(summary)
     for key in ("mean", "pooled_instances", "nan_cases"):
         if key in data:
             data[key] = {label_or_region_to_key(k): v for k, v in data[key].items()}
     if "metric_per_case" in data:
         data["metric_per_case"] = [dict(c, metrics={label_or_region_to_key(k): v for k, v in c["metrics"].items()})
                                    for c in data["metric_per_case"]]
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output_file.parent, prefix=output_file.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, sort_keys=True, indent=4)
-        os.replace(tmp, output_file)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return output_file
+    return data
 
 
 def pair_cases(folder_ref: str, folder_pred: str, file_ending: str, chill: bool = False) -> list[tuple[str, str]]:
@@ -143,7 +131,8 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
             results = list(tqdm(pool.imap(_evaluate_case_star, jobs), total=len(jobs), desc=desc))
     summary = summarize(results, list(labels_or_regions), tolerance_mm, connectivity)
     if output_file is not None:
-        write_json_atomic(summary, output_file)
+        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(output_file, json_keys(summary))
     return summary
 
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import cc3d
 import numpy as np
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
 from scipy import ndimage
 
 from nnunet_blob.evaluation._surfel_table import NORMALS_IN_EIGHTHS
-from nnunet_blob.preprocessing.components import CONNECTIVITIES as CONNECTIVITY_3D
+from nnunet_blob.instances.detection import instance_scores, label_components, overlap_detection
 
 
 def _ratio(num: float, den: float) -> float:
@@ -109,15 +108,6 @@ def surface_dice(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[
 
 
 # ------------------------------------------------------------------------------------------- instance metrics
-def _cc_connectivity(ndim: int, connectivity: int) -> int:
-    """cc3d connectivity for ``ndim``: 6/18/26 in 3D; in 2D 6 becomes 4 and 18/26 become 8."""
-    if connectivity not in CONNECTIVITY_3D:
-        raise ValueError(f"connectivity must be one of {CONNECTIVITY_3D} (3D neighbourhoods), got {connectivity}")
-    if ndim == 2:
-        return 4 if connectivity == 6 else 8
-    return connectivity
-
-
 @dataclass
 class Components:
     """Connected components of one reference/prediction mask pair and their detection status."""
@@ -129,35 +119,34 @@ class Components:
     ref_detected: np.ndarray  # ids of reference components touched by the prediction
     pred_true: np.ndarray  # ids of predicted components touching the reference
 
+    def counts(self) -> np.ndarray:
+        """int64 ``[n_ref, ref_detected, n_pred, pred_correct]`` (as
+        :func:`~nnunet_blob.instances.detection.detection_counts`)."""
+        return np.array([self.n_ref, self.ref_detected.size, self.n_pred, self.pred_true.size], dtype=np.int64)
+
 
 def components(mask_ref: np.ndarray, mask_pred: np.ndarray, connectivity: int = 26) -> Components:
-    """Label both masks with cc3d and find the components overlapping the other mask by >= 1 voxel."""
-    conn = _cc_connectivity(mask_ref.ndim, connectivity)
-    ref_labels, n_ref = cc3d.connected_components(np.asarray(mask_ref, np.uint8), connectivity=conn,
-                                                  return_N=True)
-    pred_labels, n_pred = cc3d.connected_components(np.asarray(mask_pred, np.uint8), connectivity=conn,
-                                                    return_N=True)
-    ref_detected = np.unique(ref_labels[(ref_labels > 0) & (pred_labels > 0)])
-    pred_true = np.unique(pred_labels[(pred_labels > 0) & (ref_labels > 0)])
-    return Components(ref_labels, pred_labels, int(n_ref), int(n_pred), ref_detected, pred_true)
+    """Label both masks and find the components overlapping the other mask by >= 1 voxel
+    (:mod:`nnunet_blob.instances.detection`)."""
+    ref_labels, n_ref = label_components(mask_ref, connectivity)
+    pred_labels, n_pred = label_components(mask_pred, connectivity)
+    ref_detected, pred_true = overlap_detection(ref_labels, pred_labels)
+    return Components(ref_labels, pred_labels, n_ref, n_pred, ref_detected, pred_true)
 
 
-def instance_scores(comps: Components) -> dict:
-    """IS, IP, F1 and instance counts (seed 001 section 2.5; empty-case rules of issue 5)."""
-    tp_ref, tp_pred = len(comps.ref_detected), len(comps.pred_true)
-    i_sens, i_prec = _ratio(tp_ref, comps.n_ref), _ratio(tp_pred, comps.n_pred)
-    if comps.n_ref == 0 and comps.n_pred == 0:
-        f1 = float("nan")
-    elif comps.n_ref == 0 or comps.n_pred == 0 or i_sens + i_prec == 0:
-        f1 = 0.0
-    else:
-        f1 = 2 * i_sens * i_prec / (i_sens + i_prec)
+#: the summary's names of the detection counts, in the order of :data:`~nnunet_blob.instances.detection.COUNT_KEYS`
+COUNT_METRICS = ("n_ref_instances", "TP_ref_instances", "n_pred_instances", "TP_pred_instances")
+
+
+def instance_metrics(counts: np.ndarray) -> dict:
+    """Instance counts, IS, IP and F1 (:func:`~nnunet_blob.instances.detection.instance_scores`) and the lesion
+    count difference of one row of detection counts, under the summary's names."""
+    n_ref, ref_detected, n_pred, pred_correct = (int(v) for v in counts)
     return {
-        "n_ref_instances": comps.n_ref, "n_pred_instances": comps.n_pred,
-        "TP_ref_instances": tp_ref, "TP_pred_instances": tp_pred,
-        "FN_instances": comps.n_ref - tp_ref, "FP_instances": comps.n_pred - tp_pred,
-        "IS": i_sens, "IP": i_prec, "F1": f1,
-        "lesion_count_difference": abs(comps.n_pred - comps.n_ref),
+        **dict(zip(COUNT_METRICS, (n_ref, ref_detected, n_pred, pred_correct))),
+        "FN_instances": n_ref - ref_detected, "FP_instances": n_pred - pred_correct,
+        **instance_scores(counts),
+        "lesion_count_difference": abs(n_pred - n_ref),
     }
 
 
@@ -186,7 +175,7 @@ def label_metrics(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region, sp
         mask_ref, mask_pred = mask_ref & ~ignore, mask_pred & ~ignore
     out["SurfaceDice"] = surface_dice(mask_ref, mask_pred, spacing, tolerance_mm)
     comps = components(mask_ref, mask_pred, connectivity)
-    out.update(instance_scores(comps))
+    out.update(instance_metrics(comps.counts()))
     voxel_ml = float(np.prod(spacing)) / 1000.0  # mm^3 -> ml (2D: mm^2 / 1000)
     out["absolute_volume_difference_ml"] = abs(int(mask_pred.sum()) - int(mask_ref.sum())) * voxel_ml
     return (out, comps) if return_components else out

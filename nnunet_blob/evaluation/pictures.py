@@ -8,13 +8,13 @@ image the background is plain black. Size: ``PANEL_INCHES * DPI`` pixels per pan
 """
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from nnunet_blob.io import atomic_path  # noqa: E402
 
 GREEN, BLUE, RED = (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 0.0, 0.0)
 PANEL_INCHES, DPI = 4, 100
@@ -62,8 +62,9 @@ def case_png(png_file: str, image, comps: dict, metrics: dict, title: str) -> st
         scores.append(f"label {label}: F1 {m['F1']:.2f}  IS {m['IS']:.2f}  IP {m['IP']:.2f}")
     fig.suptitle(f"{title}\n" + " | ".join(scores), fontsize=10)
     fig.tight_layout()
-    tmp = png_file + ".tmp.png"
-    fig.savefig(tmp, dpi=DPI)
-    plt.close(fig)
-    os.replace(tmp, png_file)
+    try:
+        with atomic_path(png_file) as tmp:
+            fig.savefig(tmp, dpi=DPI)
+    finally:
+        plt.close(fig)
     return png_file

@@ -15,16 +15,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from nnunet_blob.preprocessing.components import compute_instances, instances_per_region
+from nnunet_blob.instances.components import compute_instances, instances_per_region
+from nnunet_blob.io import atomic_write_json
 from nnunet_blob.preprocessing.errors import InstanceMapError
 from nnunet_blob.preprocessing.locate import ConfigurationLocation, locate
-from nnunet_blob.preprocessing.store import (
-    FORMAT_VERSION,
-    InstanceMapStore,
-    atomic_write_json,
-    file_unchanged,
-    seg_fingerprint,
-)
+from nnunet_blob.preprocessing.store import FORMAT_VERSION, InstanceMapStore, file_unchanged, seg_fingerprint
 
 
 def default_num_processes() -> int:
@@ -97,7 +92,7 @@ FRESHNESS_KEYS = ("format", "data_identifier", "connectivity", "ignore_label", "
 def _settings(location: ConfigurationLocation, connectivity: int) -> dict:
     """What the maps are built from. ``labels``: the classes whose components are instances (also for
     region-based datasets, whose preprocessed segmentation holds labels; ``regions`` lists their regions for
-    :func:`~nnunet_blob.preprocessing.components.instances_per_region`)."""
+    :func:`~nnunet_blob.instances.components.instances_per_region`)."""
     regions = location.regions
     return {"dataset": location.dataset_name, "plans": location.plans_identifier,
             "configuration": location.configuration, "data_identifier": location.data_identifier,

@@ -6,7 +6,7 @@ Per case ``<case>`` in the instance folder:
   loader reads crops cheaply;
 * ``<case>_table.npz``: class, voxel count and up to 50 sampled voxel coordinates per instance (for
   instance-balanced patch sampling); for region-based datasets also the same for the components of each region
-  mask (``region_*`` arrays);
+  mask (``region_*`` arrays); format and reader in :mod:`nnunet_blob.instances.tables`;
 * ``<case>.json``: the record: fingerprint of the segmentation it was computed from (shape, sha1 of the labels,
   plus file size and mtime for a fast check), connectivity, instances per class, voxel counts.
 
@@ -19,36 +19,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_blob.preprocessing.components import CaseInstances
+from nnunet_blob.instances.components import CaseInstances
+from nnunet_blob.instances.tables import (InstanceLocations, read_table, region_instance_locations,
+                                          sample_instance_locations, write_table)
+from nnunet_blob.io import atomic_path, atomic_write_json
 from nnunet_blob.preprocessing.errors import InstanceMapError
 
 MANIFEST = "manifest.json"
 #: 2: tables of region-based datasets also hold the region components (maps of format 1 are recomputed)
 FORMAT_VERSION = 2
-TABLE_SAMPLES_PER_INSTANCE = 50
-
-
-def _temporary(path: Path) -> Path:
-    # blosc2 wants the .b2nd ending; the random part keeps concurrent writers apart
-    return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = _temporary(path)
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def seg_fingerprint(seg: np.ndarray, seg_file: Path) -> dict:
@@ -102,22 +85,18 @@ class InstanceMapStore:
             raise InstanceMapError(f"case {case}: cannot read its instance map {path} ({e}). Recompute it with "
                                    f"`nnunet_blob preprocess ... --overwrite`.") from e
 
-    def table(self, case: str):
-        """The instance table of ``case`` (see :class:`nnunet_blob.trainers.instance_sampling.InstanceLocations`)."""
-        return self._table(case, "")
+    def table(self, case: str) -> InstanceLocations:
+        """The instance table of ``case`` (:class:`~nnunet_blob.instances.tables.InstanceLocations`)."""
+        return self._table(case, regions=False)
 
-    def region_table(self, case: str):
+    def region_table(self, case: str) -> InstanceLocations:
         """The table of the components of each region mask of ``case`` (class = region position + 1)."""
-        return self._table(case, "region_")
+        return self._table(case, regions=True)
 
-    def _table(self, case: str, prefix: str):
-        from nnunet_blob.trainers.instance_sampling import InstanceLocations
-
+    def _table(self, case: str, regions: bool) -> InstanceLocations:
         try:
-            with np.load(self.table_path(case)) as f:
-                return InstanceLocations(*(f[prefix + name] for name in ("classes", "sizes", "coordinates",
-                                                                         "offsets")))
-        except (OSError, KeyError, ValueError) as e:
+            return read_table(self.table_path(case), regions)
+        except (OSError, ValueError) as e:
             raise InstanceMapError(f"case {case}: cannot read its instance table {self.table_path(case)} ({e}). "
                                    f"Recompute it with `nnunet_blob preprocess ... --overwrite`.") from e
 
@@ -134,33 +113,17 @@ class InstanceMapStore:
         """Write map and table atomically, then the record; returns the record. ``region_ids``: (R, *spatial)
         components of each region mask of a region-based dataset, tabled beside the instances."""
         import blosc2
-
-        from nnunet_blob.trainers.instance_sampling import region_instance_locations, sample_instance_locations
         from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
 
         self.record_path(case).unlink(missing_ok=True)  # the old record must not vouch for the new files
         blocks, chunks = comp_blosc2_params(instances.instance_map.shape, patch_size,
                                             instances.instance_map.dtype.itemsize)
-        tmp = _temporary(self.map_path(case))
-        try:
+        with atomic_path(self.map_path(case)) as tmp:
             blosc2.asarray(np.ascontiguousarray(instances.instance_map), urlpath=str(tmp), chunks=chunks,
                            blocks=blocks, cparams={"codec": blosc2.Codec.LZ4HC, "clevel": 5, "nthreads": 1})
-            os.replace(tmp, self.map_path(case))
-        finally:
-            tmp.unlink(missing_ok=True)
-        table = sample_instance_locations(instances.instance_map[0], _class_map(instances),
-                                          TABLE_SAMPLES_PER_INSTANCE)
-        arrays = vars(table)
-        if region_ids is not None:
-            regions = region_instance_locations(region_ids, TABLE_SAMPLES_PER_INSTANCE)
-            arrays = {**arrays, **{"region_" + name: value for name, value in vars(regions).items()}}
-        tmp = _temporary(self.table_path(case))
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, self.table_path(case))
-        finally:
-            tmp.unlink(missing_ok=True)
+        table = sample_instance_locations(instances.instance_map[0], _class_map(instances))
+        region_table = None if region_ids is None else region_instance_locations(region_ids)
+        write_table(self.table_path(case), table, region_table)
         record = {
             **settings, "case": case, "seg_fingerprint": fingerprint, "dtype": str(instances.instance_map.dtype),
             "num_instances": instances.num_instances, "instances_per_class": instances.counts_per_class(),

@@ -1,15 +1,7 @@
 """``nnunet_blob trainers``: list our trainers and print the ``nnUNet_extTrainer`` export line."""
 from __future__ import annotations
 
-import os
-
-from nnunet_blob.trainers import EXT_TRAINER_FOLDER
-
-
-def export_line(environ=os.environ) -> str:
-    """Shell line that lists our trainer folder in ``nnUNet_extTrainer``, keeping the current value."""
-    current = [p for p in environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != EXT_TRAINER_FOLDER]
-    return f"export nnUNet_extTrainer={os.pathsep.join(current + [EXT_TRAINER_FOLDER])}"
+from nnunet_blob.io import TRAINER_FOLDER, export_line, is_registered
 
 
 def run(args) -> int:
@@ -18,12 +10,12 @@ def run(args) -> int:
         return 0
     from nnunet_blob.trainers import variants
 
-    registered = EXT_TRAINER_FOLDER in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep)
+    registered = is_registered()
     print("nnunet_blob trainers (nnUNetv2_train DATASET CONFIG FOLD -tr NAME):")
     for name in variants.__all__:
         doc = (getattr(variants, name).__doc__ or "").strip().splitlines()
         print(f"  {name:34s} {doc[0] if doc else ''}")
-    print(f"\nnnUNet_extTrainer lists {EXT_TRAINER_FOLDER}: {'yes' if registered else 'NO'}")
+    print(f"\nnnUNet_extTrainer lists {TRAINER_FOLDER}: {'yes' if registered else 'NO'}")
     if not registered:
         print("The start-up hook installed with the package did not run (editable install, or "
               "NNUNET_BLOB_NO_AUTOREGISTER set). Run:\n  eval \"$(nnunet_blob trainers --export)\"")

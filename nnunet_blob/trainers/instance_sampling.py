@@ -13,33 +13,18 @@ draw. Everything else in nnU-Net's sampling (which samples are forced, the class
 sequence of random numbers the augmentation sees are unchanged.
 
 Region-based datasets (BraTS-style) key ``class_locations`` by region (a label tuple): their tables hold the
-connected components of each region mask (:func:`region_instance_locations`), the table's ``classes`` being the
-region's position + 1 in nnU-Net's ``foreground_regions`` (:func:`region_groups`).
+connected components of each region mask (:func:`~nnunet_blob.instances.tables.region_instance_locations`),
+the table's ``classes`` being the region's position + 1 in nnU-Net's ``foreground_regions``
+(:func:`region_groups`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+
+from nnunet_blob.instances.tables import InstanceLocations
 
 #: resolution of the uniform index nnU-Net draws (``np.random.choice(len(locations))``)
 INDEX_RESOLUTION = 1 << 24
-
-
-@dataclass(frozen=True)
-class InstanceLocations:
-    """Per-case instance table: class, voxel count and a bounded sample of voxel coordinates of each instance.
-
-    ``coordinates[offsets[i]:offsets[i + 1]]`` are instance i's sampled voxels, (k, ndim) spatial indices.
-    """
-
-    classes: np.ndarray
-    sizes: np.ndarray
-    coordinates: np.ndarray
-    offsets: np.ndarray
-
-    def of_class(self, label: int) -> np.ndarray:
-        return np.flatnonzero(self.classes == label)
 
 
 class InstanceBalancedLocations:
@@ -96,47 +81,3 @@ def balanced_class_locations(class_locations: dict, table: InstanceLocations, ex
         if group is not None and len(table.of_class(group)):
             balanced[key] = InstanceBalancedLocations(table, group, exponent)
     return balanced
-
-
-def sample_instance_locations(instance_map: np.ndarray, seg: np.ndarray, max_per_instance: int = 50,
-                              seed: int = 1234) -> InstanceLocations:
-    """Build the table of one case: up to ``max_per_instance`` random voxels per instance (all if fewer).
-
-    ``instance_map`` and ``seg`` are (*spatial) arrays; an instance's class is the segmentation label at its voxels.
-    One pass over the foreground voxels: a random key per voxel and a sort by (id, key).
-    """
-    rng = np.random.default_rng(seed)
-    coords = np.nonzero(instance_map > 0)
-    ids = instance_map[coords]
-    if ids.size == 0:
-        ndim = instance_map.ndim
-        return InstanceLocations(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, ndim), np.int64),
-                                 np.zeros(1, np.int64))
-    order = np.lexsort((rng.random(ids.size), ids))
-    ids_sorted = ids[order]
-    unique_ids, first, sizes = np.unique(ids_sorted, return_index=True, return_counts=True)
-    rank = np.arange(ids.size) - np.repeat(first, sizes)
-    keep = order[rank < max_per_instance]
-    keep = keep[np.argsort(ids[keep], kind="stable")]
-    kept_counts = np.minimum(sizes, max_per_instance)
-    coordinates = np.stack([c[keep] for c in coords], 1).astype(np.int64)
-    classes = seg[tuple(c[order[first]] for c in coords)].astype(np.int64)
-    offsets = np.concatenate(([0], np.cumsum(kept_counts))).astype(np.int64)
-    return InstanceLocations(classes, sizes.astype(np.int64), coordinates, offsets)
-
-
-def region_instance_locations(region_ids: np.ndarray, max_per_instance: int = 50,
-                              seed: int = 1234) -> InstanceLocations:
-    """One table for the (R, *spatial) component maps of a case's regions (instance ids restart in every region,
-    see :func:`~nnunet_blob.preprocessing.components.instances_per_region`); region r's instances get class r + 1.
-    """
-    tables = [sample_instance_locations(ids, np.broadcast_to(np.int64(r + 1), ids.shape), max_per_instance,
-                                        seed + r) for r, ids in enumerate(region_ids)]
-    if not tables:
-        return sample_instance_locations(np.zeros(region_ids.shape[1:], np.uint8), np.zeros(1, np.int64))
-    offsets, shift = [np.zeros(1, np.int64)], 0
-    for table in tables:
-        offsets.append(table.offsets[1:] + shift)
-        shift += table.offsets[-1]
-    return InstanceLocations(np.concatenate([t.classes for t in tables]), np.concatenate([t.sizes for t in tables]),
-                             np.concatenate([t.coordinates for t in tables]), np.concatenate(offsets))

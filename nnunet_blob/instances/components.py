@@ -10,13 +10,13 @@ stored maps are per label, and :func:`instances_per_region` gives the components
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cc3d
 import numpy as np
 
-CONNECTIVITIES = (6, 18, 26)
+from nnunet_blob.instances.connectivity import cc3d_connectivity
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,7 @@ def smallest_id_dtype(max_id: int) -> np.dtype:
 
 def _label_volume(seg: np.ndarray, connectivity: int, case: str) -> np.ndarray:
     """(*spatial) integer labels of a (1, *spatial) or (*spatial) segmentation; ValueError naming the case."""
-    if connectivity not in CONNECTIVITIES:
-        raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity}")
+    cc3d_connectivity(3, connectivity)  # ValueError for anything but 6, 18, 26
     seg = np.asarray(seg)
     if seg.ndim == 4:
         if seg.shape[0] != 1:

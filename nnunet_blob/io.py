@@ -1,0 +1,88 @@
+"""Writing files so that readers never see half of one, and registering our trainers with nnU-Net.
+
+Atomic writes: the payload goes to a temporary file in the target's folder (same file system), which is then
+renamed over the target with ``os.replace``; on any error the temporary file is removed and the target keeps its
+old content. Temporary names start with ``.tmp-`` and end with the target's name (blosc2 and matplotlib choose the
+format by the ending).
+
+Trainer registration: nnU-Net's ``-tr`` lookup also scans the folders listed in ``nnUNet_extTrainer``
+(``nnunetv2/utilities/find_objects.py``); :data:`TRAINER_FOLDER` is ours. The start-up hook
+(``nnunet_blob.pth``, :mod:`nnunet_blob._autoregister`) registers it in every Python process, so this module is
+imported at interpreter start-up: it imports nothing but ``os`` there (the rest on first use).
+"""
+import os
+
+TEMPORARY_PREFIX = ".tmp-"
+#: nnU-Net's variable listing folders of external trainers (``os.pathsep``-separated)
+EXT_TRAINER_VARIABLE = "nnUNet_extTrainer"
+#: the folder of our trainers that nnU-Net's lookup scans
+TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers", "nnunet_ext")
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+def temporary_path(path: str | os.PathLike):
+    """A fresh temporary name (``pathlib.Path``) beside ``path``; the random part keeps concurrent writers apart."""
+    from pathlib import Path
+
+    path = Path(path)
+    return path.with_name(f"{TEMPORARY_PREFIX}{os.urandom(4).hex()}-{path.name}")
+
+
+class atomic_path:
+    """``with atomic_path(target) as tmp: write(tmp)``: ``tmp`` replaces ``target`` when the block succeeds; it is
+    removed when the block raises (the target is left as it was)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path, self.tmp = path, temporary_path(path)
+
+    def __enter__(self):
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON (sorted keys, indented) to ``path`` atomically."""
+    import json
+
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+# ------------------------------------------------------------------------------------- trainer registration
+def ext_trainer_value(environ=os.environ, folder: str | os.PathLike = TRAINER_FOLDER) -> str:
+    """``nnUNet_extTrainer`` of ``environ`` with ``folder`` listed: appended after the folders already listed
+    (the user's come first and stay), unchanged if it is there already."""
+    folder = os.fspath(folder)
+    current = [p for p in environ.get(EXT_TRAINER_VARIABLE, "").split(os.pathsep) if p]
+    return os.pathsep.join(current if folder in current else current + [folder])
+
+
+def register_trainer_folder(environ=os.environ) -> str:
+    """List :data:`TRAINER_FOLDER` in ``environ['nnUNet_extTrainer']`` (once, keeping the user's folders);
+    returns the new value."""
+    environ[EXT_TRAINER_VARIABLE] = ext_trainer_value(environ)
+    return environ[EXT_TRAINER_VARIABLE]
+
+
+def is_registered(environ=os.environ) -> bool:
+    """Whether ``environ['nnUNet_extTrainer']`` lists :data:`TRAINER_FOLDER`."""
+    return TRAINER_FOLDER in environ.get(EXT_TRAINER_VARIABLE, "").split(os.pathsep)
+
+
+def export_line(environ=os.environ) -> str:
+    """The shell line ``nnunet_blob trainers --export`` prints: registers our folder in a shell where the start-up
+    hook cannot run (``eval "$(nnunet_blob trainers --export)"``)."""
+    import shlex
+
+    return f"export {EXT_TRAINER_VARIABLE}={shlex.quote(ext_trainer_value(environ))}"

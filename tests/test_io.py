@@ -1,0 +1,60 @@
+"""nnunet_blob.io: atomic writes and the nnUNet_extTrainer registration."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnunet_blob.io import (TRAINER_FOLDER, atomic_path, atomic_write_bytes, atomic_write_json, export_line,
+                            ext_trainer_value, register_trainer_folder)
+
+
+def test_atomic_writes_replace_the_target(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write_json(target, {"b": 1, "a": [1.5, None]})
+    assert json.loads(target.read_text()) == {"a": [1.5, None], "b": 1}
+    atomic_write_bytes(str(target), b"new")
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "case.b2nd"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".tmp-") and tmp.name.endswith("case.b2nd")
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["case.b2nd"]
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"not json": object()})
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["case.b2nd"]
+
+
+def test_registration_appends_once_and_keeps_the_users_folders():
+    environ = {"nnUNet_extTrainer": os.pathsep.join(["/a", "", "/b"])}
+    assert register_trainer_folder(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER])
+    assert register_trainer_folder(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER])
+    assert register_trainer_folder({}) == TRAINER_FOLDER
+    assert ext_trainer_value({}, Path("/demo")) == "/demo"
+    assert Path(TRAINER_FOLDER, "nnunet_blob_trainers.py").is_file()
+
+
+def test_export_line_evaluates_in_a_shell_with_spaces_in_paths():
+    user = os.path.join(os.sep, "my trainers", "it's here")
+    line = export_line({"nnUNet_extTrainer": user})
+    shell = subprocess.run(["bash", "-c", 'eval "$(cat)"; printf %s "$nnUNet_extTrainer"'], input=line,
+                           capture_output=True, text=True, check=True)
+    assert shell.stdout.split(os.pathsep) == [user, TRAINER_FOLDER]
+
+
+def test_the_start_up_module_imports_only_os():
+    code = ("import os, sys; before = set(sys.modules); import nnunet_blob._autoregister; "
+            "print(sorted(m for m in set(sys.modules) - before if not m.startswith('nnunet_blob')))")
+    new = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}).stdout
+    assert new.strip() == "[]"
