@@ -1,6 +1,6 @@
 """Wall time of `nnunet_blob preprocess` vs `nnUNetv2_preprocess` on the same dataset, configuration and -np.
 
-Target (instance-map issue): <= 25% of nnU-Net's preprocessing time. Also timed: ``ensure_instance_maps`` called
+Target: <= 25% of nnU-Net's preprocessing time. Also timed: ``ensure_instance_maps`` called
 in-process (what the trainers run), i.e. the command without the interpreter's and imports' start-up.
 
     python benchmarks/bench_instance_maps.py [--cases 20] [--shape 96 96 96] [--blobs 150 250] [-np 2]

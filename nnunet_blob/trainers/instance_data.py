@@ -10,12 +10,14 @@ again, so nnU-Net's own transforms see exactly what they expect.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-#: ids must fit the int16 the loader casts segmentation crops to
-MAX_INSTANCES_PER_PATCH = np.iinfo(np.int16).max
+from nnunet_blob.nnunet_internals import LOADER_SEG_DTYPE, dataset_identifiers, load_case
+
+#: ids must fit the type the loader casts segmentation crops to (int16)
+MAX_INSTANCES_PER_PATCH = int(np.iinfo(LOADER_SEG_DTYPE).max)
 
 
 def renumber_instances(ids: np.ndarray) -> np.ndarray:
@@ -29,7 +31,7 @@ def renumber_instances(ids: np.ndarray) -> np.ndarray:
     lookup = np.cumsum(present, dtype=np.int64) * present
     if lookup.max() > MAX_INSTANCES_PER_PATCH:
         raise ValueError(f"a patch holds {int(lookup.max())} instances, more than the {MAX_INSTANCES_PER_PATCH} "
-                         f"nnU-Net's int16 segmentation crops can carry; use a smaller patch size")
+                         f"nnU-Net's {LOADER_SEG_DTYPE} segmentation crops can carry; use a smaller patch size")
     return lookup[ids].astype(np.int32)
 
 
@@ -47,7 +49,7 @@ class SegWithInstances:
                              f"with --overwrite")
         self.seg, self.instances, self.case = seg, instances, case
         self.shape = (seg.shape[0] + 1, *seg.shape[1:])
-        self.dtype = np.dtype(np.int16)
+        self.dtype = LOADER_SEG_DTYPE
         self.ndim = len(self.shape)
         self._may_exceed_int16 = np.iinfo(instances.dtype).max > MAX_INSTANCES_PER_PATCH
 
@@ -61,7 +63,7 @@ class SegWithInstances:
         inst = np.asarray(self.instances[(Ellipsis, *spatial)]).reshape(1, *seg.shape[1:])
         if self._may_exceed_int16 and inst.size and inst.max() > MAX_INSTANCES_PER_PATCH:  # must survive int16
             inst = renumber_instances(inst)
-        out = np.empty((seg.shape[0] + 1, *seg.shape[1:]), dtype=np.int16)
+        out = np.empty((seg.shape[0] + 1, *seg.shape[1:]), dtype=LOADER_SEG_DTYPE)
         out[:-1], out[-1:] = seg, inst
         return out
 
@@ -92,10 +94,10 @@ class InstanceDataset:
         return self.load_case(identifier)
 
     def __len__(self):
-        return len(self._dataset.identifiers)
+        return len(dataset_identifiers(self._dataset))
 
     def load_case(self, identifier):
-        data, seg, seg_prev, properties = self._dataset.load_case(identifier)
+        data, seg, seg_prev, properties = load_case(self._dataset, identifier)
         if self._sampling_exponent is not None:
             properties = {**properties, "class_locations": self._balanced_locations(identifier, properties)}
         if self._open_instances is not None:

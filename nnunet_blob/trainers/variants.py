@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, TverskyLoss
+from nnunet_blob.nnunet_internals import drop_cross_entropy, overlap_term, replace_overlap_term
 from nnunet_blob.trainers.base import InstanceAwareTrainer, LossVariantTrainer
 
 
@@ -27,15 +28,17 @@ class GlobalTermTrainer(LossVariantTrainer):
     global_ce = True
 
     def build_global_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        """nnU-Net's ``DC_and_CE_loss``/``DC_and_BCE_loss`` with the overlap term and CE chosen (changed in place)."""
         if self.global_overlap == "tversky":
-            dice = getattr(nnunet_loss.dc, "_orig_mod", nnunet_loss.dc)  # nnU-Net may have compiled it
-            nnunet_loss.dc = TverskyLoss(apply_nonlin=dice.apply_nonlin, batch_dice=dice.batch_dice, do_bg=dice.do_bg,
-                                         smooth=dice.smooth, alpha=self.tversky_alpha, beta=self.tversky_beta,
-                                         ddp=dice.ddp)
+            dice = overlap_term(nnunet_loss)
+            replace_overlap_term(nnunet_loss, TverskyLoss(apply_nonlin=dice.apply_nonlin, batch_dice=dice.batch_dice,
+                                                          do_bg=dice.do_bg, smooth=dice.smooth,
+                                                          alpha=self.tversky_alpha, beta=self.tversky_beta,
+                                                          ddp=dice.ddp))
         elif self.global_overlap != "dice":
             raise ValueError(f"global_overlap must be 'dice' or 'tversky', got {self.global_overlap!r}")
         if not self.global_ce:
-            nnunet_loss.weight_ce = 0
+            drop_cross_entropy(nnunet_loss)
         return nnunet_loss
 
     def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:

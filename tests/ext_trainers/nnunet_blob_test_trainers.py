@@ -6,8 +6,12 @@ Epochs come from NNUNET_BLOB_TEST_EPOCHS (default 1) so a test can resume a run 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_blob.demo.budgets import with_budget
-from nnunet_blob.trainers.variants import (nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling,
-                                           nnUNetTrainerBlobTversky, nnUNetTrainerTopKDice)
+from nnunet_blob.trainers.variants import (
+    nnUNetTrainerBlobDice,
+    nnUNetTrainerBlobDice_instSampling,
+    nnUNetTrainerBlobTversky,
+    nnUNetTrainerTopKDice,
+)
 
 for _base in (nnUNetTrainer, nnUNetTrainerBlobDice, nnUNetTrainerBlobTversky, nnUNetTrainerTopKDice,
               nnUNetTrainerBlobDice_instSampling):
