@@ -165,7 +165,8 @@ def packed_batch(trainer, seed: int = 0) -> dict:
         out = pipeline(image=image, segmentation=torch.from_numpy(np.stack([seg, ids])))
         images.append(out["image"])
         targets.append(out["segmentation"])
-    return {"data": torch.stack(images), "target": [torch.stack([t[s] for t in targets]) for s in range(len(targets[0]))]}
+    scales = range(len(targets[0]))
+    return {"data": torch.stack(images), "target": [torch.stack([t[s] for t in targets]) for s in scales]}
 
 
 def test_validation_step_counts_equal_a_literal_count(blobs):
