@@ -47,7 +47,8 @@ def after_rank_zero(work: Callable[[], T], check: Callable[[], T], *, what: str 
                 raise
             dist.broadcast(status, src=0, group=group)
             return result
-        _wait(dist.broadcast(status, src=0, group=group, async_op=True), what, log, poll_seconds, report_seconds)
+        request = dist.broadcast(status, src=0, group=group, async_op=True)
+        _wait(request, what, log, poll_seconds, report_seconds)
     finally:
         dist.destroy_process_group(group)
     if int(status[0]) != _OK:
@@ -64,4 +65,7 @@ def _wait(request, what: str, log: Callable[[str], None], poll_seconds: float, r
         if now - last_report >= report_seconds:
             log(f"rank {dist.get_rank()}: waiting for rank 0 to prepare {what} ({now - start:.0f} s)")
             last_report = now
-    request.wait()  # raises if the connection to rank 0 broke
+    try:
+        request.wait()
+    except RuntimeError as e:  # gloo: the connection to rank 0 broke (its process died)
+        raise RuntimeError(f"rank {dist.get_rank()}: lost rank 0 while it prepared {what} ({e})") from e
