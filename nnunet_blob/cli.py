@@ -1,15 +1,14 @@
 """``nnunet_blob`` command line: one entry point, one sub-command per feature.
 
 Each feature package exposes ``add_parser(subparsers)`` which registers its sub-command and sets
-``func`` (called with the parsed namespace, returns an exit code or None).
+``func`` (called with the parsed namespace, returns an exit code or None); :func:`nnunet_blob.io.reports` turns a
+sub-command's expected errors into one line on stderr.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import sys
-from collections.abc import Callable
 
 # sub-command modules, in the order shown by --help; each defines add_parser(subparsers)
 _COMMAND_MODULES = (
@@ -18,24 +17,6 @@ _COMMAND_MODULES = (
     "nnunet_blob.trainers.cli",
     "nnunet_blob.demo.cli",
 )
-
-
-def reports(*errors: type, command: str) -> Callable:
-    """Sub-command decorator: ``errors`` (a user's input or environment, not a bug) end the command with
-    ``nnunet_blob COMMAND: error: ...`` on stderr and exit code 1 instead of a traceback."""
-
-    def decorate(func: Callable) -> Callable:
-        @functools.wraps(func)
-        def run(args):
-            try:
-                return func(args)
-            except errors as e:
-                print(f"nnunet_blob {command}: error: {e}", file=sys.stderr)
-                return 1
-
-        return run
-
-    return decorate
 
 
 def build_parser() -> argparse.ArgumentParser:

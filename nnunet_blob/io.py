@@ -1,4 +1,5 @@
-"""Writing files so that readers never see half of one, and registering our trainers with nnU-Net.
+"""Writing files so that readers never see half of one, registering our trainers with nnU-Net, and reporting a
+command's errors.
 
 Atomic writes: the payload goes to a temporary file in the target's folder (same file system), which is then
 renamed over the target with ``os.replace``; on any error the temporary file is removed and the target keeps its
@@ -86,3 +87,24 @@ def export_line(environ=os.environ) -> str:
     import shlex
 
     return f"export {EXT_TRAINER_VARIABLE}={shlex.quote(ext_trainer_value(environ))}"
+
+
+# ---------------------------------------------------------------------------------------- command-line errors
+def reports(*errors: type[BaseException], command: str):
+    """Sub-command decorator: ``errors`` (a user's input or environment, not a bug) end the command with
+    ``nnunet_blob COMMAND: error: ...`` on stderr and exit code 1 instead of a traceback."""
+    import functools
+    import sys
+
+    def decorate(func):
+        @functools.wraps(func)
+        def run(args):
+            try:
+                return func(args)
+            except errors as e:
+                print(f"nnunet_blob {command}: error: {e}", file=sys.stderr)
+                return 1
+
+        return run
+
+    return decorate

@@ -1,6 +1,7 @@
 """Folder evaluation on real NIfTI files: nnU-Net's numbers, the CLI, the validation hook, compare, pictures."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -204,3 +205,15 @@ def test_pooled_scores_when_a_model_predicts_nothing(dataset, tmp_path):
     assert pooled["n_ref_instances"] == 6 and pooled["n_pred_instances"] == 0
     assert pooled["IS"] == 0.0 and np.isnan(pooled["IP"]) and pooled["F1"] == 0.0
     assert all(case["metrics"][1]["F1"] == 0.0 for case in summary["metric_per_case"])
+
+
+def test_compare_uses_and_prints_the_significance_level_asked_for(tmp_path):
+    b = [0.5] * 6
+    a = [0.6, 0.7, 0.8, 0.9, 1.0, 0.45]  # five better, one slightly worse: exact two-sided p = 4 / 64
+    assert wilcoxon(a, b).pvalue == pytest.approx(0.0625)
+    paths = [_summary_with(tmp_path, "A", a), _summary_with(tmp_path, "B", b)]
+    for alpha, beaten in (("0.05", "0.000"), ("0.1", "0.500")):  # Dice beaten or not; F1 ties
+        proc = run_cli("compare", *paths, "--names", "A", "B", "--alpha", alpha)
+        assert proc.returncode == 0, proc.stderr
+        assert f"rank score (mean number of methods beaten at p < {alpha}):" in proc.stdout
+        assert re.search(rf"^  A +{beaten}$", proc.stdout, flags=re.MULTILINE), proc.stdout

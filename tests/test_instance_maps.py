@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -15,7 +16,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
 from conftest import run_cli
 from nnunet_blob.instances.components import compute_instances, instances_per_region
-from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
+from nnunet_blob.preprocessing import InstanceMapError, InstanceMapStore, ensure_instance_maps
 from nnunet_blob.preprocessing import store as store_module
 
 IGNORE = 3  # two classes + ignore label
@@ -178,8 +179,9 @@ def test_unreadable_segmentation_names_the_case(multiclass):
     folder = clone_dataset(multiclass, "Dataset613_Corrupt")
     victim = sorted(nnUNetDatasetBlosc2.get_identifiers(str(folder)))[2]
     (folder / f"{victim}_seg.b2nd").write_bytes(b"not a blosc2 file")
-    with pytest.raises(InstanceMapError, match=f"case {victim}: cannot read its preprocessed segmentation"):
+    with pytest.raises(InstanceMapError, match=f"case {victim}: cannot read its preprocessed segmentation") as error:
         ensure_instance_maps(613, configuration="3d_fullres", num_processes=1, log=quiet, progress=False)
+    assert isinstance(error.value.__cause__, Exception)  # the reader's own error stays attached for debugging
     result = run_cli("nnunet_blob", "preprocess", "-d", 613, "-np", 2, check=False)
     assert result.returncode == 1 and victim in result.stderr and "nnUNetv2_preprocess" in result.stderr
 
@@ -244,3 +246,95 @@ def test_maps_of_an_older_format_are_recomputed(multiclass):
     ensure_instance_maps(611, configuration="3d_fullres", log=messages.append)
     assert "computing instance maps of 1 of" in messages[0]
     assert json.loads(store.record_path(case).read_text())["format"] == 2
+
+
+def _rank(rank: int, barrier, errors) -> None:
+    """A DDP worker checking the maps at the same moment as the others: every worker that writes a file in the
+    instance folder waits there until all have written theirs, then goes on (the interleaving of real ranks)."""
+    from pathlib import Path as _Path
+
+    real_touch = _Path.touch
+
+    def touch_then_wait(self, *args, **kwargs):
+        real_touch(self, *args, **kwargs)
+        if self.parent.name.endswith("_instances"):
+            barrier.wait(timeout=120)
+
+    _Path.touch = touch_then_wait
+    try:
+        ensure_instance_maps(611, configuration="3d_fullres", num_processes=1, log=quiet, progress=False)
+    except Exception as e:  # reported to the test
+        errors.put(f"rank {rank}: {type(e).__name__}: {e}")
+
+
+def test_ranks_checking_at_once_do_not_remove_each_others_files(multiclass):
+    ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    context = multiprocessing.get_context("spawn")
+    barrier, errors = context.Barrier(3), context.Queue()
+    ranks = [context.Process(target=_rank, args=(rank, barrier, errors)) for rank in range(3)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(300)
+    reported = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+    assert not reported and all(p.exitcode == 0 for p in ranks), reported
+
+
+def folder_state(folder: Path) -> dict:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_check_only_writes_nothing_and_names_stale_cases(multiclass, monkeypatch):
+    ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    store = ensure_instance_maps(611, configuration="3d_fullres", log=quiet)
+    before = folder_state(store.folder)
+
+    def no_writes(*args, **kwargs):
+        raise AssertionError(f"write=False wrote: {args}")
+
+    for name in ("touch", "mkdir", "unlink", "write_bytes", "write_text"):
+        monkeypatch.setattr(Path, name, no_writes)
+    monkeypatch.setattr(os, "replace", no_writes)
+    messages = []
+    checked = ensure_instance_maps(611, configuration="3d_fullres", write=False, log=messages.append)
+    assert checked.connectivity == 26 and "up to date" in messages[-1] and "checked" in messages[-1]
+    monkeypatch.undo()
+    assert folder_state(store.folder) == before
+
+    case = sorted(store.manifest["cases"])[2]
+    store.map_path(case).rename(store.folder / "aside.b2nd")  # a map missing, as if rank 0 had not finished
+    try:
+        before = folder_state(store.folder)
+        with pytest.raises(InstanceMapError, match=f"{case}.*nnunet_blob preprocess -d {multiclass} "
+                                                   f"-p nnUNetPlans -c 3d_fullres --connectivity 26"):
+            ensure_instance_maps(611, configuration="3d_fullres", write=False, log=quiet)
+        assert folder_state(store.folder) == before
+    finally:
+        (store.folder / "aside.b2nd").rename(store.map_path(case))
+
+
+def test_check_only_without_any_maps(multiclass):
+    clone_dataset(multiclass, "Dataset616_NoMaps")
+    with pytest.raises(InstanceMapError, match="5 of 5 cases are missing or stale"):
+        ensure_instance_maps(616, configuration="3d_fullres", write=False, log=quiet)
+    assert not data_folder("Dataset616_NoMaps", "nnUNetPlans_3d_fullres_instances").exists()
+
+
+def test_maps_keep_the_connectivity_they_were_made_with(multiclass):
+    clone_dataset(multiclass, "Dataset615_Connectivity")
+    run_cli("nnunet_blob", "preprocess", "-d", 615, "-c", "3d_fullres", "--connectivity", 18, "-np", 1)
+    store = InstanceMapStore(data_folder("Dataset615_Connectivity", "nnUNetPlans_3d_fullres_instances"))
+    stamps = folder_state(store.folder)
+    messages = []
+    store = ensure_instance_maps(615, configuration="3d_fullres", log=messages.append)  # as the trainers call it
+    assert store.connectivity == 18 and folder_state(store.folder) == stamps  # nothing recomputed
+    assert "connectivity 18: that of the existing maps" in messages[-1] and "up to date" in messages[-1]
+    messages = []
+    store = ensure_instance_maps(615, configuration="3d_fullres", connectivity=26, log=messages.append,
+                                 num_processes=1, progress=False)
+    assert store.connectivity == 26
+    assert "computing instance maps of 5 of 5 cases" in messages[0]
+    assert "the existing maps have connectivity 18 and are recomputed" in messages[0]
+    messages = []
+    assert ensure_instance_maps(615, configuration="3d_fullres", log=messages.append).connectivity == 26
+    assert "connectivity 26: that of the existing maps" in messages[-1]

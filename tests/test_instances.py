@@ -9,10 +9,21 @@ import pytest
 from scipy import ndimage
 
 from nnunet_blob.instances.connectivity import cc3d_connectivity
-from nnunet_blob.instances.detection import (COUNT_KEYS, detection_counts, instance_scores, label_components,
-                                             overlap_detection)
-from nnunet_blob.instances.tables import (TABLE_KEYS, InstanceLocations, read_table, region_instance_locations,
-                                          sample_instance_locations, write_table)
+from nnunet_blob.instances.detection import (
+    COUNT_KEYS,
+    detection_counts,
+    instance_scores,
+    label_components,
+    overlap_detection,
+)
+from nnunet_blob.instances.tables import (
+    TABLE_KEYS,
+    InstanceLocations,
+    read_table,
+    region_instance_locations,
+    sample_instance_locations,
+    write_table,
+)
 
 NAN = float("nan")
 

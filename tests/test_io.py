@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_blob.io import (TRAINER_FOLDER, atomic_path, atomic_write_bytes, atomic_write_json, export_line,
-                            ext_trainer_value, register_trainer_folder)
+from nnunet_blob.io import (
+    TRAINER_FOLDER,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    export_line,
+    ext_trainer_value,
+    register_trainer_folder,
+)
 
 
 def test_atomic_writes_replace_the_target(tmp_path):

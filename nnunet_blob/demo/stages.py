@@ -5,6 +5,7 @@ tool supports it, e.g. ``nnUNetv2_train --c``), so an interrupted demo is finish
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 from nnunet_blob.io import atomic_write_json
 
@@ -101,8 +103,9 @@ class Stages:
             except FileNotFoundError as e:
                 raise StageError(self._failure(name, f"command not found: {command[0]} (is nnU-Net installed in "
                                                      f"this environment?)")) from e
+            output = cast(io.BufferedReader, process.stdout)  # stdout=PIPE: a buffered reader
             try:
-                for chunk in iter(lambda: process.stdout.read1(4096), b""):
+                for chunk in iter(lambda: output.read1(4096), b""):
                     log.write(chunk)
                     self._echo(chunk)
                 code = process.wait()

@@ -1,3 +1,21 @@
+# Derived from surface-distance by DeepMind, surface_distance/lookup_tables.py
+# (https://github.com/google-deepmind/surface-distance):
+#
+# Copyright 2018 Google Inc. All Rights Reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS-IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+#
+# Changed: the normals are stored as integers in units of 1/8, without the zero normal of the empty code.
 """Surfel normals of DeepMind's ``surface-distance`` (``lookup_tables.py``, Apache-2.0).
 
 For each of the 256 occupancy codes of a 2x2x2 neighbourhood, the normals of the marching-cubes triangles that

@@ -1,11 +1,11 @@
-"""``nnunet_blob evaluate`` and ``nnunet_blob compare`` (issue 5)."""
+"""``nnunet_blob evaluate`` and ``nnunet_blob compare``."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from nnunet_blob.cli import reports
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
+from nnunet_blob.io import reports
 
 
 @reports(FileNotFoundError, ValueError, command="evaluate")

@@ -1,9 +1,10 @@
 """Compare trainers on the same cases: per-metric table, paired Wilcoxon tests, Loss Odyssey rank score.
 
-Rank score (Ma et al., "Loss odyssey", seed 002 section 3.4): for each metric, a method's significance score is
-the number of other methods it beats in a paired two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``)
-at p < alpha (0.05); the rank score is the mean of these scores over metrics (and labels). "Beats" means
-significant and the mean paired difference is in the metric's better direction.
+Rank score (J. Ma et al., "Loss odyssey in medical image segmentation", Medical Image Analysis 71, 2021,
+section 3.4): for each metric, a method's significance score is the number of other methods it beats in a paired
+two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``) at p < alpha (default 0.05); the rank score is the
+mean of these scores over metrics (and labels). "Beats" means significant and the mean paired difference is in the
+metric's better direction.
 """
 from __future__ import annotations
 
@@ -59,11 +60,13 @@ def compare(summaries: dict[str, str], metrics: dict[str, bool] | None = None, a
     for name, vals in loaded.items():
         other = sorted(next(iter(vals[next(iter(vals))].values())).keys())
         if other != cases or sorted(vals) != sorted(first):
-            diff = sorted(set(cases) ^ set(other))
+            unpaired = sorted(set(cases) ^ set(other))
             raise ValueError(f"{summaries[name]} and {summaries[first_name]} cover different cases or labels "
-                             f"(e.g. {diff[:5]}); evaluate both on the same reference cases")
+                             f"(e.g. {unpaired[:5]}); evaluate both on the same reference cases")
     methods = list(loaded)
-    tables, p_values, scores = {}, {}, {}
+    tables: dict = {}
+    p_values: dict = {}
+    scores: dict = {}
     for label in first:
         for metric, higher in metrics.items():
             if metric not in first[label]:
@@ -91,7 +94,8 @@ def compare(summaries: dict[str, str], metrics: dict[str, bool] | None = None, a
     if not scores:
         raise ValueError(f"none of the metrics {list(metrics)} is in the summaries")
     rank = {m: float(np.mean([s[m] for s in scores.values()])) for m in methods}
-    return {"cases": cases, "tables": tables, "p_values": p_values, "scores": scores, "rank_score": rank}
+    return {"cases": cases, "alpha": alpha, "tables": tables, "p_values": p_values, "scores": scores,
+            "rank_score": rank}
 
 
 def format_report(result: dict) -> str:
@@ -105,7 +109,7 @@ def format_report(result: dict) -> str:
                          f"{result['scores'][(label, metric)][m]:5d}")
         for (m1, m2), p in result["p_values"][(label, metric)].items():
             lines.append(f"  Wilcoxon {m1} vs {m2}: p = {p:.4g}")
-    lines.append("\nrank score (mean number of methods beaten at p < 0.05):")
+    lines.append(f"\nrank score (mean number of methods beaten at p < {result['alpha']:g}):")
     for m, s in sorted(result["rank_score"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {m:<32} {s:.3f}")
     return "\n".join(lines)

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, subfiles
 from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
-from nnunetv2.imageio.reader_writer_registry import (determine_reader_writer_from_dataset_json,
-                                                     determine_reader_writer_from_file_ending)
+from nnunetv2.imageio.reader_writer_registry import (
+    determine_reader_writer_from_dataset_json,
+    determine_reader_writer_from_file_ending,
+)
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
@@ -39,7 +41,7 @@ def evaluate_case(ref_file: str, pred_file: str, reader_writer, labels_or_region
                          f"{seg_ref.shape}; predictions must be in the reference's image space")
     ref, spacing = spatial_view(seg_ref, props["spacing"])
     pred, _ = spatial_view(seg_pred, props["spacing"])
-    result = {"reference_file": ref_file, "prediction_file": pred_file, "metrics": {}}
+    result: dict = {"reference_file": ref_file, "prediction_file": pred_file, "metrics": {}}
     comps = {}
     for r in labels_or_regions:
         result["metrics"][r], comps[r] = label_metrics(ref, pred, r, spacing, ignore_label, tolerance_mm,

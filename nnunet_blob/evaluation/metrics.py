@@ -5,8 +5,9 @@
   ``TP/(TP+FP)``;
 * surface Dice at a tolerance in mm, as DeepMind's ``surface-distance`` computes it (Nikolov et al. 2021; the
   MSD/FLARE reference): marching-cubes surfels weighted by their area (contour length in 2D), spacing-aware;
-* instance metrics of the blob-loss paper (Kofler et al., seed 001 section 2.5): connected components, a
-  component counts as detected when it overlaps the other mask by at least one voxel.
+* instance metrics of F. Kofler et al., "blob loss: instance imbalance aware loss functions for semantic
+  segmentation" (IPMI 2023), section 2.5, defined once in :mod:`nnunet_blob.instances.detection`: connected
+  components, a component counts as detected when it overlaps the other mask by at least one voxel.
 
 Instance sensitivity IS counts on reference components and instance precision IP on predicted ones (the WMH
 challenge convention the paper follows). A reference lesion split into two predicted blobs gives IS = 1 and
@@ -16,8 +17,8 @@ report lower numbers on such cases.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask

@@ -1,5 +1,6 @@
-"""Detection pictures as in the blob-loss paper's Fig. 5 (seed 000): maximum-intensity projections of the image
-with components coloured by detection status - true positive green, false positive blue, false negative red.
+"""Detection pictures as in Fig. 5 of F. Kofler et al., "blob loss: instance imbalance aware loss functions for
+semantic segmentation" (journal version): maximum-intensity projections of the image with components coloured by
+detection status - true positive green, false positive blue, false negative red.
 
 One PNG per case, one row per label (or region): left the reference components (green detected, red missed),
 right the predicted components (green touching the reference, blue false positive). 3D volumes are projected

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 
-from nnunet_blob.instances.connectivity import cc3d_connectivity
+from nnunet_blob.instances.connectivity import CC3DConnectivity, cc3d_connectivity
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,9 @@ def smallest_id_dtype(max_id: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def _label_volume(seg: np.ndarray, connectivity: int, case: str) -> np.ndarray:
-    """(*spatial) integer labels of a (1, *spatial) or (*spatial) segmentation; ValueError naming the case."""
-    cc3d_connectivity(3, connectivity)  # ValueError for anything but 6, 18, 26
+def _label_volume(seg: np.ndarray, connectivity: int, case: str) -> tuple[np.ndarray, CC3DConnectivity]:
+    """((*spatial) integer labels of a (1, *spatial) or (*spatial) segmentation, the cc3d connectivity for them);
+    ValueError naming the case."""
     seg = np.asarray(seg)
     if seg.ndim == 4:
         if seg.shape[0] != 1:
@@ -57,20 +57,20 @@ def _label_volume(seg: np.ndarray, connectivity: int, case: str) -> np.ndarray:
         if not np.all(np.equal(np.mod(seg, 1), 0)):
             raise ValueError(f"case {case}: the segmentation holds non-integer labels; nnU-Net segmentations must "
                              f"be integer label maps (re-run nnUNetv2_preprocess on integer labelsTr)")
-        return seg.astype(np.int32)
-    if seg.dtype.kind not in "iub":
+        seg = seg.astype(np.int32)
+    elif seg.dtype.kind not in "iub":
         raise ValueError(f"case {case}: segmentation of dtype {seg.dtype} is not an integer label map")
-    return seg
+    return seg, cc3d_connectivity(seg.ndim, connectivity)
 
 
 def compute_instances(seg: np.ndarray, ignore_label: int | None = None, connectivity: int = 26,
                       case: str = "") -> CaseInstances:
     """Instance map of a preprocessed segmentation (1, *spatial) or (*spatial) with integer labels."""
-    seg = _label_volume(seg, connectivity, case)
+    seg, cc3d_neighbourhood = _label_volume(seg, connectivity, case)
     labels = np.where(seg > 0, seg, 0)
     if ignore_label is not None:
         labels = np.where(labels == ignore_label, 0, labels)
-    components, n = cc3d.connected_components(np.ascontiguousarray(labels), connectivity=connectivity,
+    components, n = cc3d.connected_components(np.ascontiguousarray(labels), connectivity=cc3d_neighbourhood,
                                               return_N=True)
     sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
     classes = np.zeros(n, dtype=np.int64)
@@ -87,8 +87,8 @@ def instances_per_region(seg: np.ndarray, regions: Sequence[int | Sequence[int]]
     ``regions`` as nnU-Net's ``LabelManager.foreground_regions`` (BraTS: ``[(1, 2, 3), (2, 3), (3,)]``). Ids restart
     at 1 in every region channel; voxels outside a region (background, ignore label, -1) are 0.
     """
-    seg = _label_volume(seg, connectivity, case)
-    maps = [cc3d.connected_components(np.isin(seg, np.atleast_1d(region)), connectivity=connectivity)
+    seg, cc3d_neighbourhood = _label_volume(seg, connectivity, case)
+    maps = [cc3d.connected_components(np.isin(seg, np.atleast_1d(region)), connectivity=cc3d_neighbourhood)
             for region in regions]
     max_id = max((int(m.max()) for m in maps), default=0)
     return np.stack(maps).astype(smallest_id_dtype(max_id)) if maps else np.zeros((0, *seg.shape), np.uint8)

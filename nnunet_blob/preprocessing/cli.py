@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnunet_blob.cli import reports
+from nnunet_blob.instances.connectivity import CONNECTIVITIES
+from nnunet_blob.io import reports
 from nnunet_blob.preprocessing.errors import InstanceMapError
 
 
@@ -33,7 +34,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("-p", "-plans_name", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("-np", type=int, default=None,
                         help="worker processes (default: nnU-Net's, nnUNet_def_n_proc or 8)")
-    parser.add_argument("--connectivity", type=int, choices=(26, 18, 6), default=26,
-                        help="voxel connectivity of the components (default 26, as the blob loss paper)")
+    parser.add_argument("--connectivity", type=int, choices=CONNECTIVITIES, default=None,
+                        help="voxel connectivity of the components (default: that of the existing maps, else 26 as "
+                             "in the blob loss paper); the trainers use the maps' connectivity")
     parser.add_argument("--overwrite", action="store_true", help="recompute every case")
     parser.set_defaults(func=run)

@@ -46,7 +46,7 @@ class ConfigurationLocation:
     @property
     def foreground_labels(self) -> list[int]:
         """The labels whose components are instances (all foreground labels; region datasets store labels)."""
-        labels = set()
+        labels: set[int] = set()
         for name, value in self.dataset_json["labels"].items():
             if name != "ignore":
                 labels.update(int(x) for x in (value if isinstance(value, (list, tuple)) else [value]))
@@ -88,7 +88,7 @@ def dataset_name(dataset: str | int) -> str:
         return maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:
         raise InstanceMapError(f"dataset {dataset!r} not found in nnUNet_preprocessed ({preprocessed_root()}) or "
-                               f"nnUNet_raw. Run nnUNetv2_plan_and_preprocess -d {dataset} first. ({e})") from None
+                               f"nnUNet_raw. Run nnUNetv2_plan_and_preprocess -d {dataset} first. ({e})") from e
 
 
 def locate(dataset: str | int, plans_identifier: str, configuration: str) -> ConfigurationLocation:

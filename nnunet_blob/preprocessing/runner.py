@@ -10,16 +10,20 @@ shape and content hash).
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
 from nnunet_blob.instances.components import compute_instances, instances_per_region
-from nnunet_blob.io import atomic_write_json
+from nnunet_blob.instances.connectivity import CONNECTIVITIES
+from nnunet_blob.io import atomic_write_json, temporary_path
 from nnunet_blob.preprocessing.errors import InstanceMapError
 from nnunet_blob.preprocessing.locate import ConfigurationLocation, locate
-from nnunet_blob.preprocessing.store import FORMAT_VERSION, InstanceMapStore, file_unchanged, seg_fingerprint
+from nnunet_blob.preprocessing.store import FORMAT_VERSION, MANIFEST, InstanceMapStore, file_unchanged, seg_fingerprint
+
+#: connectivity of new maps when none is asked for (the blob loss paper's)
+DEFAULT_CONNECTIVITY = 26
 
 
 def default_num_processes() -> int:
@@ -29,30 +33,29 @@ def default_num_processes() -> int:
 
 
 def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",
-                         *, connectivity: int = 26, num_processes: Optional[int] = None, overwrite: bool = False,
-                         log: Callable[[str], None] = print, progress: bool = True) -> InstanceMapStore:
+                         *, connectivity: int | None = None, num_processes: int | None = None,
+                         overwrite: bool = False, write: bool = True, log: Callable[[str], None] = print,
+                         progress: bool = True) -> InstanceMapStore:
     """Make the instance maps of a configuration present and fresh; returns their store.
 
     Args:
         dataset: id or name, as nnU-Net's ``-d``.
         plans_identifier: e.g. ``nnUNetPlans`` or ``nnUNetResEncUNetMPlans``.
         configuration: e.g. ``3d_fullres``, ``2d``, ``3d_lowres``.
-        connectivity: 26, 18 or 6 (recorded; a change makes every map stale).
+        connectivity: 26, 18 or 6 (recorded; maps of another connectivity are recomputed). None: the connectivity
+            of the existing maps (their manifest), else 26. The log line says which one and why;
+            ``store.connectivity`` gives it.
         num_processes: worker processes (default: nnU-Net's ``nnUNet_def_n_proc``).
         overwrite: recompute every case.
+        write: False only checks: nothing is written (for DDP workers other than rank 0, which read what rank 0
+            wrote); raises :class:`InstanceMapError` naming the missing or stale cases and the command to run.
         log: where the one-line status goes (the trainers pass their log file printer).
     """
     location = locate(dataset, plans_identifier, configuration)
     store = InstanceMapStore(location.instance_folder)
-    try:
-        store.folder.mkdir(parents=True, exist_ok=True)
-        probe = store.folder / ".write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise InstanceMapError(f"cannot write instance maps to {store.folder} ({e}). Make it writable, or copy "
-                               f"{location.data_folder.parent} somewhere writable and point nnUNet_preprocessed "
-                               f"there.") from e
+    connectivity, why = _choose_connectivity(store, location, connectivity)
+    if write:
+        _check_writable(store, location)
 
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
@@ -66,22 +69,87 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
             records[case] = record
         else:
             todo.append((case, None if overwrite else record))
-    for gone in set(store.cases_on_disk()) - set(cases):
-        store.remove_case(gone)
+    gone = sorted(set(store.cases_on_disk()) - set(cases))
+    name = f"{location.dataset_name} {configuration}"
+    chosen = f"connectivity {connectivity}: {why}"
+    if not write:
+        _check_complete(store, location, settings, [case for case, _ in todo], gone, cases)
+        log(f"nnunet_blob: instance maps of {name}: all {len(cases)} cases up to date ({chosen}; checked, not "
+            f"written, in {store.folder})")
+        return store
+    for case in gone:
+        store.remove_case(case)
 
     if todo:
-        log(f"nnunet_blob: computing instance maps of {len(todo)} of {len(cases)} cases of {location.dataset_name} "
-            f"{configuration} (connectivity {connectivity}) into {store.folder}")
+        log(f"nnunet_blob: computing instance maps of {len(todo)} of {len(cases)} cases of {name} ({chosen}) into "
+            f"{store.folder}")
         jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record,
                  tuple(location.configuration_dict.get("patch_size", (128, 128, 128))))
                 for case, record in todo]
         for record in _run(jobs, num_processes or default_num_processes(), progress):
             records[record["case"]] = record
     else:
-        log(f"nnunet_blob: instance maps of {location.dataset_name} {configuration}: all {len(cases)} cases up to "
-            f"date ({store.folder})")
+        log(f"nnunet_blob: instance maps of {name}: all {len(cases)} cases up to date ({chosen}; {store.folder})")
     store.write_manifest(settings, {case: records[case] for case in cases})
     return store
+
+
+def _choose_connectivity(store: InstanceMapStore, location: ConfigurationLocation,
+                         connectivity: int | None) -> tuple[int, str]:
+    """(the connectivity to use, why): the one asked for, else that of the existing maps, else 26."""
+    manifest = store.manifest
+    existing = manifest.get("connectivity") if _same_settings(manifest, location) else None
+    if connectivity is None:
+        if existing in CONNECTIVITIES:
+            return existing, f"that of the existing maps, {store.folder / MANIFEST}"
+        return DEFAULT_CONNECTIVITY, "the default, no existing maps"
+    if connectivity not in CONNECTIVITIES:
+        raise InstanceMapError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity!r}")
+    if existing is not None and existing != connectivity:
+        return connectivity, f"as asked; the existing maps have connectivity {existing} and are recomputed"
+    return connectivity, "as asked"
+
+
+def _same_settings(manifest: dict, location: ConfigurationLocation) -> bool:
+    """Whether a manifest describes maps of this configuration's data as they are made now (any connectivity)."""
+    current = _settings(location, DEFAULT_CONNECTIVITY)
+    return bool(manifest) and all(manifest.get(k) == current[k] for k in FRESHNESS_KEYS if k != "connectivity")
+
+
+def _check_writable(store: InstanceMapStore, location: ConfigurationLocation) -> None:
+    """Create the folder and write and remove a probe of this process's own (parallel callers, e.g. DDP ranks, never
+    remove each other's)."""
+    try:
+        store.folder.mkdir(parents=True, exist_ok=True)
+        probe = temporary_path(store.folder / "write-test")
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise InstanceMapError(f"cannot write instance maps to {store.folder} ({e}). Make it writable, or copy "
+                               f"{location.data_folder.parent} somewhere writable and point nnUNet_preprocessed "
+                               f"there.") from e
+
+
+def _check_complete(store: InstanceMapStore, location: ConfigurationLocation, settings: dict, stale: list[str],
+                    gone: list[str], cases: list[str]) -> None:
+    """Raise :class:`InstanceMapError` unless the maps and the manifest are up to date (``write=False``)."""
+    manifest = store.manifest
+    problems = []
+    if stale:
+        problems.append(f"{len(stale)} of {len(cases)} cases are missing or stale ({', '.join(stale[:5])}"
+                        f"{', ...' if len(stale) > 5 else ''})")
+    if gone:
+        problems.append(f"cases no longer in the dataset are still there ({', '.join(gone[:5])})")
+    if not stale and (any(manifest.get(k) != settings[k] for k in FRESHNESS_KEYS)
+                      or sorted(manifest.get("cases", {})) != cases):
+        problems.append(f"{store.folder / MANIFEST} is missing or out of date")
+    if problems:
+        raise InstanceMapError(
+            f"the instance maps of {location.dataset_name} {location.configuration} (connectivity "
+            f"{settings['connectivity']}) in {store.folder} are not up to date: {'; '.join(problems)}. Compute them "
+            f"with `nnunet_blob preprocess -d {location.dataset_name} -p {location.plans_identifier} -c "
+            f"{location.configuration} --connectivity {settings['connectivity']}` (or from a process that may "
+            f"write them).")
 
 
 #: settings a map depends on; dataset, plans and configuration are only recorded (a cascade configuration shares
@@ -140,7 +208,7 @@ def _process_case(job) -> dict:
     except Exception as e:
         raise InstanceMapError(f"case {case}: cannot read its preprocessed segmentation in {data_folder} ({e}). "
                                f"Re-run nnUNetv2_preprocess -d {settings['dataset']} -c {settings['configuration']} "
-                               f"for it.") from None
+                               f"for it.") from e
     fingerprint = seg_fingerprint(seg, _seg_file(data_folder, case))
     if record is not None and _same_content(record, fingerprint, store, case, settings):
         record = {**record, "seg_fingerprint": fingerprint}  # same labels, new file: only refresh the record
@@ -151,7 +219,7 @@ def _process_case(job) -> dict:
         region_ids = None if settings["regions"] is None else instances_per_region(
             seg, settings["regions"], settings["connectivity"], case)
     except ValueError as e:
-        raise InstanceMapError(str(e)) from None
+        raise InstanceMapError(str(e)) from e
     return store.write_case(case, instances, fingerprint, settings, patch_size, region_ids)
 
 

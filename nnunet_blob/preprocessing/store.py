@@ -24,8 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_blob.instances.components import CaseInstances
-from nnunet_blob.instances.tables import (InstanceLocations, read_table, region_instance_locations,
-                                          sample_instance_locations, write_table)
+from nnunet_blob.instances.tables import (
+    InstanceLocations,
+    read_table,
+    region_instance_locations,
+    sample_instance_locations,
+    write_table,
+)
 from nnunet_blob.io import atomic_path, atomic_write_json
 from nnunet_blob.preprocessing.errors import InstanceMapError
 
@@ -70,7 +75,7 @@ class InstanceMapStore:
     def record(self, case: str) -> dict | None:
         try:
             return json.loads(self.record_path(case).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (OSError, ValueError):  # missing or damaged: the case is recomputed
             return None
 
     def open(self, case: str):
@@ -101,10 +106,15 @@ class InstanceMapStore:
                                    f"Recompute it with `nnunet_blob preprocess ... --overwrite`.") from e
 
     @property
+    def connectivity(self) -> int | None:
+        """The connectivity the maps were computed with (from the manifest); None before any were made."""
+        return self.manifest.get("connectivity")
+
+    @property
     def manifest(self) -> dict:
         try:
             return json.loads((self.folder / MANIFEST).read_text())
-        except FileNotFoundError:
+        except (OSError, ValueError):  # missing or damaged: as if no maps were made
             return {}
 
     # ---- writing ----------------------------------------------------------------------------------------------
@@ -140,7 +150,10 @@ class InstanceMapStore:
         return sorted(p.stem for p in self.folder.glob("*.json") if p.name != MANIFEST and not p.name.startswith("."))
 
     def write_manifest(self, settings: dict, records: dict) -> None:
-        atomic_write_json(self.folder / MANIFEST, {**settings, "format": FORMAT_VERSION, "cases": records})
+        """Write the manifest, unless it already says exactly this."""
+        manifest = {**settings, "format": FORMAT_VERSION, "cases": records}
+        if self.manifest != manifest:
+            atomic_write_json(self.folder / MANIFEST, manifest)
 
 
 def _class_map(instances: CaseInstances) -> np.ndarray:
