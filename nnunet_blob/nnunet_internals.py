@@ -52,7 +52,7 @@ def compile_enabled(trainer) -> bool:
     return bool(trainer._do_i_compile())
 
 
-def inner_loss(loss: nn.Module) -> nn.Module:
+def inner_loss(loss: Any) -> Any:
     """The per-scale loss inside nnU-Net's ``DeepSupervisionWrapper`` (its ``loss`` attribute), else ``loss``."""
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
@@ -69,27 +69,27 @@ def replace_inner_loss(loss: nn.Module, build: Callable[[nn.Module], nn.Module])
     return build(loss)
 
 
-def overlap_term(compound: nn.Module) -> nn.Module:
+def overlap_term(compound: Any) -> Any:
     """The Dice term of ``DC_and_CE_loss``/``DC_and_BCE_loss`` (attribute ``dc``), uncompiled."""
     return uncompiled(compound.dc)
 
 
-def replace_overlap_term(compound: nn.Module, term: nn.Module) -> None:
+def replace_overlap_term(compound: Any, term: nn.Module) -> None:
     """Put ``term`` where nnU-Net's compound loss has its Dice (``dc``)."""
     compound.dc = term
 
 
-def drop_cross_entropy(compound: nn.Module) -> None:
+def drop_cross_entropy(compound: Any) -> None:
     """Remove the CE/BCE term of ``DC_and_CE_loss``/``DC_and_BCE_loss`` (``weight_ce = 0`` skips it)."""
     compound.weight_ce = 0
 
 
-def uncompiled(module: nn.Module) -> nn.Module:
+def uncompiled(module: Any) -> Any:
     """The module ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), or ``module`` itself."""
     return getattr(module, "_orig_mod", module)
 
 
-def compiled_like(module: nn.Module, reference: nn.Module) -> nn.Module:
+def compiled_like(module: nn.Module, reference: Any) -> Any:
     """``module`` compiled with ``torch.compile``'s defaults when ``reference`` is a compiled module (as nnU-Net
     compiles its Dice in ``_build_loss``), else ``module``."""
     return torch.compile(module) if uncompiled(reference) is not reference else module
@@ -208,7 +208,7 @@ def dataset_identifiers(dataset) -> list:
     return dataset.identifiers
 
 
-def dataset_class_for(folder) -> type:
+def dataset_class_for(folder) -> Any:
     """nnU-Net's dataset class for a preprocessed data folder (``infer_dataset_class``: by file ending)."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 

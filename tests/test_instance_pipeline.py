@@ -219,7 +219,7 @@ def test_seg_with_instances_crops_lazily_and_renumbers():
 @pytest.mark.parametrize("seed", range(4))
 def test_instance_resampling_equals_batchgenerators_nearest_path(seed):
     """Our nearest resampling of the ids samples exactly where batchgeneratorsv2's own nearest mode does."""
-    from nnunet_blob.trainers.instance_transforms import CarryInstances, INSTANCE_MOVERS
+    from nnunet_blob.trainers.instance_transforms import INSTANCE_MOVERS, CarryInstances
 
     image, seg, instances = blobs_case(seed=seed)
     spatial = SpatialTransform((32, 32, 32), 0, False, p_rotation=1, rotation=(-np.pi / 4, np.pi / 4), p_scaling=1,

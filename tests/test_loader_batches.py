@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
-from conftest import build_trainer
-from test_instance_pipeline import assert_ids_inside_one_class, same_partition
 
+from conftest import build_trainer
 from nnunet_blob.preprocessing import ensure_instance_maps
 from nnunet_blob.trainers.instance_data import renumber_instances
 from nnunet_blob.trainers.instance_sampling import InstanceBalancedLocations
 from nnunet_blob.trainers.instance_transforms import unpack_instances
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling
+from test_instance_pipeline import assert_ids_inside_one_class, same_partition
 
 
 @pytest.fixture(scope="module")

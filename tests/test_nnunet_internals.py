@@ -16,7 +16,6 @@ from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.cropping import crop_tensor
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
-from conftest import build_trainer
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 from nnunetv2.training.logging.nnunet_logger import MetaLogger
@@ -28,6 +27,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from torch import nn
 from torch.nn.functional import grid_sample
 
+from conftest import build_trainer
 from nnunet_blob import nnunet_internals as internals
 
 

@@ -9,9 +9,9 @@ from collections import deque
 import numpy as np
 import pytest
 import torch
-from conftest import build_trainer
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from conftest import build_trainer
 from nnunet_blob.trainers.instance_transforms import make_instance_aware, unpack_instances
 from nnunet_blob.trainers.online_detection import patch_detection_counts
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice

@@ -84,7 +84,7 @@ def with_budget(base: type, suffix: str, epochs_variable: str = "NNUNET_BLOB_EPO
         variable = epochs_variable if name == "NNUNET_BLOB_EPOCHS" else name
         return int(os.environ.get(variable, BUDGET_VARIABLES[name]))
 
-    class BudgetTrainer(base):  # type: ignore[valid-type,misc]
+    class BudgetTrainer(base):
         def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                      device: torch.device = torch.device("cuda")):
             seed = setting("NNUNET_BLOB_SEED")

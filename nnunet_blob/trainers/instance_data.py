@@ -59,8 +59,8 @@ class SegWithInstances:
         channel_index, spatial = index[0], index[1:]
         if channel_index != slice(None):
             raise IndexError("SegWithInstances supports spatial crops of all channels only")
-        seg = np.asarray(self.seg[(slice(None), *spatial)])
-        inst = np.asarray(self.instances[(Ellipsis, *spatial)]).reshape(1, *seg.shape[1:])
+        seg = np.asarray(self.seg[(slice(None),) + tuple(spatial)])
+        inst = np.asarray(self.instances[(Ellipsis,) + tuple(spatial)]).reshape(1, *seg.shape[1:])
         if self._may_exceed_int16 and inst.size and inst.max() > MAX_INSTANCES_PER_PATCH:  # must survive int16
             inst = renumber_instances(inst)
         out = np.empty((seg.shape[0] + 1, *seg.shape[1:]), dtype=LOADER_SEG_DTYPE)
@@ -85,7 +85,7 @@ class InstanceDataset:
         self._dataset = dataset
         self._open_instances = open_instances
         self._open_table, self._sampling_exponent, self._groups = open_table, sampling_exponent, groups
-        self._balanced = {}
+        self._balanced: dict = {}
 
     def __getattr__(self, name):
         return getattr(self._dataset, name)
@@ -107,6 +107,7 @@ class InstanceDataset:
     def _balanced_locations(self, identifier, properties) -> dict:
         """The case's instance-balanced ``class_locations``, built on its first load (tables are small)."""
         if identifier not in self._balanced:
+            assert self._open_table is not None and self._sampling_exponent is not None
             from nnunet_blob.trainers.instance_sampling import balanced_class_locations
 
             self._balanced[identifier] = balanced_class_locations(

@@ -101,7 +101,7 @@ class OnlineInstanceScore(nnUNetTrainer):
         counts = np.sum([o.pop(_COUNTS).result() for o in val_outputs], axis=0)
         super().on_validation_epoch_end(val_outputs)
         if self.is_ddp:
-            gathered = [None] * torch.distributed.get_world_size()
+            gathered: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, counts)
             counts = np.sum(gathered, axis=0)
         f1 = instance_scores(counts)["F1"]

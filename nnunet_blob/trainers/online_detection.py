@@ -14,6 +14,7 @@ the host, in a background thread (:class:`BackgroundScorer`) so that they overla
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ class BackgroundScorer:
     the counts. The arrays handed over must not be changed afterwards (the loader's batches are fresh)."""
 
     def __init__(self, num_rows: int, regions: bool, ignore_label: int | None, connectivity: int):
-        self.options = {"num_rows": num_rows, "regions": regions, "ignore_label": ignore_label,
+        self.options: dict[str, Any] = {"num_rows": num_rows, "regions": regions, "ignore_label": ignore_label,
                         "connectivity": connectivity}
         self._executor: ThreadPoolExecutor | None = None
 

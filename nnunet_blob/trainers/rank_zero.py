@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -35,7 +35,7 @@ def after_rank_zero(work: Callable[[], T], check: Callable[[], T], *, what: str 
     """
     if not (dist.is_available() and dist.is_initialized()):
         return work()
-    group = dist.new_group(backend="gloo", timeout=WAIT_LIMIT)
+    group = cast(dist.ProcessGroup, dist.new_group(backend="gloo", timeout=WAIT_LIMIT))  # every rank is a member
     status = torch.tensor([_OK], dtype=torch.int64)
     try:
         if dist.get_rank() == 0:

@@ -10,6 +10,8 @@ Train with ``nnUNetv2_train DATASET CONFIG FOLD -tr <class name>``. Other weight
 """
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, TverskyLoss
@@ -92,7 +94,7 @@ class nnUNetTrainerBlobDice(InstanceAwareTrainer, GlobalTermTrainer):
     blob_masking = True
 
     def build_instance_loss(self, nnunet_loss: nn.Module) -> nn.Module:
-        options = {"masking": self.blob_masking}
+        options: dict[str, Any] = {"masking": self.blob_masking}
         if self.blob_inner == "tversky":
             options.update(tversky_alpha=self.tversky_alpha, tversky_beta=self.tversky_beta)
         regions = self.label_manager.has_regions
