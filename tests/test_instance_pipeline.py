@@ -231,3 +231,9 @@ def test_instance_resampling_equals_batchgenerators_nearest_path(seed):
     nearest_seg, moved = out["segmentation"][0], out["instances"][0]
     assert torch.equal(moved > 0, nearest_seg > 0)
     assert_ids_inside_one_class(nearest_seg, moved)
+
+
+def test_region_pipeline_without_nnunets_region_conversion_is_refused_clearly():
+    pipeline = ComposeTransforms([MirrorTransform((0, 1, 2))])  # a custom pipeline that lost the conversion
+    with pytest.raises(ValueError, match="ConvertSegmentationToRegionsTransform.*MirrorTransform"):
+        make_instance_aware(pipeline, num_regions=2)

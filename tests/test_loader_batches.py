@@ -1,11 +1,13 @@
 """Batches of the trainers' real nnU-Net data loaders carry instance maps that match their segmentations."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
-from conftest import build_trainer
+from conftest import build_trainer, run_cli
 from nnunet_blob.preprocessing import ensure_instance_maps
 from nnunet_blob.trainers.instance_data import renumber_instances
 from nnunet_blob.trainers.instance_sampling import InstanceBalancedLocations
@@ -60,3 +62,17 @@ def test_instance_sampling_trainer_uses_balanced_locations(blobs, single_process
     batch = next(train_loader)
     _, instances = unpack_instances(batch["target"], 1)
     assert instances[0][-1].max() > 0  # the forced-foreground sample (last of the batch) holds an instance
+
+
+def test_trainer_keeps_the_connectivity_the_maps_were_made_with(blobs):
+    """Maps made with ``nnunet_blob preprocess --connectivity 18`` are used as they are, also by the online score."""
+    run_cli("nnunet_blob", "preprocess", "-d", 601, "-c", "3d_fullres", "--connectivity", 18, "-np", 1)
+    try:
+        trainer = build_trainer(nnUNetTrainerBlobDice, blobs)
+        trainer.get_tr_and_val_datasets()
+        log = Path(trainer.log_file).read_text()
+        assert "computing instance maps" not in log and "connectivity 18" in log, log
+        assert trainer.instance_maps().connectivity == 18 == trainer.online_connectivity
+        assert trainer._online_scorer().options["connectivity"] == 18
+    finally:
+        run_cli("nnunet_blob", "preprocess", "-d", 601, "-c", "3d_fullres", "--connectivity", 26, "-np", 1)

@@ -3,16 +3,21 @@ error (or the death) of rank 0 ends the wait on every rank instead of a hang. gl
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import traceback
 from datetime import timedelta
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import build_trainer
 from nnunet_blob.trainers.rank_zero import after_rank_zero
+from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
 
 WORLD = 2
 #: the default group's timeout in these tests: rank 0 works longer than that
@@ -141,3 +146,34 @@ def test_the_death_of_rank_zero_ends_the_wait():
 
 def test_without_a_process_group_the_work_runs_here():
     assert after_rank_zero(lambda: "computed", lambda: "checked") == "computed"
+
+
+class RecordingBlobDice(nnUNetTrainerBlobDice):
+    """Keeps what every rank logs (nnU-Net writes the log file on rank 0 only)."""
+
+    def print_to_log_file(self, *args, **kwargs):
+        self.lines = [*getattr(self, "lines", []), " ".join(map(str, args))]
+        super().print_to_log_file(*args, **kwargs)
+
+
+def _trainer_ranks(rank: int, port: int, results, dataset: str) -> None:
+    _join(port, rank)
+    try:
+        trainer = build_trainer(RecordingBlobDice, dataset, initialize=False)
+        store = trainer.instance_maps()
+        results[rank] = (str(store.folder), store.connectivity, trainer.lines)
+    except BaseException as e:  # noqa: BLE001
+        results[rank] = _describe(e) + traceback.format_exc()
+
+
+def test_trainer_ranks_compute_the_maps_once_and_only_check_them_elsewhere(preprocessed):
+    dataset = preprocessed(601, configurations=("2d", "3d_fullres"), num_train=6, num_test=2)
+    shutil.rmtree(Path(os.environ["nnUNet_preprocessed"]) / dataset / "nnUNetPlans_3d_fullres_instances",
+                  ignore_errors=True)
+    results, _ = run_ranks(partial(_trainer_ranks, dataset=dataset))
+    assert all(isinstance(results[rank], tuple) for rank in range(WORLD)), results
+    (folder_0, connectivity_0, log_0), (folder_1, connectivity_1, log_1) = results[0], results[1]
+    assert folder_0 == folder_1 and connectivity_0 == connectivity_1 == 26
+    assert any("computing instance maps of 6 of 6 cases" in line for line in log_0)
+    assert not any("computing" in line for line in log_1)
+    assert any("checked, not written" in line for line in log_1)

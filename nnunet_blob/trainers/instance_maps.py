@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_blob.preprocessing.runner import DEFAULT_CONNECTIVITY
 from nnunet_blob.trainers.instance_data import InstanceDataset
 from nnunet_blob.trainers.instance_sampling import region_groups
 from nnunet_blob.trainers.instance_transforms import make_instance_aware
 from nnunet_blob.trainers.rank_zero import after_rank_zero
-
-#: connectivity of region instances labelled on the patches when no maps are read
-DEFAULT_CONNECTIVITY = 26
 
 
 class InstanceMapsTrainer(nnUNetTrainer):
@@ -42,10 +40,12 @@ class InstanceMapsTrainer(nnUNetTrainer):
 
     @property
     def online_connectivity(self) -> int:
-        """The connectivity of the instances: the maps' (as ``nnunet_blob preprocess`` made them), else the
-        trainer's setting or 26."""
+        """The connectivity of the instances: the maps' (as ``nnunet_blob preprocess`` made them); region datasets
+        that read no maps: the trainer's setting, else that of new maps (26)."""
         if self.reads_instance_maps:
-            return getattr(self.instance_maps(), "connectivity", 26)  # TEMPORARY until store.connectivity
+            connectivity = self.instance_maps().connectivity
+            assert connectivity is not None, "instance maps without a connectivity in their manifest"
+            return connectivity
         return self.instance_connectivity or DEFAULT_CONNECTIVITY
 
     def instance_maps(self):
@@ -55,8 +55,8 @@ class InstanceMapsTrainer(nnUNetTrainer):
 
             def ensure(write: bool):
                 return ensure_instance_maps(self.plans_manager.dataset_name, self.plans_manager.plans_name,
-                                            self.configuration_name, connectivity=self.instance_connectivity or 26,
-                                            log=self.print_to_log_file)  # TEMPORARY: write=write
+                                            self.configuration_name, connectivity=self.instance_connectivity,
+                                            write=write, log=self.print_to_log_file)
 
             self._instance_store = after_rank_zero(lambda: ensure(True), lambda: ensure(False),
                                                    log=self.print_to_log_file)

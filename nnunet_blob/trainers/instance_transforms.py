@@ -249,7 +249,15 @@ def make_instance_aware(pipeline: ComposeTransforms, num_regions: int | None = N
     """
     if num_regions is not None:  # region instances are labelled after the region conversion, nothing to carry
         stages = [_carry(t) for t in pipeline.transforms]
-        cut = next(i for i, t in enumerate(pipeline.transforms) if isinstance(t, ConvertSegmentationToRegionsTransform))
+        cut = next((i for i, t in enumerate(pipeline.transforms)
+                    if isinstance(t, ConvertSegmentationToRegionsTransform)), None)
+        if cut is None:
+            raise ValueError(
+                f"region-based training ({num_regions} regions) expects nnU-Net's "
+                f"ConvertSegmentationToRegionsTransform at the top level of the pipeline (nnU-Net's "
+                f"get_training_transforms/get_validation_transforms add it when given regions); this pipeline has "
+                f"{[type(t).__name__ for t in pipeline.transforms]}. A trainer that builds its own pipeline must "
+                f"keep that transform, or instance maps cannot be labelled per region.")
         stages.insert(cut + 1, RegionInstances(num_regions, connectivity))
         return ComposeTransforms(stages + [PackInstances()])
     stages = [SplitInstances()] + [_carry(t) for t in pipeline.transforms]
