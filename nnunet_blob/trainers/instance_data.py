@@ -75,7 +75,8 @@ class InstanceDataset:
     leaves the segmentation as it is (region-based datasets label their instances on each patch).
     With ``sampling_exponent`` set, ``open_table(identifier)`` gives the case's instance table and the case's
     ``class_locations`` are replaced by instance-balanced ones (:mod:`.instance_sampling`; ``groups`` as there).
-    Everything else is delegated to the wrapped dataset.
+    Everything else is delegated to the wrapped dataset. Picklable (nnU-Net's loader processes receive it pickled
+    under the spawn start method) when the wrapped dataset and the callables are.
     """
 
     def __init__(self, dataset, open_instances: Callable[[str], object] | None, open_table: Callable | None = None,
@@ -88,7 +89,12 @@ class InstanceDataset:
         self._balanced: dict = {}
 
     def __getattr__(self, name):
-        return getattr(self._dataset, name)
+        # only reached for attributes this object lacks; while unpickling (before __dict__ is restored) there is
+        # no _dataset yet, and looking it up here again would recurse
+        dataset = self.__dict__.get("_dataset")
+        if dataset is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(dataset, name)
 
     def __getitem__(self, identifier):
         return self.load_case(identifier)
