@@ -75,8 +75,8 @@ def overlap_term(compound: Any) -> Any:
 
 
 def replace_overlap_term(compound: Any, term: nn.Module) -> None:
-    """Put ``term`` where nnU-Net's compound loss has its Dice (``dc``)."""
-    compound.dc = term
+    """Put ``term`` where nnU-Net's compound loss has its Dice (``dc``), compiled where nnU-Net compiled its Dice."""
+    compound.dc = compiled_like(term, compound.dc)
 
 
 def drop_cross_entropy(compound: Any) -> None:

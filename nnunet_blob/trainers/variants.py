@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, TverskyLoss
-from nnunet_blob.nnunet_internals import drop_cross_entropy, overlap_term, replace_overlap_term
+from nnunet_blob.nnunet_internals import compile_enabled, drop_cross_entropy, overlap_term, replace_overlap_term
 from nnunet_blob.trainers.base import InstanceAwareTrainer, LossVariantTrainer
 
 
@@ -37,6 +37,8 @@ class GlobalTermTrainer(LossVariantTrainer):
                                                           do_bg=dice.do_bg, smooth=dice.smooth,
                                                           alpha=self.tversky_alpha, beta=self.tversky_beta,
                                                           ddp=dice.ddp))
+            if compile_enabled(self):
+                self.print_to_log_file("nnunet_blob: the Tversky term is compiled, as nnU-Net compiles its Dice")
         elif self.global_overlap != "dice":
             raise ValueError(f"global_overlap must be 'dice' or 'tversky', got {self.global_overlap!r}")
         if not self.global_ce:
