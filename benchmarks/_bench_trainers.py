@@ -12,7 +12,7 @@ import cc3d
 import numpy as np
 import torch
 
-from nnunet_blob.nnunet_internals import trainer_plans
+from nnunet_blob.nnunet_internals import deep_supervision_scales, trainer_plans
 from nnunet_blob.trainers.instance_transforms import make_instance_aware
 
 DATASET = "Dataset999_Bench"
@@ -70,7 +70,7 @@ DATASET_JSON = {"channel_names": {"0": "MR"}, "labels": {"background": 0, "lesio
 def make_batch(trainer, batch: int, patch: int, instances: int, seed: int = 0):
     """(data, stock target list, packed target list) through nnU-Net's validation pipeline."""
     rng = np.random.default_rng(seed)
-    scales = trainer._get_deep_supervision_scales()
+    scales = deep_supervision_scales(trainer)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     stock_pipeline = nnUNetTrainer.get_validation_transforms(scales)

@@ -11,6 +11,7 @@ Trainer: :class:`BuildLossHook` (``_build_loss``), :func:`compile_enabled` (``_d
 :func:`replace_overlap_term`/:func:`drop_cross_entropy` (``DC_and_CE_loss.dc``/``weight_ce``),
 :func:`uncompiled`/:func:`compiled_like` (``_orig_mod``), :func:`logged_values` (``my_fantastic_logging``),
 :func:`validation_tp_fp_fn` and :func:`autocast_like_nnunet` (what ``validation_step`` computes inline),
+:func:`deep_supervision_scales` (``_get_deep_supervision_scales``), :func:`stop_loader` (``_finish``),
 :func:`trainer_plans` (``plans['continue_training']``).
 Augmentation: :func:`seg_grid_sample_options`, :func:`spatial_grid`, :func:`spatial_crop_center`
 (``SpatialTransform`` internals), :func:`apply_to_segmentation` (``_apply_to_segmentation``).
@@ -139,6 +140,20 @@ def validation_tp_fp_fn(output: torch.Tensor, target: torch.Tensor, label_manage
     if not label_manager.has_regions:  # nnU-Net drops the background of softmax outputs
         tp, fp, fn = tp[1:], fp[1:], fn[1:]
     return {"tp_hard": tp, "fp_hard": fp, "fn_hard": fn}
+
+
+def deep_supervision_scales(trainer) -> list:
+    """The relative size of each deep-supervision output, highest resolution first (private
+    ``_get_deep_supervision_scales``; nnU-Net's pipelines downsample the targets to them)."""
+    return trainer._get_deep_supervision_scales()
+
+
+def stop_loader(loader) -> None:
+    """Stop the worker processes of a loader ``get_dataloaders`` made (private ``_finish`` of batchgenerators'
+    multi-process augmenters, as ``on_train_end`` does); a single-process loader has none."""
+    finish = getattr(loader, "_finish", None)
+    if finish is not None:
+        finish()
 
 
 #: the key nnU-Net's ``nnUNetTrainer.__init__`` pops from the plans (``nnUNetv2_train --c`` sets it)

@@ -8,6 +8,7 @@ import pytest
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
 from conftest import build_trainer, run_cli
+from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.preprocessing import ensure_instance_maps
 from nnunet_blob.trainers.instance_data import renumber_instances
 from nnunet_blob.trainers.instance_sampling import InstanceBalancedLocations
@@ -29,7 +30,7 @@ def test_training_batches(blobs, single_process_loading, configuration):
         batch = next(train_loader)
         assert batch["data"].shape[1] == 1  # the instance channel does not reach the network input
         target, instances = unpack_instances(batch["target"], 1)
-        assert len(target) == len(trainer._get_deep_supervision_scales())
+        assert len(target) == len(deep_supervision_scales(trainer))
         for t, i in zip(target, instances):
             assert t.shape == i.shape
             for b in range(t.shape[0]):

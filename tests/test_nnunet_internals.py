@@ -291,3 +291,25 @@ def test_evaluation_helpers():
     assert region_mask.sum() == 5
     assert [int(v) for v in internals.tp_fp_fn_tn(ref_mask, pred_mask, ignore_mask=ref == 2)] == [1, 1, 1, 2]
     assert internals.label_or_region_key(1) == "1" and internals.label_or_region_key((1, 2)) == "(1, 2)"
+
+
+def test_deep_supervision_scales_are_the_pipelines_target_sizes(blobs):
+    trainer = build_trainer(nnUNetTrainer, blobs, initialize=False)
+    scales = internals.deep_supervision_scales(trainer)
+    pooling = trainer.configuration_manager.pool_op_kernel_sizes
+    assert len(scales) == len(pooling) - 1 and list(scales[0]) == [1.0, 1.0, 1.0]
+    pipeline = nnUNetTrainer.get_validation_transforms(scales)
+    seg = torch.zeros(1, *trainer.configuration_manager.patch_size, dtype=torch.int16)
+    targets = pipeline(image=torch.zeros(seg.shape), segmentation=seg)["segmentation"]
+    assert [tuple(t.shape[1:]) for t in targets] == [
+        tuple(round(p * s) for p, s in zip(trainer.configuration_manager.patch_size, scale)) for scale in scales]
+
+
+def test_stop_loader_ends_nnunets_loader_processes(blobs):
+    trainer = build_trainer(nnUNetTrainer, blobs)  # nnUNet_n_proc_DA=2: background processes
+    train_loader, val_loader = trainer.get_dataloaders()
+    workers = [p for loader in (train_loader, val_loader) for p in loader._processes]
+    assert workers and all(p.is_alive() for p in workers)
+    for loader in (train_loader, val_loader):
+        internals.stop_loader(loader)
+    assert not any(p.is_alive() for p in workers)

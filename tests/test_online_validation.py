@@ -12,6 +12,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from conftest import build_trainer
+from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.trainers.instance_transforms import make_instance_aware, unpack_instances
 from nnunet_blob.trainers.online_detection import patch_detection_counts
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
@@ -151,7 +152,7 @@ def packed_batch(trainer, seed: int = 0) -> dict:
     """A hand-made batch packed by the trainer's own validation pipeline: a few lesions per patch."""
     rng = np.random.default_rng(seed)
     patch = tuple(trainer.configuration_manager.patch_size)
-    pipeline = make_instance_aware(nnUNetTrainer.get_validation_transforms(trainer._get_deep_supervision_scales()))
+    pipeline = make_instance_aware(nnUNetTrainer.get_validation_transforms(deep_supervision_scales(trainer)))
     images, targets = [], []
     for _ in range(trainer.batch_size):
         seg = np.zeros(patch, np.int16)

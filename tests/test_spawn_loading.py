@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import build_trainer
+from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling
 
 
@@ -34,7 +35,7 @@ def test_instance_datasets_and_pipelines_survive_pickling(blobs):
     assert np.array_equal(seg[crop], seg2[crop])
     assert np.array_equal(properties["class_locations"][1][123], properties2["class_locations"][1][123])
 
-    scales = trainer._get_deep_supervision_scales()
+    scales = deep_supervision_scales(trainer)
     rotation, dummy_2d, patch, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     pipeline = trainer.get_training_transforms(trainer.configuration_manager.patch_size, rotation, scales,
                                                mirror_axes, dummy_2d, foreground_labels=[1])
