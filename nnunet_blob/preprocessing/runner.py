@@ -96,9 +96,9 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
 
 def _choose_connectivity(store: InstanceMapStore, location: ConfigurationLocation,
                          connectivity: int | None) -> tuple[int, str]:
-    """(the connectivity to use, why): the one asked for, else that of the existing maps, else 26."""
-    manifest = store.manifest
-    existing = manifest.get("connectivity") if _same_settings(manifest, location) else None
+    """(the connectivity to use, why): the one asked for, else that of the existing maps (also when they are stale
+    for another reason: the connectivity was the user's choice), else 26."""
+    existing = store.connectivity
     if connectivity is None:
         if existing in CONNECTIVITIES:
             return existing, f"that of the existing maps, {store.folder / MANIFEST}"
@@ -108,12 +108,6 @@ def _choose_connectivity(store: InstanceMapStore, location: ConfigurationLocatio
     if existing is not None and existing != connectivity:
         return connectivity, f"as asked; the existing maps have connectivity {existing} and are recomputed"
     return connectivity, "as asked"
-
-
-def _same_settings(manifest: dict, location: ConfigurationLocation) -> bool:
-    """Whether a manifest describes maps of this configuration's data as they are made now (any connectivity)."""
-    current = _settings(location, DEFAULT_CONNECTIVITY)
-    return bool(manifest) and all(manifest.get(k) == current[k] for k in FRESHNESS_KEYS if k != "connectivity")
 
 
 def _check_writable(store: InstanceMapStore, location: ConfigurationLocation) -> None:
