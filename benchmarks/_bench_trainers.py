@@ -18,6 +18,15 @@ from nnunet_blob.trainers.instance_transforms import make_instance_aware
 DATASET = "Dataset999_Bench"
 
 
+def add_shape_arguments(parser) -> None:
+    """Command-line options of the network and batch shape (:func:`make_plans`, :func:`make_batch`)."""
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--stages", type=int, default=5)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--instances", type=int, default=100)
+
+
 def placeholder_dataset() -> None:
     """The data folder a trainer of :data:`DATASET` looks into (one placeholder blosc2 file)."""
     folder = os.path.join(os.environ["nnUNet_preprocessed"], DATASET, "nnUNetPlans_3d_fullres")

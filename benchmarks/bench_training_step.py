@@ -22,16 +22,12 @@ from _workspace import workspace
 _WORKSPACE = workspace("nnunet_blob_bench_step_")
 
 import torch  # noqa: E402
-from _bench_trainers import build, make_batch, make_plans, placeholder_dataset  # noqa: E402
+from _bench_trainers import add_shape_arguments, build, make_batch, make_plans, placeholder_dataset  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--stages", type=int, default=5)
-    parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--instances", type=int, default=100)
+    add_shape_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--trainers", nargs="+",
                         default=["nnUNetTrainerBlobDice", "nnUNetTrainerBlobTversky", "nnUNetTrainerTopKDice",

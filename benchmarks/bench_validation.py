@@ -26,7 +26,7 @@ _WORKSPACE = workspace("nnunet_blob_bench_validation_")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _bench_trainers import build, make_batch, make_plans, placeholder_dataset  # noqa: E402
+from _bench_trainers import add_shape_arguments, build, make_batch, make_plans, placeholder_dataset  # noqa: E402
 
 WITHOUT = "nnUNetTrainerBlobDice without online F1"
 
@@ -47,11 +47,7 @@ def validation_epoch(trainer, batches, device) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--stages", type=int, default=5)
-    parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--instances", type=int, default=100)
+    add_shape_arguments(parser)
     parser.add_argument("--steps", type=int, default=5, help="validation steps per epoch (distinct batches)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -40,6 +40,17 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _outcome(results, key: str, rank: int, work) -> None:
+    """Run ``after_rank_zero(work, ...)``; record its error (or "no error") and how long it took."""
+    start = time.monotonic()
+    try:
+        after_rank_zero(work, lambda: "checked", poll_seconds=0.1)
+        results[key, rank] = "no error"
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        results[key, rank] = _describe(e)
+    results[f"{key} seconds", rank] = time.monotonic() - start
+
+
 def _slow_and_failing_rank_zero(rank: int, port: int, results) -> None:
     _join(port, rank)
     log = []
@@ -59,13 +70,7 @@ def _slow_and_failing_rank_zero(rank: int, port: int, results) -> None:
         time.sleep(1.0)
         raise ValueError("the maps could not be written")
 
-    start = time.monotonic()
-    try:
-        after_rank_zero(failing_work, lambda: "checked", poll_seconds=0.1)
-        results["failing", rank] = "no error"
-    except BaseException as e:  # noqa: BLE001
-        results["failing", rank] = _describe(e)
-    results["failing seconds", rank] = time.monotonic() - start
+    _outcome(results, "failing", rank, failing_work)
 
     # what a plain barrier does with the same default timeout: the waiting rank crashes
     try:
@@ -84,13 +89,7 @@ def _dying_rank_zero(rank: int, port: int, results) -> None:
         time.sleep(1.0)
         os._exit(3)  # killed, out of memory, ...
 
-    start = time.monotonic()
-    try:
-        after_rank_zero(dying_work, lambda: "checked", poll_seconds=0.1)
-        results["dying", rank] = "no error"
-    except BaseException as e:  # noqa: BLE001
-        results["dying", rank] = _describe(e)
-    results["dying seconds", rank] = time.monotonic() - start
+    _outcome(results, "dying", rank, dying_work)
 
 
 def run_ranks(target, timeout: float = 120.0) -> tuple[dict, list]:
