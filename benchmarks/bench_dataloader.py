@@ -1,8 +1,8 @@
 """Batches per second of the blob trainers' training loader vs nnU-Net's stock loader (same plans, same data).
 
 Loading and augmentation run in this process (nnUNet_n_proc_DA=0), so the figure is the per-batch cost without
-worker-pool effects. A synthetic dataset with ~300 instances per case. Targets: >= 0.9x stock (trainers issue),
-instance sampling >= 0.95x of the same loader without it (sampling issue). Instance sampling is measured twice: with
+worker-pool effects. A synthetic dataset with ~300 instances per case. Targets: >= 0.9x stock,
+instance sampling >= 0.95x of the same loader without it. Instance sampling is measured twice: with
 exponent 0 (its patches are centred elsewhere, e.g. more often near the border, which changes the cost of nnU-Net's
 own cropping and augmentation) and with exponent 1 (the voxel-uniform distribution of patches without it: only the
 machinery's own cost).
@@ -34,6 +34,7 @@ def main():
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+    from nnunet_blob.nnunet_internals import trainer_plans
     from nnunet_blob.synthetic import make_dataset
     from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling
 
@@ -46,7 +47,7 @@ def main():
     base = root / "preprocessed" / "Dataset702_BenchLoader"
     plans, dataset_json = json.loads((base / "nnUNetPlans.json").read_text()), json.loads(
         (base / "dataset.json").read_text())
-    plans["continue_training"] = False
+    plans = trainer_plans(plans)
     manifest = json.loads((base / "nnUNetPlans_3d_fullres_instances" / "manifest.json").read_text())
     instances = [r["num_instances"] for r in manifest["cases"].values()]
 

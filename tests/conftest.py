@@ -4,6 +4,7 @@ Everything runs the real nnU-Net command-line tools in subprocesses, as a user t
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_blob.demo.plans import shrink_plans
+from nnunet_blob.nnunet_internals import trainer_plans
 from nnunet_blob.synthetic import make_dataset
 
 TESTS = Path(__file__).parent
@@ -80,3 +82,22 @@ def preprocessed(nnunet_workspace):
         return _PREPROCESSED[key]
 
     return build
+
+
+def build_trainer(trainer_class, dataset: str, configuration: str = "3d_fullres", initialize: bool = True):
+    """A trainer of a preprocessed dataset of the workspace on the CPU, as ``nnUNetv2_train`` builds it (fold 0)."""
+    import torch
+
+    base = Path(os.environ["nnUNet_preprocessed"]) / dataset
+    plans = trainer_plans(json.loads((base / "nnUNetPlans.json").read_text()))
+    trainer = trainer_class(plans, configuration, 0, json.loads((base / "dataset.json").read_text()),
+                            torch.device("cpu"))
+    if initialize:
+        trainer.initialize()
+    return trainer
+
+
+@pytest.fixture
+def single_process_loading(monkeypatch):
+    """nnU-Net's SingleThreadedAugmenter: the loader runs in the test's process."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")

@@ -219,7 +219,7 @@ def test_seg_with_instances_crops_lazily_and_renumbers():
 @pytest.mark.parametrize("seed", range(4))
 def test_instance_resampling_equals_batchgenerators_nearest_path(seed):
     """Our nearest resampling of the ids samples exactly where batchgeneratorsv2's own nearest mode does."""
-    from nnunet_blob.trainers.instance_transforms import CarryInstances, INSTANCE_MOVERS
+    from nnunet_blob.trainers.instance_transforms import INSTANCE_MOVERS, CarryInstances
 
     image, seg, instances = blobs_case(seed=seed)
     spatial = SpatialTransform((32, 32, 32), 0, False, p_rotation=1, rotation=(-np.pi / 4, np.pi / 4), p_scaling=1,
@@ -231,3 +231,9 @@ def test_instance_resampling_equals_batchgenerators_nearest_path(seed):
     nearest_seg, moved = out["segmentation"][0], out["instances"][0]
     assert torch.equal(moved > 0, nearest_seg > 0)
     assert_ids_inside_one_class(nearest_seg, moved)
+
+
+def test_region_pipeline_without_nnunets_region_conversion_is_refused_clearly():
+    pipeline = ComposeTransforms([MirrorTransform((0, 1, 2))])  # a custom pipeline that lost the conversion
+    with pytest.raises(ValueError, match="ConvertSegmentationToRegionsTransform.*MirrorTransform"):
+        make_instance_aware(pipeline, num_regions=2)

@@ -1,15 +1,14 @@
 """Batches of the trainers' real nnU-Net data loaders carry instance maps that match their segmentations."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
+from conftest import build_trainer, run_cli
+from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.preprocessing import ensure_instance_maps
 from nnunet_blob.trainers.instance_data import renumber_instances
 from nnunet_blob.trainers.instance_sampling import InstanceBalancedLocations
@@ -23,30 +22,15 @@ def blobs(preprocessed):
     return preprocessed(601, configurations=("2d", "3d_fullres"), num_train=6, num_test=2)
 
 
-def make_trainer(trainer_class, dataset: str, configuration="3d_fullres"):
-    base = Path(os.environ["nnUNet_preprocessed"]) / dataset
-    plans = json.loads((base / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    trainer = trainer_class(plans, configuration, 0, json.loads((base / "dataset.json").read_text()),
-                            torch.device("cpu"))
-    trainer.initialize()
-    return trainer
-
-
-@pytest.fixture
-def single_process_loading(monkeypatch):
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # SingleThreadedAugmenter: the loader runs in this process
-
-
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
 def test_training_batches(blobs, single_process_loading, configuration):
-    trainer = make_trainer(nnUNetTrainerBlobDice, blobs, configuration)
+    trainer = build_trainer(nnUNetTrainerBlobDice, blobs, configuration)
     train_loader, _ = trainer.get_dataloaders()
     for _ in range(3):
         batch = next(train_loader)
         assert batch["data"].shape[1] == 1  # the instance channel does not reach the network input
         target, instances = unpack_instances(batch["target"], 1)
-        assert len(target) == len(trainer._get_deep_supervision_scales())
+        assert len(target) == len(deep_supervision_scales(trainer))
         for t, i in zip(target, instances):
             assert t.shape == i.shape
             for b in range(t.shape[0]):
@@ -55,7 +39,7 @@ def test_training_batches(blobs, single_process_loading, configuration):
 
 
 def test_validation_batches_equal_the_cropped_maps_up_to_renumbering(blobs, single_process_loading):
-    trainer = make_trainer(nnUNetTrainerBlobDice, blobs)
+    trainer = build_trainer(nnUNetTrainerBlobDice, blobs)
     _, val_loader = trainer.get_dataloaders()
     loader = val_loader.data_loader
     boxes, get_bbox = [], loader.get_bbox
@@ -70,7 +54,7 @@ def test_validation_batches_equal_the_cropped_maps_up_to_renumbering(blobs, sing
 
 
 def test_instance_sampling_trainer_uses_balanced_locations(blobs, single_process_loading):
-    trainer = make_trainer(nnUNetTrainerBlobDice_instSampling, blobs)
+    trainer = build_trainer(nnUNetTrainerBlobDice_instSampling, blobs)
     dataset_tr, _ = trainer.get_tr_and_val_datasets()
     key = dataset_tr.identifiers[0]
     locations = dataset_tr.load_case(key)[3]["class_locations"]
@@ -79,3 +63,17 @@ def test_instance_sampling_trainer_uses_balanced_locations(blobs, single_process
     batch = next(train_loader)
     _, instances = unpack_instances(batch["target"], 1)
     assert instances[0][-1].max() > 0  # the forced-foreground sample (last of the batch) holds an instance
+
+
+def test_trainer_keeps_the_connectivity_the_maps_were_made_with(blobs):
+    """Maps made with ``nnunet_blob preprocess --connectivity 18`` are used as they are, also by the online score."""
+    run_cli("nnunet_blob", "preprocess", "-d", 601, "-c", "3d_fullres", "--connectivity", 18, "-np", 1)
+    try:
+        trainer = build_trainer(nnUNetTrainerBlobDice, blobs)
+        trainer.get_tr_and_val_datasets()
+        log = Path(trainer.log_file).read_text()
+        assert "computing instance maps" not in log and "connectivity 18" in log, log
+        assert trainer.instance_maps().connectivity == 18 == trainer.online_connectivity
+        assert trainer._online_scorer().options["connectivity"] == 18
+    finally:
+        run_cli("nnunet_blob", "preprocess", "-d", 601, "-c", "3d_fullres", "--connectivity", 26, "-np", 1)

@@ -1,12 +1,25 @@
-"""What the demo trains on and for how long."""
+"""What the demo trains on and for how long, and the budget trainers that train that long.
+
+nnU-Net fixes ``num_epochs`` (1000) and the iterations per epoch (250 / 50) in ``nnUNetTrainer.__init__``.
+:func:`with_budget` derives a class that reads them from environment variables at construction, so the real
+``nnUNetv2_train`` CLI (and ``--c`` with a larger budget) runs it like any trainer, and seeds torch/numpy so that
+every trainer of a comparison starts from the same random state. The demo's ``<trainer>_demo`` classes
+(``demo/trainers/``) and the test suite's ``<trainer>_tiny`` classes are made with it.
+"""
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DEMO_SUFFIX = "_demo"
 TRAINER_FOLDER = Path(__file__).parent / "trainers"
 DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerBlobDice")
+
+#: environment variables read by budget trainers, with their defaults
+BUDGET_VARIABLES = {"NNUNET_BLOB_EPOCHS": 1, "NNUNET_BLOB_ITERATIONS": 3, "NNUNET_BLOB_VAL_ITERATIONS": 2,
+                    "NNUNET_BLOB_SEED": 0}
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,7 @@ class Budget:
     base_features: int | None  # reduced network (features of the first stage); None: nnU-Net's own plans
 
     def environment(self, seed: int) -> dict:
+        """The variables :func:`with_budget` trainers read."""
         return {"NNUNET_BLOB_EPOCHS": str(self.epochs), "NNUNET_BLOB_ITERATIONS": str(self.iterations),
                 "NNUNET_BLOB_VAL_ITERATIONS": str(self.val_iterations), "NNUNET_BLOB_SEED": str(seed)}
 
@@ -58,3 +72,30 @@ def demo_trainer_bases() -> dict:
         if name.startswith("nnUNetTrainer") and isinstance(value, type) and issubclass(value, nnUNetTrainer):
             bases[name] = value
     return bases
+
+
+def with_budget(base: type, suffix: str, epochs_variable: str = "NNUNET_BLOB_EPOCHS") -> type:
+    """``base`` with epochs/iterations from the environment (:data:`BUDGET_VARIABLES`), named ``base.__name__ +
+    suffix``; ``epochs_variable`` replaces ``NNUNET_BLOB_EPOCHS`` (the tests resume runs with a larger budget)."""
+    import numpy as np
+    import torch
+
+    def setting(name: str) -> int:
+        variable = epochs_variable if name == "NNUNET_BLOB_EPOCHS" else name
+        return int(os.environ.get(variable, BUDGET_VARIABLES[name]))
+
+    class BudgetTrainer(base):
+        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                     device: torch.device = torch.device("cuda")):
+            seed = setting("NNUNET_BLOB_SEED")
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs = setting("NNUNET_BLOB_EPOCHS")
+            self.num_iterations_per_epoch = setting("NNUNET_BLOB_ITERATIONS")
+            self.num_val_iterations_per_epoch = setting("NNUNET_BLOB_VAL_ITERATIONS")
+            self.save_every = 1
+
+    BudgetTrainer.__name__ = BudgetTrainer.__qualname__ = base.__name__ + suffix
+    return BudgetTrainer

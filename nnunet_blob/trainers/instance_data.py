@@ -10,12 +10,14 @@ again, so nnU-Net's own transforms see exactly what they expect.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-#: ids must fit the int16 the loader casts segmentation crops to
-MAX_INSTANCES_PER_PATCH = np.iinfo(np.int16).max
+from nnunet_blob.nnunet_internals import LOADER_SEG_DTYPE, dataset_identifiers, load_case
+
+#: ids must fit the type the loader casts segmentation crops to (int16)
+MAX_INSTANCES_PER_PATCH = int(np.iinfo(LOADER_SEG_DTYPE).max)
 
 
 def renumber_instances(ids: np.ndarray) -> np.ndarray:
@@ -29,7 +31,7 @@ def renumber_instances(ids: np.ndarray) -> np.ndarray:
     lookup = np.cumsum(present, dtype=np.int64) * present
     if lookup.max() > MAX_INSTANCES_PER_PATCH:
         raise ValueError(f"a patch holds {int(lookup.max())} instances, more than the {MAX_INSTANCES_PER_PATCH} "
-                         f"nnU-Net's int16 segmentation crops can carry; use a smaller patch size")
+                         f"nnU-Net's {LOADER_SEG_DTYPE} segmentation crops can carry; use a smaller patch size")
     return lookup[ids].astype(np.int32)
 
 
@@ -47,7 +49,7 @@ class SegWithInstances:
                              f"with --overwrite")
         self.seg, self.instances, self.case = seg, instances, case
         self.shape = (seg.shape[0] + 1, *seg.shape[1:])
-        self.dtype = np.dtype(np.int16)
+        self.dtype = LOADER_SEG_DTYPE
         self.ndim = len(self.shape)
         self._may_exceed_int16 = np.iinfo(instances.dtype).max > MAX_INSTANCES_PER_PATCH
 
@@ -57,11 +59,11 @@ class SegWithInstances:
         channel_index, spatial = index[0], index[1:]
         if channel_index != slice(None):
             raise IndexError("SegWithInstances supports spatial crops of all channels only")
-        seg = np.asarray(self.seg[(slice(None), *spatial)])
-        inst = np.asarray(self.instances[(Ellipsis, *spatial)]).reshape(1, *seg.shape[1:])
+        seg = np.asarray(self.seg[(slice(None),) + tuple(spatial)])
+        inst = np.asarray(self.instances[(Ellipsis,) + tuple(spatial)]).reshape(1, *seg.shape[1:])
         if self._may_exceed_int16 and inst.size and inst.max() > MAX_INSTANCES_PER_PATCH:  # must survive int16
             inst = renumber_instances(inst)
-        out = np.empty((seg.shape[0] + 1, *seg.shape[1:]), dtype=np.int16)
+        out = np.empty((seg.shape[0] + 1, *seg.shape[1:]), dtype=LOADER_SEG_DTYPE)
         out[:-1], out[-1:] = seg, inst
         return out
 
@@ -73,7 +75,8 @@ class InstanceDataset:
     leaves the segmentation as it is (region-based datasets label their instances on each patch).
     With ``sampling_exponent`` set, ``open_table(identifier)`` gives the case's instance table and the case's
     ``class_locations`` are replaced by instance-balanced ones (:mod:`.instance_sampling`; ``groups`` as there).
-    Everything else is delegated to the wrapped dataset.
+    Everything else is delegated to the wrapped dataset. Picklable (nnU-Net's loader processes receive it pickled
+    under the spawn start method) when the wrapped dataset and the callables are.
     """
 
     def __init__(self, dataset, open_instances: Callable[[str], object] | None, open_table: Callable | None = None,
@@ -83,19 +86,24 @@ class InstanceDataset:
         self._dataset = dataset
         self._open_instances = open_instances
         self._open_table, self._sampling_exponent, self._groups = open_table, sampling_exponent, groups
-        self._balanced = {}
+        self._balanced: dict = {}
 
     def __getattr__(self, name):
-        return getattr(self._dataset, name)
+        # only reached for attributes this object lacks; while unpickling (before __dict__ is restored) there is
+        # no _dataset yet, and looking it up here again would recurse
+        dataset = self.__dict__.get("_dataset")
+        if dataset is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(dataset, name)
 
     def __getitem__(self, identifier):
         return self.load_case(identifier)
 
     def __len__(self):
-        return len(self._dataset.identifiers)
+        return len(dataset_identifiers(self._dataset))
 
     def load_case(self, identifier):
-        data, seg, seg_prev, properties = self._dataset.load_case(identifier)
+        data, seg, seg_prev, properties = load_case(self._dataset, identifier)
         if self._sampling_exponent is not None:
             properties = {**properties, "class_locations": self._balanced_locations(identifier, properties)}
         if self._open_instances is not None:
@@ -105,6 +113,7 @@ class InstanceDataset:
     def _balanced_locations(self, identifier, properties) -> dict:
         """The case's instance-balanced ``class_locations``, built on its first load (tables are small)."""
         if identifier not in self._balanced:
+            assert self._open_table is not None and self._sampling_exponent is not None
             from nnunet_blob.trainers.instance_sampling import balanced_class_locations
 
             self._balanced[identifier] = balanced_class_locations(

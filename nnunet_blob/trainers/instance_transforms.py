@@ -24,15 +24,15 @@ silently desynchronising the maps.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Union
+from collections.abc import Callable
 
-import cc3d
 import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform, ImageOnlyTransform
 from batchgeneratorsv2.transforms.nnunet.random_binary_operator import ApplyRandomBinaryOperatorTransform
-from batchgeneratorsv2.transforms.nnunet.remove_connected_components import \
-    RemoveRandomConnectedComponentFromOneHotEncodingTransform
+from batchgeneratorsv2.transforms.nnunet.remove_connected_components import (
+    RemoveRandomConnectedComponentFromOneHotEncodingTransform,
+)
 from batchgeneratorsv2.transforms.nnunet.seg_to_onehot import MoveSegAsOneHotToDataTransform
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
@@ -44,11 +44,20 @@ from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, 
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentationToRegionsTransform
+from torch import nn
 from torch.nn.functional import grid_sample
+
+from nnunet_blob.instances.detection import label_components
+from nnunet_blob.nnunet_internals import (
+    apply_to_segmentation,
+    seg_grid_sample_options,
+    spatial_crop_center,
+    spatial_grid,
+)
 
 INSTANCES = "instances"
 
-Tensors = Union[torch.Tensor, List[torch.Tensor]]
+Tensors = torch.Tensor | list[torch.Tensor]
 
 
 class SplitInstances(BasicTransform):
@@ -90,35 +99,49 @@ def _resample_nearest(t: SpatialTransform, instances: torch.Tensor, params: dict
     label-wise interpolation may disagree on boundary voxels): every id then lies in its own class, and
     foreground voxels left without an id are excluded from the blob terms by the loss.
     """
-    if params["grid"] is None:
-        return crop_tensor(instances, [math.floor(i) for i in params["center_location_in_pixels"]], t.patch_size,
+    grid = spatial_grid(params)
+    if grid is None:
+        return crop_tensor(instances, [math.floor(i) for i in spatial_crop_center(params)], t.patch_size,
                            pad_mode="constant", pad_kwargs={"value": 0})
     k = instances.shape[0]  # 1, or the number of slices in nnU-Net's pseudo-2D augmentation (channel-major)
     target = seg_after[:k].reshape(k, -1)
     out = torch.zeros_like(target, dtype=instances.dtype)
     where = (target > 0).any(0).nonzero()[:, 0]
     if where.numel():
-        grid = params["grid"]
         points = grid.reshape(-1, grid.shape[-1])[where].reshape(1, *[1] * (grid.ndim - 2), -1, grid.shape[-1])
         stacked = _scratch((2 * k, *instances.shape[1:]))
         stacked[:k], stacked[k:] = instances, seg_before[:k]
-        sampled = grid_sample(stacked[None], points, mode="nearest",
-                              padding_mode=t._get_grid_sample_padding_mode(t.border_mode_seg),
-                              align_corners=t.align_corners).reshape(2 * k, -1)
+        sampled = grid_sample(stacked[None], points, mode="nearest", **seg_grid_sample_options(t)).reshape(2 * k, -1)
         ids, nearest_seg = sampled[:k], sampled[k:]
         keep = (ids > 0) & (nearest_seg == target[:, where])
         out[:, where] = torch.where(keep, ids, 0).to(out.dtype)
     return out.reshape(k, *seg_after.shape[1:])
 
 
+def _like_segmentation(t: BasicTransform, instances: torch.Tensor, params: dict, *_) -> Tensors:
+    """Flips (``MirrorTransform``) and deep-supervision downsampling move ids exactly like class labels."""
+    return apply_to_segmentation(t, instances, params)
+
+
+def _slices_to_channels(t, instances: torch.Tensor, *_) -> torch.Tensor:
+    """nnU-Net's pseudo-2D augmentation folds the first spatial axis into the channels (channel-major)."""
+    return instances.reshape(instances.shape[0] * instances.shape[1], *instances.shape[2:])
+
+
+def _channels_to_slices(t, instances: torch.Tensor, *_) -> torch.Tensor:
+    """... and unfolds it again afterwards (one instance channel)."""
+    return instances.reshape(1, instances.shape[0], *instances.shape[1:])
+
+
 #: how each voxel-moving transform moves the instance map: ``move(transform, instances, params, seg_before,
-#: seg_after)`` with the transform's random parameters and the segmentation before and after it
+#: seg_after)`` with the transform's random parameters and the segmentation before and after it (module-level
+#: functions: the pipeline is pickled into nnU-Net's loader processes)
 INSTANCE_MOVERS: dict = {
     SpatialTransform: _resample_nearest,
-    MirrorTransform: lambda t, x, p, *_: t._apply_to_segmentation(x, **p),
-    Convert3DTo2DTransform: lambda t, x, p, *_: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]),
-    Convert2DTo3DTransform: lambda t, x, p, *_: x.reshape(1, x.shape[0], *x.shape[1:]),
-    DownsampleSegForDSTransform: lambda t, x, p, *_: t._apply_to_segmentation(x, **p),
+    MirrorTransform: _like_segmentation,
+    Convert3DTo2DTransform: _slices_to_channels,
+    Convert2DTo3DTransform: _channels_to_slices,
+    DownsampleSegForDSTransform: _like_segmentation,
 }
 
 #: transforms known not to move voxels of the segmentation
@@ -155,10 +178,8 @@ class RegionInstances(BasicTransform):
         self.num_regions, self.connectivity = num_regions, connectivity
 
     def apply(self, data_dict, **params):
-        regions = data_dict["segmentation"][: self.num_regions].cpu().numpy().astype(np.uint8)
-        spatial_dims = regions.ndim - 1
-        connectivity = self.connectivity if spatial_dims == 3 else {26: 8, 18: 8, 6: 4}.get(self.connectivity, 8)
-        labels = [cc3d.connected_components(r, connectivity=connectivity).astype(np.int16) for r in regions]
+        regions = data_dict["segmentation"][: self.num_regions].cpu().numpy()
+        labels = [label_components(r, self.connectivity)[0].astype(np.int16) for r in regions]
         data_dict[INSTANCES] = torch.from_numpy(np.stack(labels))
         return data_dict
 
@@ -188,6 +209,19 @@ def unpack_instances(target: Tensors, num_instance_channels: int, as_bool: bool 
     return (seg.bool() if as_bool else seg), instances
 
 
+class PackedInstancesLoss(nn.Module):
+    """Adapter for nnU-Net's ``loss(output, target)`` calls: the instance maps ride in the last target channels
+    (:class:`PackInstances`); ``loss(output, target, instances)`` gets them separately."""
+
+    def __init__(self, loss: nn.Module, num_instance_channels: int, regions: bool):
+        super().__init__()
+        self.loss, self.num_instance_channels, self.regions = loss, num_instance_channels, regions
+
+    def forward(self, output: torch.Tensor, packed_target: torch.Tensor) -> torch.Tensor:
+        target, instances = unpack_instances(packed_target, self.num_instance_channels, as_bool=self.regions)
+        return self.loss(output, target, instances)
+
+
 def _carry(transform: BasicTransform) -> BasicTransform:
     """``transform`` made instance-aware (recursing into compositions and random wrappers)."""
     if isinstance(transform, ComposeTransforms):
@@ -215,7 +249,15 @@ def make_instance_aware(pipeline: ComposeTransforms, num_regions: int | None = N
     """
     if num_regions is not None:  # region instances are labelled after the region conversion, nothing to carry
         stages = [_carry(t) for t in pipeline.transforms]
-        cut = next(i for i, t in enumerate(pipeline.transforms) if isinstance(t, ConvertSegmentationToRegionsTransform))
+        cut = next((i for i, t in enumerate(pipeline.transforms)
+                    if isinstance(t, ConvertSegmentationToRegionsTransform)), None)
+        if cut is None:
+            raise ValueError(
+                f"region-based training ({num_regions} regions) expects nnU-Net's "
+                f"ConvertSegmentationToRegionsTransform at the top level of the pipeline (nnU-Net's "
+                f"get_training_transforms/get_validation_transforms add it when given regions); this pipeline has "
+                f"{[type(t).__name__ for t in pipeline.transforms]}. A trainer that builds its own pipeline must "
+                f"keep that transform, or instance maps cannot be labelled per region.")
         stages.insert(cut + 1, RegionInstances(num_regions, connectivity))
         return ComposeTransforms(stages + [PackInstances()])
     stages = [SplitInstances()] + [_carry(t) for t in pipeline.transforms]

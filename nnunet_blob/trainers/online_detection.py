@@ -1,65 +1,89 @@
-"""Online instance detection score on validation patches (blob loss paper, conference version section 2.5).
+"""Online instance detection score on the validation patches, scored while training goes on.
 
-A reference instance is detected when the prediction overlaps it by at least one voxel (instance sensitivity,
-IS); a predicted connected component is correct when it overlaps the reference (instance precision, IP);
-F1 = 2 IS IP / (IS + IP). Counts are pooled over all patches of an epoch.
+A reference instance is detected when the prediction overlaps it by at least one voxel, a predicted connected
+component is correct when it overlaps the reference (F. Kofler et al., "blob loss: instance imbalance aware loss
+functions for semantic segmentation", IPMI 2023, section 2.5; :mod:`nnunet_blob.instances.detection`). Counts are
+pooled over all patches of an epoch.
+
+The work is split where it is cheapest: the predicted labels are taken on the device (:func:`predicted_labels`,
+the argmax nnU-Net's pseudo Dice takes anyway, or its ``sigmoid > 0.5`` region masks) and cross to the host once
+as uint8 (:func:`labels_to_host`); the reference (the target and the patch's instance ids) is on the host
+already, as the loader delivered it. The connected components and counts (:func:`patch_detection_counts`) run on
+the host, in a background thread (:class:`BackgroundScorer`) so that they overlap the next batch's forward pass.
 """
 from __future__ import annotations
 
-import cc3d
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
 import numpy as np
 import torch
 
-#: keys of the per-patch counts, pooled over an epoch
-COUNT_KEYS = ("ref_instances", "ref_detected", "pred_components", "pred_correct")
+from nnunet_blob.instances.detection import COUNT_KEYS, detection_counts, label_components
+
+__all__ = ["COUNT_KEYS", "predicted_labels", "labels_to_host", "patch_detection_counts", "BackgroundScorer"]
 
 
-def detection_counts(pred: np.ndarray, ref_ids: np.ndarray, ref_mask: np.ndarray, connectivity: int = 26) -> np.ndarray:
-    """[reference instances, detected ones, predicted components, correct ones] of one binary map.
+def predicted_labels(output: torch.Tensor, regions: bool) -> torch.Tensor:
+    """The prediction nnU-Net's pseudo Dice scores: argmax labels (B, 1, ...) of softmax logits, or the region
+    masks ``sigmoid(output) > 0.5`` (B, R, ...) of region logits. Stays on the device of ``output``."""
+    return torch.sigmoid(output) > 0.5 if regions else output.argmax(1, keepdim=True)
 
-    ``pred`` and ``ref_mask`` are boolean, ``ref_ids`` the reference instance ids (0 = none) inside ``ref_mask``.
+
+def labels_to_host(labels: torch.Tensor, num_channels: int) -> np.ndarray:
+    """One small copy to the host, converted on the device first: uint8 (int16 for more than 256 output
+    channels)."""
+    return labels.to(torch.uint8 if num_channels <= 256 else torch.int16).cpu().numpy()
+
+
+def patch_detection_counts(predicted: np.ndarray, target: np.ndarray, instances: np.ndarray, num_rows: int,
+                           regions: bool, ignore_label: int | None, connectivity: int) -> np.ndarray:
+    """int64 (num_rows, 4) detection counts (:data:`COUNT_KEYS`) of a batch of patches, per class or region.
+
+    Args:
+        predicted: (B, 1, ...) predicted labels, or (B, R, ...) region masks (:func:`predicted_labels`).
+        target: (B, 1, ...) reference labels, or (B, R[+1], ...) region masks, the last channel the ignore mask when
+            the dataset has an ignore label (nnU-Net's region target).
+        instances: (B, 1, ...) or (B, R, ...) instance ids of the reference (0 = none), unique within a patch:
+            the reference instances are the ids on the reference's voxels.
+        num_rows: foreground classes (labels 1..num_rows) or regions.
+        ignore_label: the ignore label (label-based), or anything not None for a region dataset with one; ignored
+            voxels belong to neither the reference nor the prediction.
+        connectivity: 3D connectivity of the predicted components (6, 18, 26; 2D patches use its 2D counterpart).
     """
-    if pred.ndim == 2:
-        connectivity = 8 if connectivity in (18, 26) else 4
-    components, num_components = cc3d.connected_components(pred.astype(np.uint8), connectivity=connectivity,
-                                                           return_N=True)
-    ids = np.unique(ref_ids[ref_ids > 0])
-    detected = np.unique(ref_ids[(ref_ids > 0) & pred])
-    correct = np.unique(components[ref_mask & (components > 0)])
-    return np.array([ids.size, detected.size, num_components, correct.size], dtype=np.int64)
-
-
-def batch_detection_counts(output: torch.Tensor, target: torch.Tensor, instances: torch.Tensor, regions: bool,
-                           ignore_label=None, connectivity: int = 26) -> np.ndarray:
-    """(classes or regions, 4) counts of a batch from network logits, targets and the patch instance maps."""
-    output, target, instances = (t.detach().cpu() for t in (output, target, instances))
-    if regions:
-        predicted = (torch.sigmoid(output.float()) > 0.5).numpy()
-        valid = None if not ignore_label else (target[:, -1:] == 0).numpy()
-        reference = target[:, : output.shape[1]].numpy().astype(bool)
-        channels = range(output.shape[1])
-    else:
-        labels = output.argmax(1, keepdim=True).numpy()
-        valid = None if ignore_label is None else (target != ignore_label).numpy()
-        channels = range(1, output.shape[1])
-    counts = np.zeros((len(channels), len(COUNT_KEYS)), dtype=np.int64)
-    for b in range(output.shape[0]):
-        keep = True if valid is None else valid[b, 0]
-        for row, c in enumerate(channels):
+    counts = np.zeros((num_rows, len(COUNT_KEYS)), dtype=np.int64)
+    for b in range(predicted.shape[0]):
+        if regions:
+            valid = None if ignore_label is None else ~target[b, -1].astype(bool)
+        else:
+            valid = None if ignore_label is None else target[b, 0] != ignore_label
+        for row in range(num_rows):
             if regions:
-                pred, ref_mask, ids = predicted[b, c] & keep, reference[b, c] & keep, instances[b, c].numpy()
+                pred, ref, ids = predicted[b, row].astype(bool), target[b, row].astype(bool), instances[b, row]
             else:
-                pred, ref_mask = (labels[b, 0] == c) & keep, (target[b, 0] == c).numpy() & keep
-                ids = instances[b, 0].numpy()
-            counts[row] += detection_counts(pred, np.where(ref_mask, ids, 0), ref_mask, connectivity)
+                pred, ref, ids = predicted[b, 0] == row + 1, target[b, 0] == row + 1, instances[b, 0]
+            if valid is not None:
+                pred, ref = pred & valid, ref & valid
+            components, _ = label_components(pred, connectivity)
+            counts[row] += detection_counts(np.where(ref, ids, 0), components)
     return counts
 
 
-def f1_from_counts(counts: np.ndarray) -> float:
-    """Instance F1 over all classes from pooled counts; NaN when there is neither reference nor prediction."""
-    ref, detected, pred, correct = np.asarray(counts).reshape(-1, 4).sum(0)
-    if ref == 0 and pred == 0:
-        return float("nan")
-    sensitivity = detected / ref if ref else 0.0
-    precision = correct / pred if pred else 0.0
-    return 0.0 if sensitivity + precision == 0 else float(2 * sensitivity * precision / (sensitivity + precision))
+class BackgroundScorer:
+    """Scores batches with :func:`patch_detection_counts` in one background thread; ``submit`` returns a future of
+    the counts. The arrays handed over must not be changed afterwards (the loader's batches are fresh)."""
+
+    def __init__(self, num_rows: int, regions: bool, ignore_label: int | None, connectivity: int):
+        self.options: dict[str, Any] = {"num_rows": num_rows, "regions": regions, "ignore_label": ignore_label,
+                        "connectivity": connectivity}
+        self._executor: ThreadPoolExecutor | None = None
+
+    def submit(self, predicted: np.ndarray, target: np.ndarray, instances: np.ndarray) -> Future:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnunet_blob_online_detection")
+        return self._executor.submit(patch_detection_counts, predicted, target, instances, **self.options)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

@@ -10,9 +10,12 @@ Train with ``nnUNetv2_train DATASET CONFIG FOLD -tr <class name>``. Other weight
 """
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, TverskyLoss
+from nnunet_blob.nnunet_internals import compile_enabled, drop_cross_entropy, overlap_term, replace_overlap_term
 from nnunet_blob.trainers.base import InstanceAwareTrainer, LossVariantTrainer
 
 
@@ -27,15 +30,19 @@ class GlobalTermTrainer(LossVariantTrainer):
     global_ce = True
 
     def build_global_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        """nnU-Net's ``DC_and_CE_loss``/``DC_and_BCE_loss`` with the overlap term and CE chosen (changed in place)."""
         if self.global_overlap == "tversky":
-            dice = getattr(nnunet_loss.dc, "_orig_mod", nnunet_loss.dc)  # nnU-Net may have compiled it
-            nnunet_loss.dc = TverskyLoss(apply_nonlin=dice.apply_nonlin, batch_dice=dice.batch_dice, do_bg=dice.do_bg,
-                                         smooth=dice.smooth, alpha=self.tversky_alpha, beta=self.tversky_beta,
-                                         ddp=dice.ddp)
+            dice = overlap_term(nnunet_loss)
+            replace_overlap_term(nnunet_loss, TverskyLoss(apply_nonlin=dice.apply_nonlin, batch_dice=dice.batch_dice,
+                                                          do_bg=dice.do_bg, smooth=dice.smooth,
+                                                          alpha=self.tversky_alpha, beta=self.tversky_beta,
+                                                          ddp=dice.ddp))
+            if compile_enabled(self):
+                self.print_to_log_file("nnunet_blob: the Tversky term is compiled, as nnU-Net compiles its Dice")
         elif self.global_overlap != "dice":
             raise ValueError(f"global_overlap must be 'dice' or 'tversky', got {self.global_overlap!r}")
         if not self.global_ce:
-            nnunet_loss.weight_ce = 0
+            drop_cross_entropy(nnunet_loss)
         return nnunet_loss
 
     def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:
@@ -89,7 +96,7 @@ class nnUNetTrainerBlobDice(InstanceAwareTrainer, GlobalTermTrainer):
     blob_masking = True
 
     def build_instance_loss(self, nnunet_loss: nn.Module) -> nn.Module:
-        options = {"masking": self.blob_masking}
+        options: dict[str, Any] = {"masking": self.blob_masking}
         if self.blob_inner == "tversky":
             options.update(tversky_alpha=self.tversky_alpha, tversky_beta=self.tversky_beta)
         regions = self.label_manager.has_regions

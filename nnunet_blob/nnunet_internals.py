@@ -1,0 +1,268 @@
+"""Every private or internal nnU-Net / batchgeneratorsv2 API nnunet_blob relies on, in one place.
+
+nnU-Net 2.8 has no plugin interface for losses, instance data or validation: the plugin overrides private trainer
+hooks, reads attributes of its loss, logger and transforms, and relies on details of its data loader. Each of those
+is one entry below (a small function, class or constant with the reason it exists), the rest of the package uses
+the entry, and ``tests/test_nnunet_internals.py`` pins the behaviour of each, so an nnU-Net upgrade that changes
+one fails there, under the entry's name.
+
+Trainer: :class:`BuildLossHook` (``_build_loss``), :func:`compile_enabled` (``_do_i_compile``),
+:func:`inner_loss`/:func:`replace_inner_loss` (``DeepSupervisionWrapper.loss``), :func:`overlap_term`/
+:func:`replace_overlap_term`/:func:`drop_cross_entropy` (``DC_and_CE_loss.dc``/``weight_ce``),
+:func:`uncompiled`/:func:`compiled_like` (``_orig_mod``), :func:`logged_values` (``my_fantastic_logging``),
+:func:`validation_tp_fp_fn` and :func:`autocast_like_nnunet` (what ``validation_step`` computes inline),
+:func:`deep_supervision_scales` (``_get_deep_supervision_scales``), :func:`stop_loader` (``_finish``),
+:func:`trainer_plans` (``plans['continue_training']``).
+Augmentation: :func:`seg_grid_sample_options`, :func:`spatial_grid`, :func:`spatial_crop_center`
+(``SpatialTransform`` internals), :func:`apply_to_segmentation` (``_apply_to_segmentation``).
+Data loading: :data:`LOADER_SEG_DTYPE`, :func:`drawn_location` (``get_bbox``), :func:`load_case`,
+:func:`dataset_identifiers`, :func:`dataset_class_for`, :func:`identifiers_in_folder`, :func:`blosc2_block_and_chunk`.
+Evaluation: :func:`tp_fp_fn_tn`, :func:`label_or_region_mask`, :func:`label_or_region_key`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# ---- trainer ----------------------------------------------------------------------------------------------------
+
+
+class BuildLossHook:
+    """Routes nnU-Net's private ``_build_loss`` to :meth:`adapt_nnunet_loss`.
+
+    ``nnUNetTrainer.initialize`` sets ``self.loss = self._build_loss()``; nnU-Net's ``_build_loss`` builds its
+    compound loss (batch Dice, ignore label, regions, compile) and wraps it in ``DeepSupervisionWrapper``. Mix in
+    before ``nnUNetTrainer``.
+    """
+
+    def _build_loss(self):
+        return self.adapt_nnunet_loss(super()._build_loss())  # type: ignore[misc]
+
+    def adapt_nnunet_loss(self, loss: nn.Module) -> nn.Module:
+        """The loss to train with, given nnU-Net's (override)."""
+        return loss
+
+
+def compile_enabled(trainer) -> bool:
+    """Whether nnU-Net compiles this trainer's network and Dice (private ``_do_i_compile``: device, OS and
+    ``nnUNet_compile``)."""
+    return bool(trainer._do_i_compile())
+
+
+def inner_loss(loss: Any) -> Any:
+    """The per-scale loss inside nnU-Net's ``DeepSupervisionWrapper`` (its ``loss`` attribute), else ``loss``."""
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    return loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
+
+
+def replace_inner_loss(loss: nn.Module, build: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """``loss`` with its per-scale loss replaced by ``build(per-scale loss)``; the deep-supervision weights stay."""
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    if isinstance(loss, DeepSupervisionWrapper):
+        loss.loss = build(loss.loss)
+        return loss
+    return build(loss)
+
+
+def overlap_term(compound: Any) -> Any:
+    """The Dice term of ``DC_and_CE_loss``/``DC_and_BCE_loss`` (attribute ``dc``), uncompiled."""
+    return uncompiled(compound.dc)
+
+
+def replace_overlap_term(compound: Any, term: nn.Module) -> None:
+    """Put ``term`` where nnU-Net's compound loss has its Dice (``dc``), compiled where nnU-Net compiled its Dice."""
+    compound.dc = compiled_like(term, compound.dc)
+
+
+def drop_cross_entropy(compound: Any) -> None:
+    """Remove the CE/BCE term of ``DC_and_CE_loss``/``DC_and_BCE_loss`` (``weight_ce = 0`` skips it)."""
+    compound.weight_ce = 0
+
+
+def uncompiled(module: Any) -> Any:
+    """The module ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), or ``module`` itself."""
+    return getattr(module, "_orig_mod", module)
+
+
+def compiled_like(module: nn.Module, reference: Any) -> Any:
+    """``module`` compiled with ``torch.compile``'s defaults when ``reference`` is a compiled module (as nnU-Net
+    compiles its Dice in ``_build_loss``), else ``module``."""
+    return torch.compile(module) if uncompiled(reference) is not reference else module
+
+
+def logged_values(logger) -> dict:
+    """The per-epoch value lists of nnU-Net's ``MetaLogger`` (``local_logger.my_fantastic_logging``): ``log`` only
+    accepts keys present there, and checkpoints save and restore this dict."""
+    return logger.local_logger.my_fantastic_logging
+
+
+def autocast_like_nnunet(device: torch.device):
+    """The autocast context of nnU-Net's ``train_step``/``validation_step``: CUDA autocast on CUDA, none elsewhere."""
+    from nnunetv2.utilities.helpers import dummy_context
+
+    return torch.autocast(device.type, enabled=True) if device.type == "cuda" else dummy_context()
+
+
+def validation_tp_fp_fn(output: torch.Tensor, target: torch.Tensor, label_manager,
+                        predicted: torch.Tensor | None = None) -> dict:
+    """nnU-Net's pseudo-Dice counts of one validation step (``tp_hard``, ``fp_hard``, ``fn_hard``; numpy).
+
+    ``nnUNetTrainer.validation_step`` computes them inline from the highest-resolution output and target; this is
+    the same computation without zeroing the ignore label in ``target`` in place. ``predicted``: the argmax
+    labels (B, 1, ...) for softmax outputs or the boolean region prediction ``sigmoid(output) > 0.5`` when the
+    caller has them already.
+    """
+    from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+
+    axes = [0] + list(range(2, output.ndim))
+    if label_manager.has_regions:
+        onehot = (predicted if predicted is not None else torch.sigmoid(output) > 0.5).long()
+    else:
+        labels = predicted if predicted is not None else output.argmax(1)[:, None]
+        onehot = torch.zeros(output.shape, device=output.device, dtype=torch.float16)
+        onehot.scatter_(1, labels.long(), 1)
+    mask = None
+    if label_manager.has_ignore_label:
+        if not label_manager.has_regions:
+            mask = (target != label_manager.ignore_label).float()
+            target = torch.where(target == label_manager.ignore_label, 0, target)
+        else:
+            mask = ~target[:, -1:] if target.dtype == torch.bool else 1 - target[:, -1:]
+            target = target[:, :-1]
+    tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, target, axes=axes, mask=mask)
+    tp, fp, fn = (x.detach().cpu().numpy() for x in (tp, fp, fn))
+    if not label_manager.has_regions:  # nnU-Net drops the background of softmax outputs
+        tp, fp, fn = tp[1:], fp[1:], fn[1:]
+    return {"tp_hard": tp, "fp_hard": fp, "fn_hard": fn}
+
+
+def deep_supervision_scales(trainer) -> list:
+    """The relative size of each deep-supervision output, highest resolution first (private
+    ``_get_deep_supervision_scales``; nnU-Net's pipelines downsample the targets to them)."""
+    return trainer._get_deep_supervision_scales()
+
+
+def stop_loader(loader) -> None:
+    """Stop the worker processes of a loader ``get_dataloaders`` made (private ``_finish`` of batchgenerators'
+    multi-process augmenters, as ``on_train_end`` does); a single-process loader has none."""
+    finish = getattr(loader, "_finish", None)
+    if finish is not None:
+        finish()
+
+
+#: the key nnU-Net's ``nnUNetTrainer.__init__`` pops from the plans (``nnUNetv2_train --c`` sets it)
+CONTINUE_TRAINING_KEY = "continue_training"
+
+
+def trainer_plans(plans: dict, continue_training: bool = False) -> dict:
+    """A copy of ``plans`` a trainer can be constructed from directly (nnU-Net's ``run_training`` adds
+    ``continue_training``, which the trainer's ``__init__`` pops)."""
+    import copy
+
+    return {**copy.deepcopy(plans), CONTINUE_TRAINING_KEY: continue_training}
+
+
+# ---- augmentation (batchgeneratorsv2) ----------------------------------------------------------------------------
+
+
+def spatial_grid(params: dict) -> torch.Tensor | None:
+    """The sampling grid ``SpatialTransform.get_parameters`` drew (``grid_sample`` coordinates), None when the
+    transform only crops (no rotation, scaling or deformation this time)."""
+    return params["grid"]
+
+
+def spatial_crop_center(params: dict) -> list:
+    """The patch centre (voxels) of ``SpatialTransform`` parameters; without a grid the transform crops around
+    ``floor`` of it."""
+    return params["center_location_in_pixels"]
+
+
+def seg_grid_sample_options(transform) -> dict:
+    """``grid_sample`` options ``SpatialTransform`` uses for segmentations (private padding-mode mapping of
+    ``border_mode_seg``, and ``align_corners``)."""
+    return {"padding_mode": transform._get_grid_sample_padding_mode(transform.border_mode_seg),
+            "align_corners": transform.align_corners}
+
+
+def apply_to_segmentation(transform, segmentation: torch.Tensor, params: dict):
+    """What ``transform`` does to a segmentation with the random ``params`` it drew (private
+    ``_apply_to_segmentation``; ``MirrorTransform`` flips, ``DownsampleSegForDSTransform`` returns one tensor per
+    deep-supervision scale)."""
+    return transform._apply_to_segmentation(segmentation, **params)
+
+
+# ---- data loading ------------------------------------------------------------------------------------------------
+
+#: ``nnUNetDataLoader`` casts segmentation crops (``crop_and_pad_nd(..., cast_cropped_to=np.int16)``) to this type:
+#: every channel we stack onto the segmentation (instance ids) must fit it
+LOADER_SEG_DTYPE = np.dtype(np.int16)
+
+
+def drawn_location(class_locations: dict, key) -> Any:
+    """The forced-foreground voxel ``nnUNetDataLoader.get_bbox`` centres a patch on once it chose ``key``:
+    ``locations[np.random.choice(len(locations))]`` -- one draw, any object with ``len`` and integer indexing
+    (instance-balanced sampling stands in for ``locations`` and relies on this)."""
+    locations = class_locations[key]
+    return locations[np.random.choice(len(locations))]
+
+
+def load_case(dataset, identifier: str) -> tuple:
+    """``(data, seg, seg_prev, properties)`` of an nnU-Net dataset (``nnUNetDatasetBlosc2``/``Numpy``)."""
+    data, seg, seg_prev, properties = dataset.load_case(identifier)
+    return data, seg, seg_prev, properties
+
+
+def dataset_identifiers(dataset) -> list:
+    """The cases of an nnU-Net dataset object (attribute ``identifiers``)."""
+    return dataset.identifiers
+
+
+def dataset_class_for(folder) -> Any:
+    """nnU-Net's dataset class for a preprocessed data folder (``infer_dataset_class``: by file ending)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    return infer_dataset_class(str(folder))
+
+
+def identifiers_in_folder(folder) -> list:
+    """The cases of a preprocessed data folder, as nnU-Net lists them (``get_identifiers`` of its class)."""
+    return dataset_class_for(folder).get_identifiers(str(folder))
+
+
+def blosc2_block_and_chunk(shape, patch_size, bytes_per_voxel: int) -> tuple:
+    """Blosc2 ``(blocks, chunks)`` nnU-Net chooses for a (C, *spatial) array of this patch size
+    (``comp_blosc2_params``): crops of a patch decompress few chunks."""
+    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
+
+    return comp_blosc2_params(shape, patch_size, bytes_per_voxel)
+
+
+# ---- evaluation --------------------------------------------------------------------------------------------------
+
+
+def tp_fp_fn_tn(mask_ref: np.ndarray, mask_pred: np.ndarray, ignore_mask: np.ndarray | None = None) -> tuple:
+    """nnU-Net's voxel counts of one label or region (``evaluate_predictions.compute_tp_fp_fn_tn``)."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
+
+    return compute_tp_fp_fn_tn(mask_ref, mask_pred, ignore_mask)
+
+
+def label_or_region_mask(segmentation: np.ndarray, label_or_region) -> np.ndarray:
+    """The boolean mask of a label or region (``evaluate_predictions.region_or_label_to_mask``)."""
+    from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
+
+    return region_or_label_to_mask(segmentation, label_or_region)
+
+
+def label_or_region_key(label_or_region) -> str:
+    """The key nnU-Net's ``summary.json`` uses for a label or region
+    (``evaluate_predictions.label_or_region_to_key``)."""
+    from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
+
+    return label_or_region_to_key(label_or_region)

@@ -1,0 +1,152 @@
+"""Lesion-wise validation: an online instance F1 on the validation patches every epoch, and the lesion-wise
+metrics of nnU-Net's final validation.
+
+* :class:`FinalLesionWiseValidation`: after nnU-Net's ``perform_actual_validation`` (its ``summary.json``), the
+  lesion-wise metrics of the same predictions, ``validation/summary_instances.json``.
+* :class:`OnlineInstanceScore`: nnU-Net's validation step (same loss, same pseudo-Dice counts) plus the
+  detection counts of each validation batch (:mod:`.online_detection`), the instance F1 logged per epoch next to
+  nnU-Net's pseudo Dice and plotted in ``progress_instances.png`` beside nnU-Net's ``progress.png``.
+"""
+from __future__ import annotations
+
+import json
+from os.path import join
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_blob.instances.detection import COUNT_KEYS, instance_scores
+from nnunet_blob.nnunet_internals import autocast_like_nnunet, logged_values, validation_tp_fp_fn
+from nnunet_blob.trainers.instance_transforms import unpack_instances
+from nnunet_blob.trainers.online_detection import BackgroundScorer, labels_to_host, predicted_labels
+
+#: logger key of the online instance F1 (one value per epoch, saved in nnU-Net's checkpoints)
+INSTANCE_F1_KEY = "instance_f1"
+#: key of a validation step's detection counts (a future of the background scorer)
+_COUNTS = "instance_counts"
+
+
+class FinalLesionWiseValidation(nnUNetTrainer):
+    """nnU-Net's final validation, then the lesion-wise metrics next to its ``summary.json``."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        super().perform_actual_validation(save_probabilities)
+        if self.local_rank != 0:
+            return
+        from nnunetv2.configuration import default_num_processes
+
+        from nnunet_blob.evaluation.folder import evaluate_validation_folder
+
+        summary = evaluate_validation_folder(join(self.output_folder, "validation"),
+                                             join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
+                                             self.dataset_json, self.plans_manager.plans,
+                                             num_processes=default_num_processes)
+        pooled = json.loads(summary.read_text())["pooled_instances"]
+        scores = {k: {m: round(v[m], 4) for m in ("F1", "IS", "IP")} for k, v in pooled.items()}
+        self.print_to_log_file(f"nnunet_blob: lesion-wise validation metrics (pooled over cases) {scores}; "
+                               f"per case in {summary}")
+
+
+def _to(target, device):
+    return [t.to(device, non_blocking=True) for t in target] if isinstance(target, list) else \
+        target.to(device, non_blocking=True)
+
+
+class OnlineInstanceScore(nnUNetTrainer):
+    """Online instance F1 on the validation patches. The batches' targets carry the instance maps in their last
+    ``num_instance_channels`` channels; components are labelled with ``online_connectivity`` (both provided by
+    :class:`~nnunet_blob.trainers.instance_maps.InstanceMapsTrainer`)."""
+
+    num_instance_channels: int
+    online_connectivity: int
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._scorer: BackgroundScorer | None = None
+        self._ensure_logging_key()
+
+    def validation_step(self, batch: dict) -> dict:
+        """nnU-Net's validation step on the packed target, one forward pass: the loss, nnU-Net's pseudo-Dice counts
+        (:func:`~nnunet_blob.nnunet_internals.validation_tp_fp_fn`) and, in the background, the detection counts."""
+        host_target = batch["target"]
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = _to(host_target, self.device)
+        with autocast_like_nnunet(self.device):
+            output = self.network(data)
+            del data
+            loss = self.loss(output, target)
+        if self.enable_deep_supervision:  # scores on the highest resolution only, as nnU-Net's
+            output, target, host_target = output[0], target[0], host_target[0]
+        regions = self.label_manager.has_regions
+        target, _ = unpack_instances(target, self.num_instance_channels, as_bool=regions)
+        labels = predicted_labels(output, regions)
+        result = {"loss": loss.detach().cpu().numpy(),
+                  **validation_tp_fp_fn(output, target, self.label_manager, predicted=labels)}
+        reference, instances = unpack_instances(host_target.cpu(), self.num_instance_channels, as_bool=regions)
+        result[_COUNTS] = self._online_scorer().submit(labels_to_host(labels, output.shape[1]), reference.numpy(),
+                                                       instances.numpy())
+        return result
+
+    def _online_scorer(self) -> BackgroundScorer:
+        if self._scorer is None:
+            regions = self.label_manager.has_regions
+            rows = len(self.label_manager.foreground_regions) if regions else \
+                self.label_manager.num_segmentation_heads - 1
+            self._scorer = BackgroundScorer(rows, regions, self.label_manager.ignore_label, self.online_connectivity)
+        return self._scorer
+
+    def on_validation_epoch_end(self, val_outputs):
+        counts = np.sum([o.pop(_COUNTS).result() for o in val_outputs], axis=0)
+        super().on_validation_epoch_end(val_outputs)
+        if self.is_ddp:
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, counts)
+            counts = np.sum(gathered, axis=0)
+        f1 = instance_scores(counts)["F1"]
+        self.logger.log(INSTANCE_F1_KEY, f1, self.current_epoch)
+        totals = dict(zip(COUNT_KEYS, counts.sum(0).tolist()))
+        self.print_to_log_file(f"Online instance F1 (validation patches): {np.round(f1, 4)} {totals}")
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            plot_instance_progress(self.logger, self.output_folder)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self._scorer is not None:
+            self._scorer.close()
+
+    # the logging key survives checkpoints of runs that did not log it
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        self._ensure_logging_key()
+
+    def _ensure_logging_key(self):
+        logs = logged_values(self.logger)
+        if INSTANCE_F1_KEY not in logs:
+            logs[INSTANCE_F1_KEY] = [float("nan")] * len(logs["val_losses"])
+
+
+def plot_instance_progress(logger, output_folder: str) -> None:
+    """``progress_instances.png``: online instance F1 next to nnU-Net's pseudo Dice, per epoch."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    f1 = logger.get_value(INSTANCE_F1_KEY, step=None)
+    dice = logger.get_value("mean_fg_dice", step=None)
+    epochs = min(len(f1), len(dice))
+    fig, ax = plt.subplots(figsize=(12, 6))
+    ax.plot(range(epochs), f1[:epochs], color="tab:purple", lw=2, label="instance F1 (validation patches)")
+    ax.plot(range(epochs), dice[:epochs], color="g", ls="dotted", lw=2, label="pseudo Dice")
+    ax.set_xlabel("epoch")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title("nnunet_blob: online instance detection")
+    fig.tight_layout()
+    fig.savefig(join(output_folder, "progress_instances.png"))
+    plt.close(fig)

@@ -1,0 +1,315 @@
+"""One test per entry of nnunet_blob.nnunet_internals: the nnU-Net / batchgeneratorsv2 behaviour each relies on.
+
+An nnU-Net upgrade that changes one of these fails here, under the entry's name, before it fails somewhere deep in
+a training run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from batchgeneratorsv2.transforms.utils.cropping import crop_tensor
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from nnunetv2.training.logging.nnunet_logger import MetaLogger
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from torch import nn
+from torch.nn.functional import grid_sample
+
+from conftest import build_trainer
+from nnunet_blob import nnunet_internals as internals
+
+
+@pytest.fixture(scope="module")
+def blobs(preprocessed):
+    return preprocessed(601, configurations=("2d", "3d_fullres"), num_train=6, num_test=2)
+
+
+class Constant(nn.Module):
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, *args, **kwargs):
+        return torch.tensor(self.value)
+
+
+# ---- trainer ------------------------------------------------------------------------------------------------------
+
+
+def test_build_loss_hook_receives_nnunets_loss_and_sets_self_loss(blobs):
+    received = []
+
+    class Hooked(internals.BuildLossHook, nnUNetTrainer):
+        def adapt_nnunet_loss(self, loss):
+            received.append(loss)
+            return Constant(7.0)
+
+    trainer = build_trainer(Hooked, blobs)
+    assert isinstance(received[0], DeepSupervisionWrapper) and isinstance(received[0].loss, DC_and_CE_loss)
+    assert isinstance(trainer.loss, Constant)
+
+
+def test_compile_enabled_is_what_makes_nnunet_compile_its_dice(blobs):
+    class Compiling(nnUNetTrainer):
+        def _do_i_compile(self):
+            return True
+
+    plain, compiling = (build_trainer(cls, blobs, initialize=False) for cls in (nnUNetTrainer, Compiling))
+    assert not internals.compile_enabled(plain)  # the CPU: nnU-Net never compiles there
+    assert internals.compile_enabled(compiling)
+    dice = internals.inner_loss(compiling._build_loss()).dc
+    assert internals.uncompiled(dice) is not dice and isinstance(internals.uncompiled(dice),
+                                                                 MemoryEfficientSoftDiceLoss)
+
+
+def test_inner_loss_is_what_deep_supervision_applies_per_scale():
+    wrapper = DeepSupervisionWrapper(Constant(1.0), [0.5, 0.25, 0.0])
+    assert isinstance(internals.inner_loss(wrapper), Constant)
+    wrapper = internals.replace_inner_loss(wrapper, lambda inner: Constant(inner.value + 3.0))
+    assert float(wrapper([0, 0, 0], [0, 0, 0])) == 0.5 * 4 + 0.25 * 4
+    bare = internals.replace_inner_loss(Constant(1.0), lambda inner: Constant(2.0))
+    assert float(bare()) == 2.0
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_overlap_term_and_cross_entropy_of_nnunets_compound_losses(regions):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6, 6)
+    if regions:
+        target = torch.rand(2, 3, 6, 6, 6) > 0.5
+        loss = DC_and_BCE_loss({}, {"batch_dice": False, "do_bg": True, "smooth": 1e-5, "ddp": False},
+                               dice_class=MemoryEfficientSoftDiceLoss)
+        ce = nn.BCEWithLogitsLoss()(logits, target.float())
+    else:
+        target = torch.randint(0, 3, (2, 1, 6, 6, 6))
+        loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                              weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+        ce = nn.CrossEntropyLoss()(logits, target[:, 0])
+    assert isinstance(internals.overlap_term(loss), MemoryEfficientSoftDiceLoss)
+    internals.replace_overlap_term(loss, Constant(0.25))
+    torch.testing.assert_close(loss(logits, target), ce + 0.25)
+    internals.drop_cross_entropy(loss)
+    torch.testing.assert_close(loss(logits, target), torch.tensor(0.25))
+
+
+def test_uncompiled_and_compiled_like():
+    module = nn.Linear(2, 2)
+    compiled = torch.compile(module)
+    assert internals.uncompiled(compiled) is module and internals.uncompiled(module) is module
+    other = nn.Linear(2, 2)
+    assert internals.compiled_like(other, module) is other
+    recompiled = internals.compiled_like(other, compiled)
+    assert recompiled is not other and internals.uncompiled(recompiled) is other
+
+
+def test_logged_values_are_what_the_logger_logs_and_checkpoints(tmp_path):
+    logger = MetaLogger(str(tmp_path), False)
+    values = internals.logged_values(logger)
+    values["instance_f1"] = []
+    logger.log("instance_f1", 0.5, 0)
+    logger.log("val_losses", 1.0, 0)
+    assert logger.get_value("instance_f1", step=None) == [0.5]
+    restored = MetaLogger(str(tmp_path), False)
+    restored.load_checkpoint(logger.get_checkpoint())
+    assert internals.logged_values(restored)["instance_f1"] == [0.5]
+    with pytest.raises(AssertionError):  # keys must be added to the dict before logging
+        MetaLogger(str(tmp_path), False).log("not_a_key", 1.0, 0)
+
+
+def test_autocast_like_nnunet_on_the_cpu_is_no_autocast():
+    with internals.autocast_like_nnunet(torch.device("cpu")):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def _stock_validation_step(output, target, label_manager):
+    """nnU-Net's own validation_step on a network that returns ``output`` (no deep supervision)."""
+    fake_self = SimpleNamespace(device=torch.device("cpu"), network=lambda data: output,
+                                loss=lambda o, t: torch.tensor(0.0), enable_deep_supervision=False,
+                                label_manager=label_manager)
+    return nnUNetTrainer.validation_step(fake_self, {"data": torch.zeros(1), "target": target.clone()})
+
+
+@pytest.mark.parametrize("regions", [False, True])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_validation_tp_fp_fn_equals_nnunets_validation_step(regions, ignore):
+    torch.manual_seed(1)
+    labels = {"background": 0, "a": [1, 2], "b": 2} if regions else {"background": 0, "a": 1, "b": 2}
+    if ignore:
+        labels["ignore"] = 3
+    manager = LabelManager(labels, [1, 2] if regions else None)
+    output = torch.randn(2, manager.num_segmentation_heads, 8, 8, 8)
+    if regions:
+        target = torch.rand(2, 2 + ignore, 8, 8, 8) > 0.5
+    else:
+        target = torch.randint(0, 3 + ignore, (2, 1, 8, 8, 8)).to(torch.int16)
+    before = target.clone()
+    ours = internals.validation_tp_fp_fn(output, target, manager)
+    assert torch.equal(target, before)  # unlike nnU-Net's step, the target is left as it is
+    stock = _stock_validation_step(output, target, manager)
+    for key in ("tp_hard", "fp_hard", "fn_hard"):
+        assert np.array_equal(ours[key], stock[key]), key
+    predicted = torch.sigmoid(output) > 0.5 if regions else output.argmax(1, keepdim=True)
+    again = internals.validation_tp_fp_fn(output, target, manager, predicted=predicted)
+    assert all(np.array_equal(again[k], ours[k]) for k in ours)
+
+
+def test_trainer_plans_carry_the_key_nnunets_trainer_pops(blobs):
+    import json
+
+    plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / blobs / "nnUNetPlans.json").read_text())
+    with pytest.raises(KeyError, match=internals.CONTINUE_TRAINING_KEY):
+        nnUNetTrainer(dict(plans), "3d_fullres", 0, {}, torch.device("cpu"))
+    prepared = internals.trainer_plans(plans)
+    assert prepared[internals.CONTINUE_TRAINING_KEY] is False and internals.CONTINUE_TRAINING_KEY not in plans
+    assert build_trainer(nnUNetTrainer, blobs, initialize=False).plans_manager.plans.keys() == plans.keys()
+
+
+# ---- augmentation -------------------------------------------------------------------------------------------------
+
+
+def test_spatial_grid_and_crop_center_of_spatial_transform_parameters():
+    image = torch.randn(1, 20, 20, 20)
+    crop_only = SpatialTransform((12, 12, 12), 0, True, p_rotation=0, p_scaling=0, p_elastic_deform=0)
+    params = crop_only.get_parameters(image=image)
+    assert internals.spatial_grid(params) is None
+    center = internals.spatial_crop_center(params)
+    expected = crop_tensor(image, [int(np.floor(c)) for c in center], (12, 12, 12), pad_mode="constant",
+                           pad_kwargs={"value": 0})
+    assert torch.equal(crop_only._apply_to_image(image, **params), expected)
+    rotating = SpatialTransform((12, 12, 12), 0, True, p_rotation=1, rotation=(0.3, 0.5), p_scaling=0)
+    grid = internals.spatial_grid(rotating.get_parameters(image=image))
+    assert grid.shape == (12, 12, 12, 3)
+
+
+@pytest.mark.parametrize("border_mode_seg", ["zeros", "border"])
+def test_seg_grid_sample_options_reproduce_the_transforms_nearest_segmentation(border_mode_seg):
+    torch.manual_seed(2)
+    seg = torch.randint(0, 4, (1, 20, 20, 20)).float()
+    t = SpatialTransform((12, 12, 12), 0, True, p_rotation=1, rotation=(0.3, 0.5), p_scaling=1, scaling=(0.8, 1.2),
+                         mode_seg="nearest", border_mode_seg=border_mode_seg)
+    params = t.get_parameters(image=seg, segmentation=seg)
+    ours = grid_sample(seg[None], internals.spatial_grid(params)[None], mode="nearest",
+                       **internals.seg_grid_sample_options(t))[0]
+    assert torch.equal(ours, t._apply_to_segmentation(seg, **params))
+
+
+def test_apply_to_segmentation_mirrors_and_downsamples_like_the_transforms():
+    torch.manual_seed(3)
+    seg = torch.randint(0, 3, (1, 8, 8, 8)).to(torch.int16)
+    mirror = MirrorTransform((0, 1, 2))
+    params = {"axes": [0, 2]}
+    assert torch.equal(internals.apply_to_segmentation(mirror, seg, params), torch.flip(seg, [1, 3]))
+    downsample = DownsampleSegForDSTransform([[1, 1, 1], [0.5, 0.5, 0.5]])
+    out = internals.apply_to_segmentation(downsample, seg, downsample.get_parameters(segmentation=seg))
+    reference = downsample(segmentation=seg.clone())["segmentation"]
+    assert len(out) == 2 and all(torch.equal(a, b) for a, b in zip(out, reference))
+    assert out[1].shape == (1, 4, 4, 4)
+
+
+# ---- data loading -------------------------------------------------------------------------------------------------
+
+
+def _loader(dataset, label_manager, patch=(16, 16, 16)):
+    return nnUNetDataLoader(dataset, 1, patch, patch, label_manager, oversample_foreground_percent=1.0)
+
+
+def test_loader_casts_segmentation_crops_to_loader_seg_dtype(blobs):
+    folder = Path(os.environ["nnUNet_preprocessed"]) / blobs / "nnUNetPlans_3d_fullres"
+    dataset = nnUNetDatasetBlosc2(str(folder))
+    batch = _loader(dataset, LabelManager({"background": 0, "a": 1}, None)).generate_train_batch()
+    assert batch["target"].dtype == getattr(torch, internals.LOADER_SEG_DTYPE.name)
+
+
+class RecordingLocations:
+    """Stands in for one class's ``class_locations``: any index, the voxel (0, i % 8, 3, 5)."""
+
+    def __init__(self):
+        self.indices = []
+
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, index):
+        self.indices.append(index)
+        return np.array([0, int(index) % 8, 3, 5])
+
+
+def test_get_bbox_draws_the_location_like_drawn_location():
+    loader = _loader(SimpleNamespace(identifiers=["a"]), LabelManager({"background": 0, "a": 1}, None), (4, 4, 4))
+    for seed in range(5):
+        locations = RecordingLocations()
+        np.random.seed(seed)
+        lbs, _ = loader.get_bbox(np.array([8, 8, 8]), True, {1: locations})
+        np.random.seed(seed)
+        np.random.choice(1)  # nnU-Net first draws the class among the eligible ones (here one)
+        voxel = internals.drawn_location({1: locations}, 1)
+        assert len(locations.indices) == 2 and locations.indices[0] == locations.indices[1]
+        assert lbs == [max(0, v - 2) for v in voxel[1:]]  # centred on the voxel
+
+
+def test_dataset_classes_cases_and_load_case(blobs):
+    folder = Path(os.environ["nnUNet_preprocessed"]) / blobs / "nnUNetPlans_3d_fullres"
+    assert internals.dataset_class_for(folder) is nnUNetDatasetBlosc2
+    cases = sorted(internals.identifiers_in_folder(folder))
+    assert cases == [f"case_{i:03d}" for i in range(6)]
+    dataset = nnUNetDatasetBlosc2(str(folder), cases[:2])
+    assert internals.dataset_identifiers(dataset) == cases[:2]
+    data, seg, seg_prev, properties = internals.load_case(dataset, cases[0])
+    assert data.shape[0] == 1 and seg.shape == (1, *data.shape[1:]) and seg_prev is None
+    assert 1 in properties["class_locations"]
+
+
+def test_blosc2_block_and_chunk_are_nnunets_4d_shapes():
+    blocks, chunks = internals.blosc2_block_and_chunk((1, 64, 64, 64), (32, 32, 32), 2)
+    assert len(blocks) == len(chunks) == 4
+    assert all(b <= c <= s for b, c, s in zip(blocks, chunks, (1, 64, 64, 64)))
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+
+
+def test_evaluation_helpers():
+    ref = np.array([[1, 1, 0, 2], [0, 2, 2, 0]])
+    pred = np.array([[1, 0, 0, 2], [1, 2, 0, 0]])
+    ref_mask, pred_mask = (internals.label_or_region_mask(x, 1) for x in (ref, pred))
+    assert ref_mask.tolist() == [[True, True, False, False], [False, False, False, False]]
+    assert [int(v) for v in internals.tp_fp_fn_tn(ref_mask, pred_mask)] == [1, 1, 1, 5]
+    region_mask = internals.label_or_region_mask(ref, (1, 2))
+    assert region_mask.sum() == 5
+    assert [int(v) for v in internals.tp_fp_fn_tn(ref_mask, pred_mask, ignore_mask=ref == 2)] == [1, 1, 1, 2]
+    assert internals.label_or_region_key(1) == "1" and internals.label_or_region_key((1, 2)) == "(1, 2)"
+
+
+def test_deep_supervision_scales_are_the_pipelines_target_sizes(blobs):
+    trainer = build_trainer(nnUNetTrainer, blobs, initialize=False)
+    scales = internals.deep_supervision_scales(trainer)
+    pooling = trainer.configuration_manager.pool_op_kernel_sizes
+    assert len(scales) == len(pooling) - 1 and list(scales[0]) == [1.0, 1.0, 1.0]
+    pipeline = nnUNetTrainer.get_validation_transforms(scales)
+    seg = torch.zeros(1, *trainer.configuration_manager.patch_size, dtype=torch.int16)
+    targets = pipeline(image=torch.zeros(seg.shape), segmentation=seg)["segmentation"]
+    assert [tuple(t.shape[1:]) for t in targets] == [
+        tuple(round(p * s) for p, s in zip(trainer.configuration_manager.patch_size, scale)) for scale in scales]
+
+
+def test_stop_loader_ends_nnunets_loader_processes(blobs):
+    trainer = build_trainer(nnUNetTrainer, blobs)  # nnUNet_n_proc_DA=2: background processes
+    train_loader, val_loader = trainer.get_dataloaders()
+    workers = [p for loader in (train_loader, val_loader) for p in loader._processes]
+    assert workers and all(p.is_alive() for p in workers)
+    for loader in (train_loader, val_loader):
+        internals.stop_loader(loader)
+    assert not any(p.is_alive() for p in workers)
