@@ -22,11 +22,13 @@ Evaluation: :func:`tp_fp_fn_tn`, :func:`label_or_region_mask`, :func:`label_or_r
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where it is used: the instance-map command starts without it
+    import torch
+    from torch import nn
 
 # ---- trainer ----------------------------------------------------------------------------------------------------
 
@@ -93,6 +95,8 @@ def uncompiled(module: Any) -> Any:
 def compiled_like(module: nn.Module, reference: Any) -> Any:
     """``module`` compiled with ``torch.compile``'s defaults when ``reference`` is a compiled module (as nnU-Net
     compiles its Dice in ``_build_loss``), else ``module``."""
+    import torch
+
     return torch.compile(module) if uncompiled(reference) is not reference else module
 
 
@@ -104,6 +108,7 @@ def logged_values(logger) -> dict:
 
 def autocast_like_nnunet(device: torch.device):
     """The autocast context of nnU-Net's ``train_step``/``validation_step``: CUDA autocast on CUDA, none elsewhere."""
+    import torch
     from nnunetv2.utilities.helpers import dummy_context
 
     return torch.autocast(device.type, enabled=True) if device.type == "cuda" else dummy_context()
@@ -118,6 +123,7 @@ def validation_tp_fp_fn(output: torch.Tensor, target: torch.Tensor, label_manage
     labels (B, 1, ...) for softmax outputs or the boolean region prediction ``sigmoid(output) > 0.5`` when the
     caller has them already.
     """
+    import torch
     from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
     axes = [0] + list(range(2, output.ndim))

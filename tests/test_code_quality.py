@@ -24,8 +24,8 @@ ALLOWED = {
     "cli": {"io"},  # sub-commands are found by name at run time (importlib), not imported
     "instances": {"io"},
     "losses": set(),
-    "preprocessing": {"instances", "io"},
-    "evaluation": {"instances", "io"},
+    "preprocessing": {"instances", "io", "nnunet_internals"},
+    "evaluation": {"instances", "io", "nnunet_internals"},
     "nnunet_internals": {"io"},
     "trainers": {"losses", "instances", "preprocessing", "evaluation", "io", "nnunet_internals"},
     "demo": {"io", "synthetic", "instances", "losses", "preprocessing", "evaluation", "trainers", "nnunet_internals",

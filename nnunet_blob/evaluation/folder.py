@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, subfiles
-from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
 from nnunetv2.imageio.reader_writer_registry import (
     determine_reader_writer_from_dataset_json,
     determine_reader_writer_from_file_ending,
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_metrics, spatial_view
 from nnunet_blob.instances.detection import instance_scores
 from nnunet_blob.io import atomic_write_json
+from nnunet_blob.nnunet_internals import label_or_region_key
 
 #: instance counts added over the cases in ``pooled_instances``
 POOLED = ("n_ref_instances", "n_pred_instances", "TP_ref_instances", "TP_pred_instances", "FN_instances",
@@ -83,9 +83,9 @@ def json_keys(summary: dict) -> dict:
     data = dict(summary)
     for key in ("mean", "pooled_instances", "nan_cases"):
         if key in data:
-            data[key] = {label_or_region_to_key(k): v for k, v in data[key].items()}
+            data[key] = {label_or_region_key(k): v for k, v in data[key].items()}
     if "metric_per_case" in data:
-        data["metric_per_case"] = [dict(c, metrics={label_or_region_to_key(k): v for k, v in c["metrics"].items()})
+        data["metric_per_case"] = [dict(c, metrics={label_or_region_key(k): v for k, v in c["metrics"].items()})
                                    for c in data["metric_per_case"]]
     return data
 

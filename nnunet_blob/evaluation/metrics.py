@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
 from scipy import ndimage
 
 from nnunet_blob.evaluation._surfel_table import NORMALS_IN_EIGHTHS
 from nnunet_blob.instances.detection import instance_scores, label_components, overlap_detection
+from nnunet_blob.nnunet_internals import label_or_region_mask, tp_fp_fn_tn
 
 
 def _ratio(num: float, den: float) -> float:
@@ -164,9 +164,9 @@ def label_metrics(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region, sp
     if seg_ref.shape != seg_pred.shape:
         raise ValueError(f"reference shape {seg_ref.shape} != prediction shape {seg_pred.shape}")
     ignore = (seg_ref == ignore_label) if ignore_label is not None else None
-    mask_ref = region_or_label_to_mask(seg_ref, label_or_region)
-    mask_pred = region_or_label_to_mask(seg_pred, label_or_region)
-    tp, fp, fn, tn = (int(v) for v in compute_tp_fp_fn_tn(mask_ref, mask_pred, ignore))
+    mask_ref = label_or_region_mask(seg_ref, label_or_region)
+    mask_pred = label_or_region_mask(seg_pred, label_or_region)
+    tp, fp, fn, tn = (int(v) for v in tp_fp_fn_tn(mask_ref, mask_pred, ignore))
     out = {
         "Dice": _ratio(2 * tp, 2 * tp + fp + fn), "IoU": _ratio(tp, tp + fp + fn),
         "TP": tp, "FP": fp, "FN": fn, "TN": tn, "n_pred": tp + fp, "n_ref": tp + fn,

@@ -18,6 +18,7 @@ import numpy as np
 from nnunet_blob.instances.components import compute_instances, instances_per_region
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
 from nnunet_blob.io import atomic_write_json, temporary_path
+from nnunet_blob.nnunet_internals import dataset_class_for, identifiers_in_folder, load_case
 from nnunet_blob.preprocessing.errors import InstanceMapError
 from nnunet_blob.preprocessing.locate import ConfigurationLocation, locate
 from nnunet_blob.preprocessing.store import FORMAT_VERSION, MANIFEST, InstanceMapStore, file_unchanged, seg_fingerprint
@@ -57,10 +58,8 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
     if write:
         _check_writable(store, location)
 
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-    dataset_class = infer_dataset_class(str(location.data_folder))
-    cases = sorted(dataset_class.get_identifiers(str(location.data_folder)))
+    dataset_class = dataset_class_for(location.data_folder)
+    cases = sorted(identifiers_in_folder(location.data_folder))
     settings = _settings(location, connectivity)
     records, todo = {}, []
     for case in cases:
@@ -197,7 +196,7 @@ def _process_case(job) -> dict:
     data_folder = Path(data_folder)
     store = InstanceMapStore(Path(instance_folder))
     try:
-        _, seg, _, _ = dataset_class(str(data_folder), [case]).load_case(case)
+        _, seg, _, _ = load_case(dataset_class(str(data_folder), [case]), case)
         seg = np.asarray(seg[:])
     except Exception as e:
         raise InstanceMapError(f"case {case}: cannot read its preprocessed segmentation in {data_folder} ({e}). "

@@ -32,6 +32,7 @@ from nnunet_blob.instances.tables import (
     write_table,
 )
 from nnunet_blob.io import atomic_path, atomic_write_json
+from nnunet_blob.nnunet_internals import blosc2_block_and_chunk
 from nnunet_blob.preprocessing.errors import InstanceMapError
 
 MANIFEST = "manifest.json"
@@ -123,10 +124,9 @@ class InstanceMapStore:
         """Write map and table atomically, then the record; returns the record. ``region_ids``: (R, *spatial)
         components of each region mask of a region-based dataset, tabled beside the instances."""
         import blosc2
-        from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
 
         self.record_path(case).unlink(missing_ok=True)  # the old record must not vouch for the new files
-        blocks, chunks = comp_blosc2_params(instances.instance_map.shape, patch_size,
+        blocks, chunks = blosc2_block_and_chunk(instances.instance_map.shape, patch_size,
                                             instances.instance_map.dtype.itemsize)
         with atomic_path(self.map_path(case)) as tmp:
             blosc2.asarray(np.ascontiguousarray(instances.instance_map), urlpath=str(tmp), chunks=chunks,

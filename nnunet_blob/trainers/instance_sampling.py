@@ -62,7 +62,13 @@ def _label_set(key) -> tuple[int, ...] | None:
 
 def region_groups(foreground_regions) -> dict[tuple[int, ...], int]:
     """{label tuple of region r: r + 1} for nnU-Net's ``LabelManager.foreground_regions``."""
-    return {_label_set(tuple(np.atleast_1d(region).tolist())): r + 1 for r, region in enumerate(foreground_regions)}
+    groups = {}
+    for r, region in enumerate(foreground_regions):
+        labels = _label_set(tuple(int(label) for label in np.atleast_1d(region)))
+        if labels is None:
+            raise ValueError(f"region {region!r} of the label manager is not a set of integer labels")
+        groups[labels] = r + 1
+    return groups
 
 
 def balanced_class_locations(class_locations: dict, table: InstanceLocations, exponent: float,
@@ -77,7 +83,9 @@ def balanced_class_locations(class_locations: dict, table: InstanceLocations, ex
     balanced = dict(class_locations)
     for key in class_locations:
         labels = _label_set(key)
-        group = (labels[0] if labels and len(labels) == 1 else None) if groups is None else groups.get(labels)
+        if labels is None:
+            continue
+        group = (labels[0] if len(labels) == 1 else None) if groups is None else groups.get(labels)
         if group is not None and len(table.of_class(group)):
             balanced[key] = InstanceBalancedLocations(table, group, exponent)
     return balanced
