@@ -8,7 +8,8 @@ one fails there, under the entry's name.
 
 Trainer: :class:`BuildLossHook` (``_build_loss``), :func:`compile_enabled` (``_do_i_compile``),
 :func:`inner_loss`/:func:`replace_inner_loss` (``DeepSupervisionWrapper.loss``), :func:`overlap_term`/
-:func:`replace_overlap_term`/:func:`drop_cross_entropy` (``DC_and_CE_loss.dc``/``weight_ce``),
+:func:`replace_overlap_term`/:func:`set_dice_smoothing`/:func:`drop_cross_entropy` (``DC_and_CE_loss.dc``, its
+``smooth``, ``weight_ce``),
 :func:`uncompiled`/:func:`compiled_like` (``_orig_mod``), :func:`logged_values` (``my_fantastic_logging``),
 :func:`validation_tp_fp_fn` and :func:`autocast_like_nnunet` (what ``validation_step`` computes inline),
 :func:`deep_supervision_scales` (``_get_deep_supervision_scales``), :func:`stop_loader` (``_finish``),
@@ -80,6 +81,12 @@ def overlap_term(compound: Any) -> Any:
 def replace_overlap_term(compound: Any, term: nn.Module) -> None:
     """Put ``term`` where nnU-Net's compound loss has its Dice (``dc``), compiled where nnU-Net compiled its Dice."""
     compound.dc = compiled_like(term, compound.dc)
+
+
+def set_dice_smoothing(compound: Any, smooth: float) -> None:
+    """Change the smoothing of the soft Dice inside nnU-Net's ``DC_and_CE_loss``/``DC_and_BCE_loss`` (attribute
+    ``smooth`` of its ``MemoryEfficientSoftDiceLoss``, 1e-5 as ``_build_loss`` makes it)."""
+    overlap_term(compound).smooth = smooth
 
 
 def drop_cross_entropy(compound: Any) -> None:

@@ -128,10 +128,12 @@ def literal_tversky_loss(probs, target, *, alpha=0.3, beta=0.7, smooth=1e-5, bat
     return 1 - torch.stack(scores).mean()
 
 
-def literal_cc_dice_ce_loss(probs, target, cells, *, smooth=0.0, loss_mask=None, regions=False):
+def literal_cc_dice_ce_loss(probs, target, cells, *, smooth=0.0, loss_mask=None, regions=False, empty_samples="skip"):
     """CC-DiceCE (Bouteille et al., ISBI 2026) from its definition: for every sample, class and cell an explicit
     cell mask, Dice (linear denominator floored at 1e-7) plus the mean of -log max(q, 1e-7) over the cell; means
-    over cells, classes with cells, samples with any."""
+    over cells, classes with cells, samples with any. ``empty_samples="published"``: a sample without cells scores
+    1 + the mean over its voxels of -log max(q, 1e-7) (q: probability of the true class; for regions the mean over
+    regions and voxels of the binary q), and every sample is averaged."""
     batch, channels = probs.shape[:2]
     sample_losses = []
     for b in range(batch):
@@ -154,6 +156,14 @@ def literal_cc_dice_ce_loss(probs, target, cells, *, smooth=0.0, loss_mask=None,
                 class_losses.append(torch.stack(cell_losses).mean())
         if class_losses:
             sample_losses.append(torch.stack(class_losses).mean())
+        elif empty_samples == "published":
+            if regions:
+                q = torch.where(target[b] != 0, probs[b], 1 - probs[b])  # (R, ...)
+                ce_map = (-torch.log(torch.clamp(q, min=1e-7))).mean(0)
+            else:
+                q = probs[b].gather(0, target[b].long())[0]
+                ce_map = -torch.log(torch.clamp(q, min=1e-7))
+            sample_losses.append(1 + ce_map[valid].mean())
     if not sample_losses:
         return probs.sum() * 0
     return torch.stack(sample_losses).mean()

@@ -63,6 +63,23 @@ def test_ignore_mask_and_empty_samples():
     assert_matches_literal(probs, target, cells, loss_mask=mask)
 
 
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_published_empty_sample_fallback(use_mask):
+    """empty_samples="published": a sample without components scores 1 + its mean cross-entropy."""
+    target = random_labels(3, 3, (6, 6, 6), seed=16)
+    target[1] = 0
+    mask = random_labels(3, 2, (6, 6, 6), seed=17, background_share=0.3).bool() if use_mask else None
+    cells = voronoi_cells(target if mask is None else torch.where(mask, target, 0), 3)
+    probs = random_probs(3, 3, (6, 6, 6), seed=18)
+    assert_matches_literal(probs, target, cells, loss_mask=mask, empty_samples="published")
+    g = torch.Generator().manual_seed(19)
+    regions = torch.cat([target >= r for r in (1, 2)], 1).long()
+    region_cells = torch.stack([torch.stack([voronoi_cells(regions[b:b + 1, r:r + 1], 2)[0, 0] for r in range(2)])
+                                for b in range(3)])
+    sigmoid = torch.sigmoid(torch.randn(3, 2, 6, 6, 6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    assert_matches_literal(sigmoid, regions, region_cells, regions=True, loss_mask=mask, empty_samples="published")
+
+
 def test_no_component_anywhere_is_zero_with_a_graph():
     probs = random_probs(2, 3, (4, 4, 4), seed=11)
     target = torch.zeros(2, 1, 4, 4, 4, dtype=torch.long)

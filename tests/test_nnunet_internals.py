@@ -104,6 +104,22 @@ def test_overlap_term_and_cross_entropy_of_nnunets_compound_losses(regions):
     torch.testing.assert_close(loss(logits, target), torch.tensor(0.25))
 
 
+def test_set_dice_smoothing_of_nnunets_compound_loss():
+    """The Dice term of DC_and_CE_loss reads its smoothing from ``dc.smooth`` at every call."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 5, 5)
+    target = torch.randint(0, 3, (2, 1, 5, 5, 5))
+    target[1] = 0  # a sample without foreground: its Dice is smooth / (sum p + smooth)
+    loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                          weight_ce=0, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+    internals.set_dice_smoothing(loss, 1.0)
+    probs = torch.softmax(logits, 1)[:, 1:]
+    onehot = torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1)[:, 1:].float()
+    axes = (2, 3, 4)
+    dice = (2 * (probs * onehot).sum(axes) + 1.0) / (probs.sum(axes) + onehot.sum(axes) + 1.0)
+    torch.testing.assert_close(loss(logits, target), -dice.mean())
+
+
 def test_uncompiled_and_compiled_like():
     module = nn.Linear(2, 2)
     compiled = torch.compile(module)

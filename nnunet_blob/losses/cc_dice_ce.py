@@ -11,16 +11,20 @@ binary problem "c against the rest", :math:`p = p^c`, :math:`y = [g = c]`) and c
            \text{ elsewhere}
 
 with smoothing s = 0 as published. The loss is the mean of :math:`l_{c,k}` over the cells of a class, then over the
-classes with components, then over the samples with any component, as the blob term of this package averages. For
-a sample without any component the published code adds ``1 + the patch's mean cross-entropy`` instead; here such
-a sample has no CC term (the global term, nnU-Net's Dice + CE, still covers it), and a batch without any component
-gives 0 with a graph. Masked voxels (``loss_mask``, e.g. the ignore label) are in no sum. The binary definition of
-the paper is the case of one foreground class.
+classes with components, then over the samples with any component, as the blob term of this package averages
+(``empty_samples="skip"``): a sample without any component has no CC term (the global term, nnU-Net's Dice + CE,
+still covers it), and a batch without any component gives 0 with a graph. The published code instead scores such
+a sample as one region, ``1 + its mean cross-entropy``, and averages over every sample (``empty_samples=
+"published"``; the cross-entropy of the true class, or of each region's binary problem). Masked voxels
+(``loss_mask``, e.g. the ignore label) are in no sum. The binary definition of the paper is the case of one
+foreground class.
 
 **Cost.** All cell sums come from one segment sum keyed by (sample, class, cell) over a fixed id range (see
 :func:`~._common.segment_table`): no loop over components or classes, and nothing waits for the device.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
@@ -40,10 +44,13 @@ from nnunet_blob.losses._common import (
 
 #: floor of the Dice denominator and of the probability inside the log, as in the published code
 EPS = 1e-7
+#: what a sample without any component contributes (see the module docstring)
+EmptySamples = Literal["skip", "published"]
 
 
 def cc_dice_ce_loss(probs: torch.Tensor, target: torch.Tensor, cells: torch.Tensor, *, smooth: float = 0.0,
-                    loss_mask: torch.Tensor | None = None, max_cell: int | None = None) -> torch.Tensor:
+                    loss_mask: torch.Tensor | None = None, max_cell: int | None = None,
+                    empty_samples: EmptySamples = "skip") -> torch.Tensor:
     """The CC term for softmax outputs (lower is better).
 
     Args:
@@ -55,33 +62,40 @@ def cc_dice_ce_loss(probs: torch.Tensor, target: torch.Tensor, cells: torch.Tens
         loss_mask: optional (B, 1, *spatial), nonzero = voxel counts.
         max_cell: largest cell id that can occur. Default: from the dtype of ``cells`` (255 for uint8, 32767 for
             int16); for wider dtypes the largest id is read from the data (one wait for the device per call).
+        empty_samples: ``"skip"`` (no term for a sample without components) or ``"published"`` (such a sample
+            scores 1 + its mean cross-entropy, every sample is averaged), see the module docstring.
 
     Raises:
         ValueError: bad shapes or dtypes; labels outside [0, C), negative cell ids (on an accelerator the value
             checks are device-side assertions, see :func:`~._common.require`).
     """
     return mean_over_samples(*cc_dice_ce_per_sample(probs, target, cells, smooth=smooth, loss_mask=loss_mask,
-                                                     max_cell=max_cell))
+                                                    max_cell=max_cell, empty_samples=empty_samples))
 
 
 def cc_dice_ce_loss_regions(probs: torch.Tensor, target: torch.Tensor, cells: torch.Tensor, *, smooth: float = 0.0,
-                            loss_mask: torch.Tensor | None = None, max_cell: int | None = None) -> torch.Tensor:
+                            loss_mask: torch.Tensor | None = None, max_cell: int | None = None,
+                            empty_samples: EmptySamples = "skip") -> torch.Tensor:
     """The CC term for region-based (sigmoid) outputs: ``probs`` (B, R, *spatial) per region, ``target``
     (B, R, *spatial) the binary region masks, ``cells`` (B, R, *spatial) the cells of each region's components.
     Each region is a class of :func:`cc_dice_ce_loss` ("region r against the rest")."""
     return mean_over_samples(*cc_dice_ce_per_sample(probs, target, cells, regions=True, smooth=smooth,
-                                                     loss_mask=loss_mask, max_cell=max_cell))
+                                                    loss_mask=loss_mask, max_cell=max_cell,
+                                                    empty_samples=empty_samples))
 
 
 @float32_math
 def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torch.Tensor, *, regions: bool = False,
                           smooth: float = 0.0, loss_mask: torch.Tensor | None = None,
-                          max_cell: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          max_cell: int | None = None,
+                          empty_samples: EmptySamples = "skip") -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) CC term of each sample and (B,) flags "sample has a component" (for reductions across workers).
 
     Arguments as :func:`cc_dice_ce_loss` (``regions=True``: as :func:`cc_dice_ce_loss_regions`).
     """
     check_probs(probs, min_channels=1 if regions else 2)
+    if empty_samples not in ("skip", "published"):
+        raise ValueError(f"empty_samples must be 'skip' or 'published', got {empty_samples!r}")
     batch, channels = probs.shape[:2]
     first = 0 if regions else 1  # channel of the first class with cells
     num_classes = channels - first
@@ -118,4 +132,30 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     dice = 1 - (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(EPS)
     cell_losses = dice + sum_ce / size.clamp_min(1)
     class_mean, class_has = mean_over_present(cell_losses, size > 0, dim=1)
-    return mean_over_present(class_mean.reshape(batch, num_classes), class_has.reshape(batch, num_classes), dim=1)
+    per_sample, sample_has = mean_over_present(class_mean.reshape(batch, num_classes),
+                                               class_has.reshape(batch, num_classes), dim=1)
+    if empty_samples == "skip":
+        return per_sample, sample_has
+    fallback = 1 + _mean_cross_entropy(probs, target if regions else labels, regions, valid)
+    return torch.where(sample_has, per_sample, fallback), torch.ones_like(sample_has)
+
+
+def _mean_cross_entropy(probs: torch.Tensor, labels: torch.Tensor, regions: bool,
+                        valid: torch.Tensor | None) -> torch.Tensor:
+    """(B,) mean over each sample's unmasked voxels of -log max(q, 1e-7): q the probability of the true class
+    (softmax), or of each region's binary answer averaged over the regions (sigmoid)."""
+    batch = probs.shape[0]
+    if regions:
+        inside = labels.reshape(batch, probs.shape[1], -1) != 0
+        p = probs.reshape(batch, probs.shape[1], -1)
+        q = torch.where(inside, p, 1 - p)
+        ce = (-torch.log(q.clamp_min(EPS))).mean(1)
+    else:  # labels: (B, C - 1, ...) one-hot of the foreground classes; background where none is set
+        target = labels.reshape(batch, labels.shape[1], -1)
+        true_class = torch.where(target.any(1), target.to(torch.int64).argmax(1) + 1, 0)
+        q = probs.reshape(batch, probs.shape[1], -1).gather(1, true_class.unsqueeze(1))[:, 0]
+        ce = -torch.log(q.clamp_min(EPS))
+    if valid is None:
+        return ce.mean(-1)
+    weight = valid.reshape(batch, -1).to(ce.dtype)
+    return (ce * weight).sum(-1) / weight.sum(-1).clamp_min(1)

@@ -113,17 +113,19 @@ class CCDiceCELoss(InstanceTermCompoundLoss):
 
     The maps are the Voronoi cells of the target's components, (B, C - 1, ...) per foreground class or (B, R, ...)
     per region (:func:`nnunet_blob.instances.voronoi.voronoi_cells`); ``smooth`` is the CC term's Dice smoothing
-    (0 as published). Other arguments as :class:`InstanceTermCompoundLoss`.
+    (0 as published) and ``empty_samples`` what a sample without components contributes (see
+    :func:`~nnunet_blob.losses.cc_dice_ce.cc_dice_ce_loss`). Other arguments as :class:`InstanceTermCompoundLoss`.
     """
 
     def __init__(self, global_loss: nn.Module | None, alpha: float = 1.0, beta: float = 1.0, *,
-                 smooth: float = 0.0, regions: bool = False, ignore_label=None, ddp: bool = True):
+                 smooth: float = 0.0, empty_samples: str = "skip", regions: bool = False, ignore_label=None,
+                 ddp: bool = True):
         super().__init__(global_loss, alpha, beta, regions=regions, ignore_label=ignore_label, ddp=ddp)
-        self.smooth = smooth
+        self.smooth, self.empty_samples = smooth, empty_samples
 
     def per_sample(self, probs, target, maps, loss_mask):
         return cc_dice_ce_per_sample(probs, target, maps, regions=self.regions, smooth=self.smooth,
-                                     loss_mask=loss_mask)
+                                     loss_mask=loss_mask, empty_samples=self.empty_samples)
 
 
 def _mean_over_all_workers(per_sample: torch.Tensor, has_instances: torch.Tensor, ddp: bool) -> torch.Tensor:

@@ -84,10 +84,16 @@ class OnlineInstanceScore(nnUNetTrainer):
         labels = predicted_labels(output, regions)
         result = {"loss": loss.detach().cpu().numpy(),
                   **validation_tp_fp_fn(output, target, self.label_manager, predicted=labels)}
-        reference, instances = unpack_instances(host_target.cpu(), self.num_instance_channels, as_bool=regions)
-        result[_COUNTS] = self._online_scorer().submit(labels_to_host(labels, output.shape[1]), reference.numpy(),
-                                                       instances.numpy())
+        reference, maps = unpack_instances(host_target.cpu(), self.num_instance_channels, as_bool=regions)
+        reference_np = reference.numpy()
+        result[_COUNTS] = self._online_scorer().submit(labels_to_host(labels, output.shape[1]), reference_np,
+                                                       self.online_reference_ids(reference_np, maps.numpy()))
         return result
+
+    def online_reference_ids(self, reference: np.ndarray, maps: np.ndarray) -> np.ndarray:
+        """The reference instance ids of a batch, (B, 1, ...) or (B, R, ...) per region, from the maps its targets
+        carry: here they are the instance maps themselves."""
+        return maps
 
     def _online_scorer(self) -> BackgroundScorer:
         if self._scorer is None:

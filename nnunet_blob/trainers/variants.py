@@ -14,9 +14,16 @@ from typing import Any
 
 from torch import nn
 
-from nnunet_blob.losses import BlobCompoundLoss, TopKDiceAndCELoss, TverskyLoss
-from nnunet_blob.nnunet_internals import compile_enabled, drop_cross_entropy, overlap_term, replace_overlap_term
+from nnunet_blob.losses import BlobCompoundLoss, CCDiceCELoss, TopKDiceAndCELoss, TverskyLoss
+from nnunet_blob.nnunet_internals import (
+    compile_enabled,
+    drop_cross_entropy,
+    overlap_term,
+    replace_overlap_term,
+    set_dice_smoothing,
+)
 from nnunet_blob.trainers.base import InstanceAwareTrainer, LossVariantTrainer
+from nnunet_blob.trainers.cells import CellAwareTrainer
 
 
 class GlobalTermTrainer(LossVariantTrainer):
@@ -65,13 +72,16 @@ class nnUNetTrainerTopKDice(LossVariantTrainer):
     """CE + TopK-Dice (Hosseini) over the K% hardest foreground voxels of each class, K = 50."""
 
     topk_k = 50.0
+    #: "present": mean over the classes present in each patch (the paper's Eq. 7); "all": every foreground class
+    topk_classes = "present"
 
     def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:
         if self.label_manager.has_regions:
             raise RuntimeError(f"{type(self).__name__}: TopK-Dice is defined for softmax outputs; this dataset is "
                                f"region-based (dataset.json 'regions_class_order'). Use a blob or stock trainer.")
         return TopKDiceAndCELoss(k=self.topk_k, ignore_label=self.label_manager.ignore_label,
-                                 batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp)
+                                 batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp,
+                                 classes=self.topk_classes)
 
 
 class nnUNetTrainerTopKDice_k30(nnUNetTrainerTopKDice):
@@ -130,6 +140,44 @@ class nnUNetTrainerBlobDice_instSampling(nnUNetTrainerBlobDice):
     """Blob Dice with instance-balanced foreground sampling: forced patches centre on an instance drawn uniformly."""
 
     instance_sampling_exponent = 0.0
+
+
+class nnUNetTrainerCCDiceCE(CellAwareTrainer, GlobalTermTrainer):
+    """nnU-Net's Dice + CE and the CC-DiceCE term 1:1 (Bouteille et al.): Dice + CE in each component's Voronoi
+    cell."""
+
+    cc_alpha = 1.0
+    cc_beta = 1.0
+    #: Dice smoothing of the CC term (0 as published); the global term keeps nnU-Net's
+    cc_smooth = 0.0
+    #: "skip": a patch without components has no CC term; "published": it scores 1 + its mean cross-entropy
+    cc_empty_samples = "skip"
+
+    def build_cell_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        regions = self.label_manager.has_regions
+        ignore = self.label_manager.ignore_label
+        return CCDiceCELoss(
+            self.build_global_loss(nnunet_loss) if self.cc_alpha else None, self.cc_alpha, self.cc_beta,
+            smooth=self.cc_smooth, empty_samples=self.cc_empty_samples, regions=regions,
+            ignore_label=(ignore is not None) if regions else ignore, ddp=self.is_ddp)
+
+
+class nnUNetTrainerCCDiceCE_noGlobal(nnUNetTrainerCCDiceCE):
+    """The CC-DiceCE term alone (the published "CC" trainer)."""
+
+    cc_alpha = 0.0
+
+
+class nnUNetTrainerCCDiceCE_paper(nnUNetTrainerCCDiceCE):
+    """CC-DiceCE exactly as published: Dice smoothing 0 in the global and the CC term, and a patch without
+    components scored 1 + its mean cross-entropy (for comparisons with the authors' results)."""
+
+    cc_empty_samples = "published"
+
+    def build_global_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        loss = super().build_global_loss(nnunet_loss)
+        set_dice_smoothing(loss, 0.0)
+        return loss
 
 
 # ablations of the paper's Table 2 (alpha / beta) and supplement 6.4 (no masking)

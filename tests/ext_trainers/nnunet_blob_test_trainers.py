@@ -11,6 +11,9 @@ from nnunet_blob.trainers.variants import (
     nnUNetTrainerBlobDice,
     nnUNetTrainerBlobDice_instSampling,
     nnUNetTrainerBlobTversky,
+    nnUNetTrainerCCDiceCE,
+    nnUNetTrainerCCDiceCE_noGlobal,
+    nnUNetTrainerCCDiceCE_paper,
     nnUNetTrainerTopKDice,
 )
 
@@ -23,5 +26,6 @@ class nnUNetTrainerBlobTversky_compile(nnUNetTrainerBlobTversky):
 
 
 for _base in (nnUNetTrainer, nnUNetTrainerBlobDice, nnUNetTrainerBlobTversky, nnUNetTrainerTopKDice,
-              nnUNetTrainerBlobDice_instSampling, nnUNetTrainerBlobTversky_compile):
+              nnUNetTrainerBlobDice_instSampling, nnUNetTrainerBlobTversky_compile, nnUNetTrainerCCDiceCE,
+              nnUNetTrainerCCDiceCE_noGlobal, nnUNetTrainerCCDiceCE_paper):
     globals()[_base.__name__ + "_tiny"] = with_budget(_base, "_tiny", epochs_variable="NNUNET_BLOB_TEST_EPOCHS")

@@ -1,0 +1,130 @@
+"""The data of the CC-DiceCE trainers: Voronoi cells of the target's components, made in nnU-Net's data loading.
+
+As published (L. Bouteille et al., "Learning to Look Closer: A New Instance-Wise Loss for Small Cerebral Lesion
+Segmentation", ISBI 2026), the cells come from the target the loss receives: the components (26-connected by
+default) of every augmented patch, and again of every deep-supervision scale's downsampled target, each with the
+exact Euclidean feature transform in voxel units of that scale's grid (:mod:`nnunet_blob.instances.voronoi`).
+:class:`VoronoiCellsPerScale` computes them at the end of nnU-Net's own pipeline, in its data-loading workers
+(connected components and distance transforms run on the CPU there, beside the augmentation, not in the training
+step); :class:`~.instance_transforms.PackInstances` appends them to the target, one channel per foreground class
+(or region), and the loss unpacks them. No instance maps are read from disk.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+
+from nnunet_blob.instances.detection import label_components
+from nnunet_blob.instances.voronoi import class_cells, component_cells
+from nnunet_blob.trainers.instance_transforms import INSTANCES, PackedInstancesLoss, PackInstances
+from nnunet_blob.trainers.lesion_validation import OnlineInstanceScore
+
+#: the cells of one class travel as int16, like the segmentation nnU-Net's loader collates
+MAX_CELLS_PER_CLASS = np.iinfo(np.int16).max
+
+
+class VoronoiCellsPerScale(BasicTransform):
+    """``data_dict['instances']``: the Voronoi cells of each class's (or region's) components in the final
+    segmentation of every deep-supervision scale, (K, *spatial) int16 per scale.
+
+    ``classes``: the foreground labels (label-based datasets), one cell channel each; ``num_regions``: region-based
+    datasets, whose segmentation is then the region masks (plus nnU-Net's ignore channel, last). Voxels of
+    ``ignore_label`` belong to no component.
+    """
+
+    def __init__(self, classes: Sequence[int] | None = None, num_regions: int | None = None,
+                 connectivity: int = 26, ignore_label: int | None = None):
+        super().__init__()
+        if (classes is None) == (num_regions is None):
+            raise ValueError("give the foreground classes (label-based) or the number of regions (region-based)")
+        self.classes = None if classes is None else tuple(int(c) for c in classes)
+        self.num_regions, self.connectivity, self.ignore_label = num_regions, connectivity, ignore_label
+
+    def cells(self, segmentation: torch.Tensor) -> torch.Tensor:
+        seg = segmentation.numpy()
+        if self.num_regions is not None:
+            cells = np.stack([component_cells(label_components(seg[r] > 0, self.connectivity)[0])
+                              for r in range(self.num_regions)])
+        else:
+            assert self.classes is not None
+            cells = class_cells(seg[0], self.classes, self.connectivity, ignore_label=self.ignore_label)
+        if cells.size and cells.max() > MAX_CELLS_PER_CLASS:
+            raise ValueError(f"a patch holds {int(cells.max())} components of one class, more than the "
+                             f"{MAX_CELLS_PER_CLASS} cells the CC-DiceCE trainers carry; use a smaller patch size")
+        return torch.from_numpy(cells.astype(np.int16))
+
+    def apply(self, data_dict, **params):
+        segmentation = data_dict["segmentation"]
+        data_dict[INSTANCES] = [self.cells(s) for s in segmentation] if isinstance(segmentation, (list, tuple)) \
+            else self.cells(segmentation)
+        return data_dict
+
+
+def make_cell_aware(pipeline: ComposeTransforms, cells: VoronoiCellsPerScale) -> ComposeTransforms:
+    """nnU-Net's training or validation pipeline, then the cells of every scale packed into its targets."""
+    return ComposeTransforms(list(pipeline.transforms) + [cells, PackInstances()])
+
+
+class CellsTrainer(nnUNetTrainer):
+    """Loaders and augmentation that bring the Voronoi cells of every scale's target to the loss (packed into the
+    target's last channels, one per foreground class or region)."""
+
+    #: connectivity of the components whose cells the loss reads (26 as published)
+    cell_connectivity = 26
+
+    @property
+    def num_instance_channels(self) -> int:
+        """Cell channels after the segmentation in each target: one per foreground class, or per region."""
+        lm = self.label_manager
+        return len(lm.foreground_regions) if lm.has_regions else len(lm.foreground_labels)
+
+    @property
+    def online_connectivity(self) -> int:
+        return self.cell_connectivity
+
+    def _cell_pipeline(self, pipeline: ComposeTransforms) -> ComposeTransforms:
+        lm = self.label_manager
+        if lm.has_regions:
+            cells = VoronoiCellsPerScale(num_regions=len(lm.foreground_regions), connectivity=self.cell_connectivity)
+        else:
+            cells = VoronoiCellsPerScale(classes=lm.foreground_labels, connectivity=self.cell_connectivity,
+                                         ignore_label=lm.ignore_label)
+        return make_cell_aware(pipeline, cells)
+
+    def get_training_transforms(self, *args, **kwargs):
+        return self._cell_pipeline(super().get_training_transforms(*args, **kwargs))
+
+    def get_validation_transforms(self, *args, **kwargs):
+        return self._cell_pipeline(super().get_validation_transforms(*args, **kwargs))
+
+
+class CellAwareTrainer(OnlineInstanceScore, CellsTrainer):
+    """Trains with the cells (:class:`CellsTrainer`) and scores the online instance F1 on the validation patches
+    (reference instances: the components, i.e. the cells on their own class's voxels). Subclasses build
+    ``(output, target, cells) -> scalar`` in :meth:`build_cell_loss`."""
+
+    def build_cell_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+        return PackedInstancesLoss(self.build_cell_loss(nnunet_loss), self.num_instance_channels,
+                                   self.label_manager.has_regions)
+
+    def online_reference_ids(self, reference: np.ndarray, maps: np.ndarray) -> np.ndarray:
+        """Regions: the cells of region r on its voxels are its component ids. Labels: each voxel takes the cell id
+        of its own class's channel (a component's voxels carry its id), so ids are distinct within a class."""
+        if self.label_manager.has_regions:
+            return maps
+        labels = reference[:, :1].astype(np.int64)
+        lookup = np.zeros(int(max(self.label_manager.foreground_labels)) + 2, dtype=np.int64)  # label -> channel
+        for index, label in enumerate(self.label_manager.foreground_labels):
+            lookup[label] = index + 1
+        channel = lookup[np.clip(labels, 0, len(lookup) - 1)]
+        ids = np.take_along_axis(maps.astype(np.int64), np.clip(channel - 1, 0, None), axis=1)
+        return np.where(channel > 0, ids, 0)
