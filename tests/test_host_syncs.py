@@ -166,7 +166,8 @@ def _batch(trainer, classes: int, regions: bool, instance_channel: bool, seed=0)
 
 
 TRAINERS = ["nnUNetTrainerBlobDice", "nnUNetTrainerBlobTversky", "nnUNetTrainerBlobDice_noCE",
-            "nnUNetTrainerBlobDice_noMasking", "nnUNetTrainerTopKDice", "nnUNetTrainerTversky"]
+            "nnUNetTrainerBlobDice_noMasking", "nnUNetTrainerTopKDice", "nnUNetTrainerTversky",
+            "nnUNetTrainerCCDiceCE"]
 
 
 def _step_syncs(trainer, batch) -> HostSyncCounter:
