@@ -9,8 +9,8 @@ tool) pairs every reference component with at most one predicted component and v
 * among the eligible pairs the matching has the **largest number of pairs**, and among those the largest sum of
   the scores (PI-CAI's rule, A. Saha et al., "Artificial intelligence and radiologists in prostate cancer
   detection on MRI (PI-CAI)", Lancet Oncology 2024). With IoU >= 0.5 a component has at most one eligible
-  partner (two only in the tie ``IoU = 0.5`` of one component split exactly in halves, where either choice gives
-  the same numbers), so there the matching is unique and equals panoptica's greedy matching.
+  partner (two would have to split it into equal halves that touch each other, and touching halves are one
+  component), so there the matching is the set of eligible pairs and equals panoptica's greedy matching.
 
 Cost: one pass over the overlapping voxels for the table (``np.unique`` of the pair keys), vectorised scores and
 a Hungarian assignment (``scipy.optimize.linear_sum_assignment``) only on the connected groups of eligible pairs
