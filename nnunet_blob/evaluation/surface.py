@@ -90,12 +90,14 @@ def surface_distances(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequ
 
 def robust_hausdorff(distances: SurfaceDistances, percent: float = 95.0) -> float:
     """DeepMind's ``compute_robust_hausdorff``: the larger of the two directed ``percent``-th percentile distances,
-    each the distance at which the cumulative surfel area first reaches ``percent``% (inf for an empty side)."""
+    each the distance at which the cumulative surfel area first reaches ``percent``% (inf for an empty side).
+    Surfels are ordered by distance, then area, and summed in float64 as DeepMind does, so that where the
+    cumulative area meets ``percent``% exactly the same rounding picks the same surfel."""
 
     def directed(dist: np.ndarray, area: np.ndarray) -> float:
         if dist.size == 0:
             return float("inf")
-        order = np.argsort(dist, kind="stable")
+        order = np.lexsort((area, dist))
         dist, area = dist[order], area[order]
         cumulative = np.cumsum(area) / np.sum(area)
         index = int(np.searchsorted(cumulative, percent / 100.0))
