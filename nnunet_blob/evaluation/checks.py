@@ -15,6 +15,7 @@ import gzip
 import os
 import zlib
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -26,13 +27,17 @@ def check_complete(path: str) -> None:
     header's data size."""
     if path.endswith(".gz"):
         decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                decompressor.decompress(chunk, _CHUNK)
-                while decompressor.unconsumed_tail:
-                    decompressor.decompress(decompressor.unconsumed_tail, _CHUNK)
-                if decompressor.eof:
-                    break
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    decompressor.decompress(chunk, _CHUNK)
+                    while decompressor.unconsumed_tail:
+                        decompressor.decompress(decompressor.unconsumed_tail, _CHUNK)
+                    if decompressor.eof:
+                        break
+        except zlib.error as e:
+            raise ValueError(f"{path}: not a readable gzip file ({e}); is it a segmentation in the dataset's file "
+                             f"format? Replace the file") from e
         if not decompressor.eof:
             raise ValueError(f"{path}: the gzip stream ends early (the file is truncated, e.g. an interrupted copy "
                              f"or prediction); copy or predict it again")
@@ -40,7 +45,7 @@ def check_complete(path: str) -> None:
         import nibabel
 
         try:
-            header = nibabel.load(path).header
+            header: Any = nibabel.load(path).header  # a Nifti1Header
         except Exception as e:  # nibabel's own errors for a damaged header
             raise ValueError(f"{path}: not a readable NIfTI file ({first_line(e)}); replace the file") from e
         expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * \

@@ -44,13 +44,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @reports(FileNotFoundError, ValueError, command="compare")
 def _compare(args: argparse.Namespace) -> int:
-    from nnunet_blob.evaluation.compare import compare, format_report
+    from nnunet_blob.evaluation.compare import compare, format_report, metric_directions
 
     names = args.names or [f"{i}:{p}" for i, p in enumerate(args.summaries)]
     if len(names) != len(args.summaries) or len(set(names)) != len(names):
         print("nnunet_blob compare: error: --names needs one distinct name per summary", file=sys.stderr)
         return 2
-    print(format_report(compare(dict(zip(names, args.summaries)), alpha=args.alpha)))
+    metrics = metric_directions(args.metrics) if args.metrics else None
+    print(format_report(compare(dict(zip(names, args.summaries)), metrics=metrics, alpha=args.alpha)))
     return 0
 
 
@@ -119,4 +120,8 @@ def add_parser(subparsers) -> None:
     cp.add_argument("summaries", nargs="+", help="summary_instances.json files over the same cases")
     cp.add_argument("--names", nargs="+", help="method names, one per summary (default: index:path)")
     cp.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    cp.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
+                    help="per-case metrics to compare (default: Dice, SurfaceDice, F1, IS, IP and, when evaluated, "
+                         "RQ, SQ, PQ, SQ_Dice, CC_Dice, lesion_wise_Dice, lesion_wise_HD95), e.g. FP_instances or a "
+                         "size bin's IS_0.01-0.1ml")
     cp.set_defaults(func=_compare)

@@ -233,6 +233,10 @@ def evaluate_folder_from_json(folder_ref: str, folder_pred: str, dataset_json: s
 
     ``output_file`` defaults to ``folder_pred/summary_instances.json``.
     """
+    for option, value in (("-djfile", dataset_json), ("-pfile", plans)):
+        if not isinstance(value, dict) and not os.path.isfile(value):
+            raise FileNotFoundError(f"{option} {value} does not exist; give the dataset's dataset.json and "
+                                    f"plans.json (in nnUNet_preprocessed/DatasetXXX_Name or the model folder)")
     dataset_json = load_json(dataset_json) if not isinstance(dataset_json, dict) else dataset_json
     file_ending = dataset_json["file_ending"]
     _existing_folder(folder_ref, "GT_FOLDER")

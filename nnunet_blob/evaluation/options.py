@@ -106,7 +106,7 @@ def options_from_arguments(*, preset: str | None = None, gt_dilation: int | None
     if not confidence and detection_iou is not None:
         raise ValueError("--detection-iou applies to --confidence (candidates scored from nnU-Net's "
                          "probabilities); add --confidence or drop it")
-    extra = {}
+    extra: dict = {}
     if match_metric is not None:
         extra["match_metric"] = match_metric
     if match_threshold is not None:
