@@ -76,7 +76,7 @@ def brats_lesion_wise(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequ
             owned = pairs.pred[order[starts[k]:starts[k + 1]]]
             box = _union_box([lesion_boxes[k - 1]] + [pred_boxes[p - 1] for p in owned])
             lesion = lesions[box] == k
-            prediction = np.isin(pred_labels[box], owned)
+            prediction = pred_labels[box] == owned[0] if owned.size == 1 else np.isin(pred_labels[box], owned)
             hd = robust_hausdorff(surface_distances(lesion, prediction, spacing), 95.0)
             hd95[k - 1] = BRATS_MAX_HD95 if np.isinf(hd) else hd
     n_kept = int(kept.sum())

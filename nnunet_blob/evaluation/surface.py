@@ -10,6 +10,7 @@ surface elements (surfels) weighted by their area (contour length in 2D), spacin
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,12 +20,16 @@ from scipy import ndimage
 from nnunet_blob.evaluation._surfel_table import NORMALS_IN_EIGHTHS
 
 
+@functools.lru_cache(maxsize=64)
 def _surfel_areas(spacing: tuple[float, ...]) -> np.ndarray:
-    """Area (3D) or length (2D) in mm of the surface element of each neighbourhood code (DeepMind's tables)."""
+    """Area (3D) or length (2D) in mm of the surface element of each neighbourhood code (DeepMind's tables);
+    cached per spacing (read-only)."""
     if len(spacing) == 3:
         normals = np.asarray([n + [(0, 0, 0)] * (4 - len(n)) for n in NORMALS_IN_EIGHTHS], float) / 8.0
         s = np.array([spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1]])
-        return np.linalg.norm(normals * s, axis=-1).sum(-1)
+        areas = np.linalg.norm(normals * s, axis=-1).sum(-1)
+        areas.flags.writeable = False
+        return areas
     first, second = spacing
     diag = 0.5 * float(np.hypot(first, second))
     lengths = np.full(16, diag)  # codes with one or three pixels inside
@@ -32,6 +37,7 @@ def _surfel_areas(spacing: tuple[float, ...]) -> np.ndarray:
     lengths[[0b0011, 0b1100]] = second
     lengths[[0b0101, 0b1010]] = first
     lengths[[0b0110, 0b1001]] = 2 * diag
+    lengths.flags.writeable = False
     return lengths
 
 
@@ -70,8 +76,9 @@ def surface_distances(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequ
     coords = np.argwhere(mask_ref | mask_pred)
     lo, hi = coords.min(0), coords.max(0) + 1
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-    pad = [(0, 1)] * mask_ref.ndim
-    ref, pred = np.pad(mask_ref[crop], pad), np.pad(mask_pred[crop], pad)
+    ref, pred = np.zeros(tuple(hi - lo + 1), bool), np.zeros(tuple(hi - lo + 1), bool)
+    inner = tuple(slice(0, b - a) for a, b in zip(lo, hi))
+    ref[inner], pred[inner] = mask_ref[crop], mask_pred[crop]
 
     areas = _surfel_areas(spacing)
     full = len(areas) - 1
