@@ -7,13 +7,17 @@
   MSD/FLARE reference): marching-cubes surfels weighted by their area (contour length in 2D), spacing-aware;
 * instance metrics of F. Kofler et al., "blob loss: instance imbalance aware loss functions for semantic
   segmentation" (IPMI 2023), section 2.5, defined once in :mod:`nnunet_blob.instances.detection`: connected
-  components, a component counts as detected when it overlaps the other mask by at least one voxel.
+  components, a component counts as detected when it overlaps the other mask by at least one voxel;
+* with the :class:`~nnunet_blob.evaluation.options.EvaluationOptions`: one-to-one matching and panoptic quality,
+  sensitivity by lesion volume, CC-Dice and the empty-case rule (:mod:`~nnunet_blob.evaluation.lesions`), BraTS
+  lesion-wise scores (:mod:`~nnunet_blob.evaluation.brats`) and detection entries from confidences
+  (:mod:`~nnunet_blob.evaluation.confidence`).
 
 Instance sensitivity IS counts on reference components and instance precision IP on predicted ones (the WMH
 challenge convention the paper follows). A reference lesion split into two predicted blobs gives IS = 1 and
-IP = 1; two reference lesions merged into one predicted blob also give IS = IP = 1. One-to-one matching tools
-(e.g. panoptica) would count the extra blob as a false positive, or the second lesion as a false negative, and
-report lower numbers on such cases.
+IP = 1; two reference lesions merged into one predicted blob also give IS = IP = 1. One-to-one matching
+(``--matching one-to-one``, as panoptica) counts the extra blob as a false positive, or the second lesion as a
+false negative, and reports lower numbers on such cases.
 """
 from __future__ import annotations
 
@@ -136,7 +140,6 @@ def label_evaluation(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region,
         mask_ref, mask_pred = mask_ref & ~ignore, mask_pred & ~ignore
     out["SurfaceDice"] = surface_dice(mask_ref, mask_pred, spacing, options.tolerance_mm)
     comps = components(mask_ref, mask_pred, options.connectivity)
-    table = None
     if options.matching == "one-to-one":
         table = overlap_table(comps.ref_labels, comps.pred_labels, comps.n_ref, comps.n_pred)
         matching = match_components(table, options.match_metric, options.match_threshold)
