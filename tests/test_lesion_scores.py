@@ -104,8 +104,12 @@ def test_cc_dice_equals_literal_nearest_component_cells():
 
 
 def test_cc_dice_equals_ccmetrics():
-    ccmetrics = pytest.importorskip("CCMetrics")
     torch = pytest.importorskip("torch")
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        ccmetrics = pytest.importorskip("CCMetrics")
+    finally:
+        torch.set_grad_enabled(grad_enabled)  # importing CCMetrics switches autograd off for the whole process
     rng = np.random.default_rng(8)
     for _ in range(8):
         ref, pred = random_masks(rng)
