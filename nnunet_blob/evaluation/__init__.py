@@ -1,3 +1,6 @@
-"""Lesion-wise evaluation: ``metrics`` (per case and label), ``folder`` (nnU-Net folders, and
-``evaluate_validation_folder`` for the trainers' final validation), ``compare`` (Wilcoxon, rank score),
-``pictures`` (detection MIPs) and ``cli`` (``nnunet_blob evaluate`` / ``nnunet_blob compare``)."""
+"""Lesion-wise evaluation: ``options`` (what is computed), ``checks`` (reading a pair safely), ``metrics`` (per case
+and label), ``surface`` (surface Dice, HD95), ``lesions`` (panoptic quality, size bins, CC-Dice, empty cases),
+``brats`` (BraTS lesion-wise Dice/HD95), ``confidence`` (FROC, AP), ``folder`` (nnU-Net folders, and
+``evaluate_validation_folder`` for the trainers' final validation), ``report`` (the command's closing summary),
+``compare`` (Wilcoxon, rank score), ``pictures`` (detection MIPs) and ``cli`` (``nnunet_blob evaluate`` /
+``nnunet_blob compare``)."""

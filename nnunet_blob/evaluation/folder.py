@@ -20,7 +20,10 @@ from nnunetv2.imageio.reader_writer_registry import (
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
-from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_metrics, spatial_view
+from nnunet_blob.evaluation.checks import read_pair, read_probabilities
+from nnunet_blob.evaluation.confidence import average_precision, froc
+from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_evaluation, spatial_view
+from nnunet_blob.evaluation.options import EvaluationOptions
 from nnunet_blob.instances.detection import instance_scores
 from nnunet_blob.io import atomic_write_json
 from nnunet_blob.nnunet_internals import label_or_region_key
@@ -32,20 +35,36 @@ POOLED = ("n_ref_instances", "n_pred_instances", "TP_ref_instances", "TP_pred_in
 
 def evaluate_case(ref_file: str, pred_file: str, reader_writer, labels_or_regions, ignore_label=None,
                   tolerance_mm: float = 1.0, connectivity: int = 26, png_file: str | None = None,
-                  image_file: str | None = None) -> dict:
-    """Metrics of one case, keyed like nnU-Net's ``compute_metrics`` result; optionally writes its PNG."""
-    seg_ref, props = reader_writer.read_seg(ref_file)
-    seg_pred, _ = reader_writer.read_seg(pred_file)
-    if seg_ref.shape != seg_pred.shape:
-        raise ValueError(f"{pred_file}: shape {seg_pred.shape} differs from the reference {ref_file} "
-                         f"{seg_ref.shape}; predictions must be in the reference's image space")
+                  image_file: str | None = None, options: EvaluationOptions | None = None,
+                  allowed_labels=None, probabilities_file: str | None = None) -> dict:
+    """Metrics of one case, keyed like nnU-Net's ``compute_metrics`` result; optionally writes its PNG.
+
+    ``options`` default to ``tolerance_mm`` and ``connectivity`` with everything else at its default. The pair is
+    read with :func:`~nnunet_blob.evaluation.checks.read_pair` (``allowed_labels``: the declared labels, None to
+    skip that check). With ``probabilities_file`` (nnU-Net's ``.npz``) the result also holds ``detections``, the
+    entries of every label or region (:mod:`nnunet_blob.evaluation.confidence`).
+    """
+    if options is None:
+        options = EvaluationOptions(tolerance_mm=tolerance_mm, connectivity=connectivity)
+    seg_ref, seg_pred, props = read_pair(reader_writer, ref_file, pred_file, allowed_labels,
+                                         options.allow_geometry_mismatch)
     ref, spacing = spatial_view(seg_ref, props["spacing"])
     pred, _ = spatial_view(seg_pred, props["spacing"])
+    probabilities = None
+    if probabilities_file is not None:
+        case = os.path.basename(probabilities_file)[:-len(".npz")]
+        probabilities = read_probabilities(probabilities_file, case, seg_ref.shape[1:])
     result: dict = {"reference_file": ref_file, "prediction_file": pred_file, "metrics": {}}
-    comps = {}
-    for r in labels_or_regions:
-        result["metrics"][r], comps[r] = label_metrics(ref, pred, r, spacing, ignore_label, tolerance_mm,
-                                                       connectivity, return_components=True)
+    comps, detections = {}, {}
+    for index, r in enumerate(labels_or_regions):
+        channel = None
+        if probabilities is not None:
+            channel = _probability_channel(probabilities, r, index, probabilities_file)
+            channel = spatial_view(channel[None], props["spacing"])[0]
+        result["metrics"][r], comps[r], detections[r] = label_evaluation(ref, pred, r, spacing, ignore_label, options,
+                                                                          channel)
+    if probabilities is not None:
+        result["detections"] = detections
     if png_file is not None:
         from nnunet_blob.evaluation.pictures import case_png
 
@@ -55,13 +74,55 @@ def evaluate_case(ref_file: str, pred_file: str, reader_writer, labels_or_region
     return result
 
 
+def _probability_channel(probabilities: np.ndarray, label_or_region, index: int, path) -> np.ndarray:
+    """The probability of a label (softmax channel = label value) or region (sigmoid channel = its index among
+    the regions; nnU-Net saves one channel per region)."""
+    region = isinstance(label_or_region, (tuple, list))
+    channel = index if region else int(label_or_region)
+    if channel >= probabilities.shape[0]:
+        raise ValueError(f"{path}: {probabilities.shape[0]} probability channels, none for label {label_or_region}; "
+                         f"use the probabilities of this dataset's model")
+    return probabilities[channel]
+
+
 def _evaluate_case_star(args):
-    return evaluate_case(*args)
+    return evaluate_case(*args[:-1], **args[-1])
 
 
+def _pooled_lesions(results: list[dict], r, options: EvaluationOptions) -> dict:
+    """The new pooled numbers of one label: FP components per case, the size bins, panoptic quality of the
+    pooled matching, and FROC/AP when there are detection entries."""
+    cases = [c["metrics"][r] for c in results]
+    out: dict = {"FP_per_case": float(np.mean([m["FP_instances"] for m in cases])) if cases else float("nan")}
+    for name in options.size_bin_names():
+        n = int(sum(m[f"n_ref_{name}"] for m in cases))
+        tp = int(sum(m[f"TP_ref_{name}"] for m in cases))
+        out.update({f"n_ref_{name}": n, f"TP_ref_{name}": tp, f"IS_{name}": tp / n if n else float("nan")})
+    if options.matching == "one-to-one":
+        matched = int(sum(m["n_matched"] for m in cases))
+        n_ref = int(sum(m["n_ref_instances"] for m in cases))
+        n_pred = int(sum(m["n_pred_instances"] for m in cases))
+        iou_sum = float(sum(m["SQ"] * m["n_matched"] for m in cases if m["n_matched"]))
+        rq = matched / (matched + 0.5 * (n_pred - matched) + 0.5 * (n_ref - matched)) if n_ref + n_pred else \
+            float("nan")
+        sq = iou_sum / matched if matched else (float("nan") if n_ref + n_pred == 0 else 0.0)
+        out.update({"n_matched": matched, "RQ": rq, "SQ": sq, "PQ": sq * rq})
+    if options.brats:
+        for key in ("lesion_wise_TP", "lesion_wise_FN", "lesion_wise_FP"):
+            out[key] = int(sum(m[key] for m in cases))
+    if all("detections" in c for c in results) and results:
+        entries = [e for c in results for e in c["detections"][r]]
+        out["FROC"] = froc(entries, len(results), options.froc_fp_per_case)
+        out["AP"] = average_precision(entries)
+        out["detection_iou"] = options.detection_iou
+    return out
 
-def summarize(results: list[dict], labels_or_regions, tolerance_mm: float, connectivity: int) -> dict:
+
+def summarize(results: list[dict], labels_or_regions, tolerance_mm: float = 1.0, connectivity: int = 26,
+              options: EvaluationOptions | None = None) -> dict:
     """nnU-Net's means (nanmean per label, mean over labels) plus pooled instance counts and NaN counts."""
+    if options is None:
+        options = EvaluationOptions(tolerance_mm=tolerance_mm, connectivity=connectivity)
     metric_names = list(results[0]["metrics"][labels_or_regions[0]].keys())
     means, nan_cases, pooled = {}, {}, {}
     for r in labels_or_regions:
@@ -69,12 +130,14 @@ def summarize(results: list[dict], labels_or_regions, tolerance_mm: float, conne
         means[r] = {m: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for m, v in values.items()}
         nan_cases[r] = {m: int(np.isnan(v).sum()) for m, v in values.items()}
         counts = np.array([[c["metrics"][r][key] for key in COUNT_METRICS] for c in results], np.int64)
-        pooled[r] = {m: int(values[m].sum()) for m in POOLED} | instance_scores(counts)
+        pooled[r] = {m: int(values[m].sum()) for m in POOLED} | instance_scores(counts) | \
+            _pooled_lesions(results, r, options)
     foreground_mean = {m: float(np.mean([means[r][m] for r in labels_or_regions if r not in (0, "0")]))
                        for m in metric_names}
+    settings = {"surface_dice_tolerance_mm": options.tolerance_mm, "connectivity": options.connectivity}
+    settings |= {k: v for k, v in options.settings().items() if k not in ("tolerance_mm", "connectivity")}
     return {"metric_per_case": results, "mean": means, "foreground_mean": foreground_mean,
-            "pooled_instances": pooled, "nan_cases": nan_cases,
-            "settings": {"surface_dice_tolerance_mm": tolerance_mm, "connectivity": connectivity}}
+            "pooled_instances": pooled, "nan_cases": nan_cases, "settings": settings}
 
 
 def json_keys(summary: dict) -> dict:
@@ -85,13 +148,26 @@ def json_keys(summary: dict) -> dict:
         if key in data:
             data[key] = {label_or_region_key(k): v for k, v in data[key].items()}
     if "metric_per_case" in data:
-        data["metric_per_case"] = [dict(c, metrics={label_or_region_key(k): v for k, v in c["metrics"].items()})
-                                   for c in data["metric_per_case"]]
+        cases = []
+        for c in data["metric_per_case"]:
+            case = dict(c, metrics={label_or_region_key(k): v for k, v in c["metrics"].items()})
+            if "detections" in c:
+                case["detections"] = {label_or_region_key(k): v for k, v in c["detections"].items()}
+            cases.append(case)
+        data["metric_per_case"] = cases
     return data
+
+
+def _existing_folder(folder: str, role: str) -> None:
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{role} {folder} is not a folder (it does not exist or is a file); give the folder "
+                                f"of the {'reference' if role == 'GT_FOLDER' else 'predicted'} segmentations")
 
 
 def pair_cases(folder_ref: str, folder_pred: str, file_ending: str, chill: bool = False) -> list[tuple[str, str]]:
     """(reference, prediction) file pairs, by the prediction folder's file names as nnU-Net pairs them."""
+    _existing_folder(folder_ref, "GT_FOLDER")
+    _existing_folder(folder_pred, "PRED_FOLDER")
     files_pred = subfiles(folder_pred, suffix=file_ending, join=False)
     files_ref = subfiles(folder_ref, suffix=file_ending, join=False)
     if not files_pred:
@@ -110,8 +186,16 @@ def pair_cases(folder_ref: str, folder_pred: str, file_ending: str, chill: bool 
 def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path | None, reader_writer,
                     file_ending: str, labels_or_regions, ignore_label: int | None = None, num_processes: int = 1,
                     tolerance_mm: float = 1.0, connectivity: int = 26, chill: bool = False,
-                    png_dir: str | None = None, images_dir: str | None = None) -> dict:
-    """Evaluate all cases in parallel (spawn pool, tqdm progress bar); write the summary if ``output_file``."""
+                    png_dir: str | None = None, images_dir: str | None = None,
+                    options: EvaluationOptions | None = None, allowed_labels=None) -> dict:
+    """Evaluate all cases in parallel (spawn pool, tqdm progress bar); write the summary if ``output_file``.
+
+    ``options`` default to ``tolerance_mm`` and ``connectivity`` with everything else at its default;
+    ``allowed_labels`` are the declared label values every file must keep to (None: not checked). With
+    ``options.confidence`` each case's probabilities are read from ``folder_pred/<case>.npz``.
+    """
+    if options is None:
+        options = EvaluationOptions(tolerance_mm=tolerance_mm, connectivity=connectivity)
     pairs = pair_cases(folder_ref, folder_pred, file_ending, chill)
     jobs = []
     for ref_file, pred_file in pairs:
@@ -121,17 +205,22 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
         if image is not None and not os.path.isfile(image):
             raise FileNotFoundError(f"case {case}: image {image} not found; --images must be nnU-Net's raw "
                                     f"imagesTr/imagesTs folder (channel 0000)")
-        jobs.append((ref_file, pred_file, reader_writer, list(labels_or_regions), ignore_label, tolerance_mm,
-                     connectivity, png, image))
+        probabilities = os.path.join(folder_pred, case + ".npz") if options.confidence else None
+        if probabilities is not None and not os.path.isfile(probabilities):
+            raise FileNotFoundError(f"case {case}: no probabilities {probabilities}; --confidence needs "
+                                    f"nnUNetv2_predict ... --save_probabilities (or drop --confidence)")
+        jobs.append((ref_file, pred_file, reader_writer, list(labels_or_regions), ignore_label,
+                     options.tolerance_mm, options.connectivity, png, image,
+                     dict(options=options, allowed_labels=allowed_labels, probabilities_file=probabilities)))
     if png_dir:
         os.makedirs(png_dir, exist_ok=True)
     desc = f"evaluating {len(jobs)} cases"
     if num_processes <= 1:
-        results = [evaluate_case(*j) for j in tqdm(jobs, desc=desc)]
+        results = [_evaluate_case_star(j) for j in tqdm(jobs, desc=desc)]
     else:
         with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
             results = list(tqdm(pool.imap(_evaluate_case_star, jobs), total=len(jobs), desc=desc))
-    summary = summarize(results, list(labels_or_regions), tolerance_mm, connectivity)
+    summary = summarize(results, list(labels_or_regions), options=options)
     if output_file is not None:
         Path(output_file).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(output_file, json_keys(summary))
@@ -144,8 +233,13 @@ def evaluate_folder_from_json(folder_ref: str, folder_pred: str, dataset_json: s
 
     ``output_file`` defaults to ``folder_pred/summary_instances.json``.
     """
+    for option, value in (("-djfile", dataset_json), ("-pfile", plans)):
+        if not isinstance(value, dict) and not os.path.isfile(value):
+            raise FileNotFoundError(f"{option} {value} does not exist; give the dataset's dataset.json and "
+                                    f"plans.json (in nnUNet_preprocessed/DatasetXXX_Name or the model folder)")
     dataset_json = load_json(dataset_json) if not isinstance(dataset_json, dict) else dataset_json
     file_ending = dataset_json["file_ending"]
+    _existing_folder(folder_ref, "GT_FOLDER")
     examples = subfiles(folder_ref, suffix=file_ending, join=True)
     if not examples:
         raise FileNotFoundError(f"no reference files ending in {file_ending!r} (dataset.json file_ending) "
@@ -155,13 +249,17 @@ def evaluate_folder_from_json(folder_ref: str, folder_pred: str, dataset_json: s
     regions = lm.foreground_regions if lm.has_regions else lm.foreground_labels
     if output_file is None:
         output_file = os.path.join(folder_pred, "summary_instances.json")
+    allowed = list(lm.all_labels) + ([lm.ignore_label] if lm.ignore_label is not None else [])
+    kwargs.setdefault("allowed_labels", allowed)
     return evaluate_folder(folder_ref, folder_pred, output_file, rw, file_ending, regions, lm.ignore_label,
                            **kwargs)
 
 
 def evaluate_folder_simple(folder_ref: str, folder_pred: str, labels, ignore_label: int | None = None,
                            output_file: str | Path | None = None, **kwargs) -> dict:
-    """As nnU-Net's ``compute_metrics_on_folder_simple``: reader from the file ending, labels given."""
+    """As nnU-Net's ``compute_metrics_on_folder_simple``: reader from the file ending, labels given (the files may
+    hold these, the background and the ignore label)."""
+    _existing_folder(folder_ref, "GT_FOLDER")
     examples = subfiles(folder_ref, join=True)
     if not examples:
         raise FileNotFoundError(f"no reference files in {folder_ref}")
@@ -170,6 +268,7 @@ def evaluate_folder_simple(folder_ref: str, folder_pred: str, labels, ignore_lab
                                                   verbose=False)()
     if output_file is None:
         output_file = os.path.join(folder_pred, "summary_instances.json")
+    kwargs.setdefault("allowed_labels", [0, *labels] + ([ignore_label] if ignore_label is not None else []))
     return evaluate_folder(folder_ref, folder_pred, output_file, rw, file_ending, list(labels), ignore_label,
                            **kwargs)
 

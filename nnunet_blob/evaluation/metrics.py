@@ -7,24 +7,32 @@
   MSD/FLARE reference): marching-cubes surfels weighted by their area (contour length in 2D), spacing-aware;
 * instance metrics of F. Kofler et al., "blob loss: instance imbalance aware loss functions for semantic
   segmentation" (IPMI 2023), section 2.5, defined once in :mod:`nnunet_blob.instances.detection`: connected
-  components, a component counts as detected when it overlaps the other mask by at least one voxel.
+  components, a component counts as detected when it overlaps the other mask by at least one voxel;
+* with the :class:`~nnunet_blob.evaluation.options.EvaluationOptions`: one-to-one matching and panoptic quality,
+  sensitivity by lesion volume, CC-Dice and the empty-case rule (:mod:`~nnunet_blob.evaluation.lesions`), BraTS
+  lesion-wise scores (:mod:`~nnunet_blob.evaluation.brats`) and detection entries from confidences
+  (:mod:`~nnunet_blob.evaluation.confidence`).
 
 Instance sensitivity IS counts on reference components and instance precision IP on predicted ones (the WMH
 challenge convention the paper follows). A reference lesion split into two predicted blobs gives IS = 1 and
-IP = 1; two reference lesions merged into one predicted blob also give IS = IP = 1. One-to-one matching tools
-(e.g. panoptica) would count the extra blob as a false positive, or the second lesion as a false negative, and
-report lower numbers on such cases.
+IP = 1; two reference lesions merged into one predicted blob also give IS = IP = 1. One-to-one matching
+(``--matching one-to-one``, as panoptica) counts the extra blob as a false positive, or the second lesion as a
+false negative, and reports lower numbers on such cases.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import ndimage
 
-from nnunet_blob.evaluation._surfel_table import NORMALS_IN_EIGHTHS
+from nnunet_blob.evaluation.brats import brats_lesion_wise
+from nnunet_blob.evaluation.confidence import candidate_confidences, case_detections
+from nnunet_blob.evaluation.lesions import apply_empty_case, cc_dice, panoptic_quality, size_bin_counts
+from nnunet_blob.evaluation.options import EvaluationOptions
+from nnunet_blob.evaluation.surface import surface_dice
 from nnunet_blob.instances.detection import instance_scores, label_components, overlap_detection
+from nnunet_blob.instances.matching import match_components, overlap_table
 from nnunet_blob.nnunet_internals import label_or_region_mask, tp_fp_fn_tn
 
 
@@ -46,66 +54,6 @@ def spatial_view(seg: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray,
     if arr.ndim == 3 and arr.shape[0] == 1:
         return arr[0], spacing[1:]
     return arr, spacing
-
-
-# ----------------------------------------------------------------------------------------------- surface Dice
-def _surfel_areas(spacing: tuple[float, ...]) -> np.ndarray:
-    """Area (3D) or length (2D) in mm of the surface element of each neighbourhood code (DeepMind's tables)."""
-    if len(spacing) == 3:
-        normals = np.asarray([n + [(0, 0, 0)] * (4 - len(n)) for n in NORMALS_IN_EIGHTHS], float) / 8.0
-        s = np.array([spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1]])
-        return np.linalg.norm(normals * s, axis=-1).sum(-1)
-    first, second = spacing
-    diag = 0.5 * float(np.hypot(first, second))
-    lengths = np.full(16, diag)  # codes with one or three pixels inside
-    lengths[[0b0000, 0b1111]] = 0.0
-    lengths[[0b0011, 0b1100]] = second
-    lengths[[0b0101, 0b1010]] = first
-    lengths[[0b0110, 0b1001]] = 2 * diag
-    return lengths
-
-
-def _borders(mask: np.ndarray, full: int) -> tuple[np.ndarray, np.ndarray]:
-    """Neighbourhood codes (DeepMind's encoding kernel) and the mask of surface-carrying neighbourhoods."""
-    kernel = (2 ** np.arange(2 ** mask.ndim)[::-1]).reshape((2,) * mask.ndim)
-    codes = ndimage.correlate(mask.astype(np.uint16), kernel, mode="constant", cval=0)
-    return codes, (codes != 0) & (codes != full)
-
-
-def surface_dice(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float], tolerance_mm: float) -> float:
-    """Surface Dice at ``tolerance_mm`` (Nikolov et al. 2021), as DeepMind's
-    ``surface_distance.compute_surface_dice_at_tolerance``.
-
-    ``(|S_ref within tol of S_pred| + |S_pred within tol of S_ref|) / (|S_ref| + |S_pred|)`` with surface
-    measured in mm^2 (3D) or mm (2D). NaN when both masks are empty, 0 when exactly one is.
-    """
-    mask_ref, mask_pred = np.asarray(mask_ref, bool), np.asarray(mask_pred, bool)
-    if mask_ref.shape != mask_pred.shape or mask_ref.ndim not in (2, 3) or len(spacing) != mask_ref.ndim:
-        raise ValueError(f"surface Dice needs two 2D/3D masks of one shape and a matching spacing, got "
-                         f"{mask_ref.shape}, {mask_pred.shape}, spacing {tuple(spacing)}")
-    has_ref, has_pred = mask_ref.any(), mask_pred.any()
-    if not (has_ref or has_pred):
-        return float("nan")
-    if not (has_ref and has_pred):
-        return 0.0
-    # crop to the union's bounding box plus one empty voxel at the end (DeepMind's _crop_to_bounding_box)
-    coords = np.argwhere(mask_ref | mask_pred)
-    lo, hi = coords.min(0), coords.max(0) + 1
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-    pad = [(0, 1)] * mask_ref.ndim
-    ref, pred = np.pad(mask_ref[crop], pad), np.pad(mask_pred[crop], pad)
-
-    spacing = tuple(float(s) for s in spacing)
-    areas = _surfel_areas(spacing)
-    full = len(areas) - 1
-    code_ref, border_ref = _borders(ref, full)
-    code_pred, border_pred = _borders(pred, full)
-    dist_to_ref = ndimage.distance_transform_edt(~border_ref, sampling=spacing)
-    dist_to_pred = ndimage.distance_transform_edt(~border_pred, sampling=spacing)
-    area_ref, area_pred = areas[code_ref[border_ref]], areas[code_pred[border_pred]]
-    overlap = area_ref[dist_to_pred[border_ref] <= tolerance_mm].sum() + \
-        area_pred[dist_to_ref[border_pred] <= tolerance_mm].sum()
-    return float(overlap / (area_ref.sum() + area_pred.sum()))
 
 
 # ------------------------------------------------------------------------------------------- instance metrics
@@ -154,12 +102,28 @@ def instance_metrics(counts: np.ndarray) -> dict:
 # --------------------------------------------------------------------------------------------- one case
 def label_metrics(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region, spacing: Sequence[float],
                   ignore_label: int | None = None, tolerance_mm: float = 1.0, connectivity: int = 26,
-                  return_components: bool = False):
-    """All metrics of one label (or region) of one case.
+                  return_components: bool = False, options: EvaluationOptions | None = None):
+    """All metrics of one label (or region) of one case (:func:`label_evaluation` without confidences).
+
+    ``options`` (default: ``tolerance_mm`` and ``connectivity`` with everything else at its default) chooses the
+    metrics; returns the metrics, and with ``return_components`` also the :class:`Components`.
+    """
+    if options is None:
+        options = EvaluationOptions(tolerance_mm=tolerance_mm, connectivity=connectivity)
+    out, comps, _ = label_evaluation(seg_ref, seg_pred, label_or_region, spacing, ignore_label, options)
+    return (out, comps) if return_components else out
+
+
+def label_evaluation(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region, spacing: Sequence[float],
+                     ignore_label: int | None, options: EvaluationOptions,
+                     probabilities: np.ndarray | None = None) -> tuple[dict, Components, list | None]:
+    """(metrics, components, detection entries) of one label (or region) of one case.
 
     ``seg_ref``/``seg_pred`` are label maps (2D or 3D, no channel axis) with ``spacing`` in mm per axis. The
     volumetric numbers use nnU-Net's functions with its ignore mask, so they equal ``compute_metrics``. For the
-    other metrics ignore-label voxels are set to background in both masks first.
+    other metrics ignore-label voxels are set to background in both masks first. ``probabilities`` (same shape,
+    this label's or region's probability) gives the detection entries
+    (:func:`~nnunet_blob.evaluation.confidence.case_detections`), else they are None.
     """
     if seg_ref.shape != seg_pred.shape:
         raise ValueError(f"reference shape {seg_ref.shape} != prediction shape {seg_pred.shape}")
@@ -174,9 +138,30 @@ def label_metrics(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region, sp
     }
     if ignore is not None:
         mask_ref, mask_pred = mask_ref & ~ignore, mask_pred & ~ignore
-    out["SurfaceDice"] = surface_dice(mask_ref, mask_pred, spacing, tolerance_mm)
-    comps = components(mask_ref, mask_pred, connectivity)
+    out["SurfaceDice"] = surface_dice(mask_ref, mask_pred, spacing, options.tolerance_mm)
+    comps = components(mask_ref, mask_pred, options.connectivity)
+    if options.matching == "one-to-one":
+        table = overlap_table(comps.ref_labels, comps.pred_labels, comps.n_ref, comps.n_pred)
+        matching = match_components(table, options.match_metric, options.match_threshold)
+        comps = replace(comps, ref_detected=matching.ref, pred_true=np.sort(matching.pred))
     out.update(instance_metrics(comps.counts()))
     voxel_ml = float(np.prod(spacing)) / 1000.0  # mm^3 -> ml (2D: mm^2 / 1000)
     out["absolute_volume_difference_ml"] = abs(int(mask_pred.sum()) - int(mask_ref.sum())) * voxel_ml
-    return (out, comps) if return_components else out
+    if options.matching == "one-to-one":
+        out.update(panoptic_quality(matching, comps.n_ref, comps.n_pred))
+    ref_sizes = np.bincount(comps.ref_labels.ravel(), minlength=comps.n_ref + 1)[1:]
+    found = np.zeros(comps.n_ref + 1, bool)
+    found[comps.ref_detected] = True
+    out.update(size_bin_counts(ref_sizes, found[1:], voxel_ml, options.size_bins_ml, options.size_bin_names()))
+    if options.cc_dice:
+        out["CC_Dice"] = cc_dice(comps.ref_labels, comps.n_ref, mask_pred)
+    if options.brats:
+        out.update(brats_lesion_wise(mask_ref, mask_pred, spacing, int(options.gt_dilation or 0),
+                                     options.min_lesion_volume_mm3, options.connectivity))
+    apply_empty_case(out, options.empty_case, comps.n_ref == 0 and comps.n_pred == 0)
+    detections = None
+    if probabilities is not None:
+        confidences = candidate_confidences(comps.pred_labels, comps.n_pred, probabilities)
+        detections = case_detections(comps.ref_labels, comps.n_ref, comps.pred_labels, comps.n_pred, confidences,
+                                     options.detection_iou)
+    return out, comps, detections

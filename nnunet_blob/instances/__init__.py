@@ -6,7 +6,9 @@
 * :mod:`.tables`: the per-case instance table for instance-balanced sampling and its ``.npz`` file
   (``InstanceLocations``, ``write_table``, ``read_table``);
 * :mod:`.detection`: detection counts and instance sensitivity, precision and F1, one definition for per-case
-  evaluation, pooled summaries and the trainers' online score.
+  evaluation, pooled summaries and the trainers' online score;
+* :mod:`.matching`: the overlap table of two component maps and their one-to-one matching (panoptic quality,
+  PI-CAI detection).
 
 This package imports nothing else of nnunet_blob but :mod:`nnunet_blob.io`; preprocessing, evaluation and the
 trainers build on it.

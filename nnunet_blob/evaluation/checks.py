@@ -1,0 +1,157 @@
+"""Reading a reference/prediction pair safely: every fault is a ValueError naming the file, what is wrong and the
+fix, never a score.
+
+* **readable**: a file the reader cannot open, a gzip stream that ends early (a ``.nii.gz`` cut short, which
+  SimpleITK would read as zeros without a word) or an uncompressed NIfTI shorter than its header says;
+* **same grid**: same shape, and spacing, origin and direction (or nibabel's affine) equal within nnU-Net's
+  tolerance (``np.allclose``, as ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` checks images
+  against labels); ``allow_geometry_mismatch`` skips the spacing/origin/direction check, not the shape check;
+* **labels**: integer values among the declared labels (dataset.json's labels and ignore label, or ``-l``/``-il``
+  with the background).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+_CHUNK = 1 << 20
+
+
+def check_complete(path: str) -> None:
+    """ValueError when ``path`` is a gzip file whose stream ends early or an uncompressed NIfTI shorter than its
+    header's data size."""
+    if path.endswith(".gz"):
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    decompressor.decompress(chunk, _CHUNK)
+                    while decompressor.unconsumed_tail:
+                        decompressor.decompress(decompressor.unconsumed_tail, _CHUNK)
+                    if decompressor.eof:
+                        break
+        except zlib.error as e:
+            raise ValueError(f"{path}: not a readable gzip file ({e}); is it a segmentation in the dataset's file "
+                             f"format? Replace the file") from e
+        if not decompressor.eof:
+            raise ValueError(f"{path}: the gzip stream ends early (the file is truncated, e.g. an interrupted copy "
+                             f"or prediction); copy or predict it again")
+    elif path.endswith(".nii"):
+        import nibabel
+
+        try:
+            header: Any = nibabel.load(path).header  # a Nifti1Header
+        except Exception as e:  # nibabel's own errors for a damaged header
+            raise ValueError(f"{path}: not a readable NIfTI file ({first_line(e)}); replace the file") from e
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * \
+            header.get_data_dtype().itemsize
+        if os.path.getsize(path) < expected:
+            raise ValueError(f"{path}: {os.path.getsize(path)} bytes, its header needs {expected} (the file is "
+                             f"truncated); copy or predict it again")
+
+
+def first_line(error: BaseException) -> str:
+    """The last non-empty line of an error's message (SimpleITK puts its reason there), shortened."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def read_segmentation(reader_writer, path: str) -> tuple[np.ndarray, dict]:
+    """``reader_writer.read_seg(path)`` after :func:`check_complete`; reader errors become a ValueError naming the
+    file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    check_complete(path)
+    try:
+        return reader_writer.read_seg(path)
+    except Exception as e:  # the readers raise RuntimeError (SimpleITK), OSError, ValueError, ...
+        raise ValueError(f"{path}: cannot be read with {type(reader_writer).__name__} ({first_line(e)}); is it a "
+                         f"segmentation in the dataset's file format?") from e
+
+
+def _differs(name: str, a, b) -> str | None:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or not np.allclose(a, b):
+        def show(v):
+            return tuple(np.round(v.ravel(), 6).tolist())
+
+        return f"{name} {show(a)} vs the reference's {show(b)}"
+    return None
+
+
+def check_geometry(pred_file: str, ref_file: str, props_pred: dict, props_ref: dict) -> None:
+    """ValueError when the prediction's spacing, origin, direction or affine differ from the reference's."""
+    differences = [_differs("spacing", props_pred["spacing"], props_ref["spacing"])]
+    sitk_pred, sitk_ref = props_pred.get("sitk_stuff"), props_ref.get("sitk_stuff")
+    if sitk_pred and sitk_ref:
+        differences += [_differs(key, sitk_pred[key], sitk_ref[key]) for key in ("origin", "direction")]
+    nib_pred, nib_ref = props_pred.get("nibabel_stuff"), props_ref.get("nibabel_stuff")
+    if nib_pred and nib_ref and "original_affine" in nib_pred and "original_affine" in nib_ref:
+        differences.append(_differs("affine", nib_pred["original_affine"], nib_ref["original_affine"]))
+    found = [d for d in differences if d]
+    if found:
+        raise ValueError(f"{pred_file}: {'; '.join(found)} ({ref_file}); the prediction must lie on the "
+                         f"reference's grid (nnUNetv2_predict writes it so): resample it, or pass "
+                         f"--allow-geometry-mismatch to compare the arrays anyway")
+
+
+def check_labels(path: str, seg: np.ndarray, allowed: Iterable[int]) -> None:
+    """ValueError when ``seg`` holds non-integer values or labels outside ``allowed``."""
+    allowed = sorted({int(a) for a in allowed})
+    if seg.dtype.kind == "f":
+        if not np.isfinite(seg).all() or np.any(seg != np.round(seg)):
+            raise ValueError(f"{path}: holds non-integer values; segmentations must be integer label maps")
+    elif seg.dtype.kind not in "iub":
+        raise ValueError(f"{path}: values of type {seg.dtype} are not integer labels")
+    low, high = (int(v) for v in (seg.min(initial=0), seg.max(initial=0)))
+    if low >= 0 and high < 1 << 16:
+        present = np.flatnonzero(np.bincount(seg.astype(np.int64).ravel(), minlength=1))
+    else:
+        present = np.unique(seg).astype(np.int64)
+    unknown = sorted(set(present.tolist()) - set(allowed))
+    if unknown:
+        raise ValueError(f"{path}: labels {unknown[:10]} are not among the declared labels {allowed} (dataset.json "
+                         f"labels or -l/-il); fix the file or declare the labels")
+
+
+def read_pair(reader_writer, ref_file: str, pred_file: str, allowed_labels: Iterable[int] | None,
+              allow_geometry_mismatch: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(reference, prediction, reference properties) of one case, checked (module docstring)."""
+    seg_ref, props = read_segmentation(reader_writer, ref_file)
+    seg_pred, props_pred = read_segmentation(reader_writer, pred_file)
+    if seg_ref.shape != seg_pred.shape:
+        raise ValueError(f"{pred_file}: shape {seg_pred.shape} differs from the reference {ref_file} "
+                         f"{seg_ref.shape}; predictions must be in the reference's image space")
+    if not allow_geometry_mismatch:
+        check_geometry(pred_file, ref_file, props_pred, props)
+    if allowed_labels is not None:
+        allowed_labels = list(allowed_labels)
+        check_labels(ref_file, seg_ref, allowed_labels)
+        check_labels(pred_file, seg_pred, allowed_labels)
+    return seg_ref, seg_pred, props
+
+
+def read_probabilities(npz_file: str, case: str, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """(C, *spatial) probabilities nnU-Net saved for a case (``nnUNetv2_predict --save_probabilities``)."""
+    if not os.path.isfile(npz_file):
+        raise FileNotFoundError(f"case {case}: no probabilities {npz_file}; predict with nnUNetv2_predict "
+                                f"--save_probabilities, or drop --confidence")
+    try:
+        with np.load(npz_file) as data:
+            probabilities = data["probabilities"]
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(f"case {case}: {npz_file} holds no readable 'probabilities' array ({first_line(e)}); "
+                         f"predict again with --save_probabilities") from e
+    except Exception as e:  # zipfile.BadZipFile and other damage
+        raise ValueError(f"case {case}: {npz_file} is not a readable .npz ({first_line(e)}); predict again with "
+                         f"--save_probabilities") from e
+    if tuple(probabilities.shape[1:]) != tuple(spatial_shape):
+        raise ValueError(f"case {case}: probabilities of shape {probabilities.shape} do not match the "
+                         f"segmentation's {tuple(spatial_shape)}; use the .npz written with this prediction")
+    return probabilities

@@ -1,0 +1,33 @@
+"""The short text ``nnunet_blob evaluate`` ends with: per label or region the case means of the main metrics,
+the pooled lesion counts and where the summary went."""
+from __future__ import annotations
+
+import math
+
+#: (summary key, column title) of the case means shown, when the summary has them
+MEAN_COLUMNS = (("Dice", "DSC"), ("F1", "F1"), ("IS", "IS"), ("IP", "IP"), ("PQ", "PQ"), ("CC_Dice", "CC-Dice"),
+                ("lesion_wise_Dice", "LW-DSC"), ("lesion_wise_HD95", "LW-HD95"))
+
+
+def _number(value) -> str:
+    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def format_summary(summary: dict, output_file) -> str:
+    """A few lines: one per label with the case means and pooled counts (and FROC/AP when computed)."""
+    n_cases = len(summary["metric_per_case"])
+    lines = [f"{n_cases} cases evaluated (means over cases; lesions pooled over cases)"]
+    for label, means in summary["mean"].items():
+        pooled = summary["pooled_instances"][label]
+        columns = [f"{title} {_number(means[key])}" for key, title in MEAN_COLUMNS if key in means]
+        lines.append(f"  label {label}: " + "  ".join(columns))
+        counts = (f"    lesions: {pooled['n_ref_instances']} reference, {pooled['TP_ref_instances']} found, "
+                  f"{pooled['FN_instances']} missed; {pooled['n_pred_instances']} predicted, "
+                  f"{pooled['FP_instances']} false positive ({_number(pooled['FP_per_case'])} per case); pooled "
+                  f"IS {_number(pooled['IS'])} IP {_number(pooled['IP'])} F1 {_number(pooled['F1'])}")
+        lines.append(counts)
+        if "FROC" in pooled:
+            lines.append(f"    detection from probabilities: FROC mean {_number(pooled['FROC']['mean'])}, "
+                         f"AP {_number(pooled['AP'])}")
+    lines.append(f"summary: {output_file}")
+    return "\n".join(lines)
