@@ -7,9 +7,11 @@ old content. Temporary names start with ``.tmp-`` and end with the target's name
 format by the ending).
 
 Trainer registration: nnU-Net's ``-tr`` lookup also scans the folders listed in ``nnUNet_extTrainer``
-(``nnunetv2/utilities/find_objects.py``); :data:`TRAINER_FOLDER` is ours. The start-up hook
-(``nnunet_blob.pth``, :mod:`nnunet_blob._autoregister`) registers it in every Python process, so this module is
-imported at interpreter start-up: it imports nothing but ``os`` there (the rest on first use).
+(``nnunetv2/utilities/find_objects.py``); :data:`TRAINER_FOLDERS` are ours: the trainers, and the demo's
+``<trainer>_demo`` classes so that a model the demo trained is found from any shell. The start-up hook
+(``nnunet_blob.pth``, :mod:`nnunet_blob._autoregister`) registers them in every Python process, so this module is
+imported at interpreter start-up: it imports nothing but ``os`` there (the rest on first use). Listing a folder
+imports nothing: nnU-Net imports its modules only when a ``-tr`` name is not one of its own.
 """
 import os
 
@@ -18,6 +20,10 @@ TEMPORARY_PREFIX = ".tmp-"
 EXT_TRAINER_VARIABLE = "nnUNet_extTrainer"
 #: the folder of our trainers that nnU-Net's lookup scans
 TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers", "nnunet_ext")
+#: the folder of the demo's budget trainers (``<trainer>_demo``)
+DEMO_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo", "trainers")
+#: every folder registered in ``nnUNet_extTrainer``, in this order
+TRAINER_FOLDERS = (TRAINER_FOLDER, DEMO_TRAINER_FOLDER)
 
 
 # ---------------------------------------------------------------------------------------------- atomic writes
@@ -61,24 +67,26 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 # ------------------------------------------------------------------------------------- trainer registration
-def ext_trainer_value(environ=os.environ, folder: str | os.PathLike = TRAINER_FOLDER) -> str:
-    """``nnUNet_extTrainer`` of ``environ`` with ``folder`` listed: appended after the folders already listed
-    (the user's come first and stay), unchanged if it is there already."""
-    folder = os.fspath(folder)
+def ext_trainer_value(environ=os.environ, folders=TRAINER_FOLDERS) -> str:
+    """``nnUNet_extTrainer`` of ``environ`` with ``folders`` (one path or several) listed: each appended after the
+    folders already listed (the user's come first and stay), unless it is there already."""
+    if isinstance(folders, (str, os.PathLike)):
+        folders = (folders,)
     current = [p for p in environ.get(EXT_TRAINER_VARIABLE, "").split(os.pathsep) if p]
-    return os.pathsep.join(current if folder in current else current + [folder])
+    return os.pathsep.join(current + [f for f in dict.fromkeys(map(os.fspath, folders)) if f not in current])
 
 
 def register_trainer_folder(environ=os.environ) -> str:
-    """List :data:`TRAINER_FOLDER` in ``environ['nnUNet_extTrainer']`` (once, keeping the user's folders);
+    """List :data:`TRAINER_FOLDERS` in ``environ['nnUNet_extTrainer']`` (once, keeping the user's folders);
     returns the new value."""
     environ[EXT_TRAINER_VARIABLE] = ext_trainer_value(environ)
     return environ[EXT_TRAINER_VARIABLE]
 
 
 def is_registered(environ=os.environ) -> bool:
-    """Whether ``environ['nnUNet_extTrainer']`` lists :data:`TRAINER_FOLDER`."""
-    return TRAINER_FOLDER in environ.get(EXT_TRAINER_VARIABLE, "").split(os.pathsep)
+    """Whether ``environ['nnUNet_extTrainer']`` lists every folder of :data:`TRAINER_FOLDERS`."""
+    listed = environ.get(EXT_TRAINER_VARIABLE, "").split(os.pathsep)
+    return all(folder in listed for folder in TRAINER_FOLDERS)
 
 
 def export_line(environ=os.environ) -> str:

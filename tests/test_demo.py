@@ -1,21 +1,34 @@
-"""``nnunet_blob demo`` as a newcomer types it: the smoke budget end to end, resuming, and its errors."""
+"""``nnunet_blob demo`` as a newcomer types it: the smoke budget end to end, its console output, resuming, its
+errors, and its model used from a new shell."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
+import shutil
+import subprocess
 
 import pytest
 
-from conftest import run_cli
+from conftest import BIN, run_cli
+from nnunet_blob.io import DEMO_TRAINER_FOLDER
+
+LOOKUP_LINE = "not found in nnunetv2.training.nnUNetTrainer"
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """One smoke-budget demo run; the user's own nnU-Net folders point elsewhere and must stay untouched."""
+    """One smoke-budget demo run with ``--clean`` over an older demo workspace; the user's own nnU-Net folders
+    point elsewhere and must stay untouched."""
     root = tmp_path_factory.mktemp("demo")
     user = {f"nnUNet_{k}": str(root / f"user_{k}") for k in ("raw", "preprocessed", "results")}
     env = {**os.environ, **user}
-    result = run_cli("nnunet_blob", "demo", "--budget", "smoke", "--workspace", root / "ws", env=env, timeout=1500)
+    (root / "ws" / "logs").mkdir(parents=True)  # an older run: its settings and a log
+    (root / "ws" / "demo.json").write_text(json.dumps({"budget": "default", "seed": 3, "reduced_network": 8}))
+    (root / "ws" / "logs" / "old.log").write_text("x" * 1000)
+    result = run_cli("nnunet_blob", "demo", "--budget", "smoke", "--workspace", root / "ws", "--clean", env=env,
+                     timeout=1500)
     return root, env, result
 
 
@@ -36,18 +49,76 @@ def test_smoke_demo_prints_the_table_and_pictures(demo):
     assert not any((root / f"user_{k}").exists() for k in ("raw", "preprocessed", "results"))
 
 
+def test_console_shows_our_lines_and_one_line_per_epoch(demo):
+    root, _, result = demo
+    lines = result.stdout.splitlines()
+    assert [int(k) for k in re.findall(r"^\[(\d+)/11\] ", result.stdout, flags=re.MULTILINE)] == list(range(1, 12))
+    epochs = [line.strip() for line in lines if line.strip().startswith("epoch ")]
+    assert len(epochs) == 2 and all(re.match(r"epoch 1/1: train loss -?[\d.]+, val loss -?[\d.]+, pseudo Dice "
+                                             r"[\d.]+(, instance F1 ([\d.]+|nan))?, [\d.]+ s$", e) for e in epochs)
+    assert "instance F1" in epochs[1]  # the blob trainer's online score
+    # nnU-Net's own output stays in the logs (its trainer lookup line included), not on the console
+    assert LOOKUP_LINE not in result.stdout and "Current learning rate" not in result.stdout
+    assert LOOKUP_LINE in (root / "ws" / "logs" / "train_nnUNetTrainerBlobDice.log").read_text()
+    assert len(lines) < 80, result.stdout
+
+
+def test_clean_says_what_it_removed(demo):
+    root, _, result = demo
+    assert (f"--clean: removed the demo workspace {root / 'ws'} (budget default, seed 3): 2 files"
+            in result.stdout.splitlines()[0])
+    assert not (root / "ws" / "logs" / "old.log").exists()
+
+
+def test_smoke_numbers_are_flagged_as_meaningless(demo):
+    root, _, result = demo
+    header, table = result.stdout.split("[1/11]")[0], result.stdout.split("| trainer |")[0].splitlines()[-5:]
+    assert "numbers are meaningless" in header and any("numbers are meaningless" in line for line in table)
+    assert "numbers are meaningless" in (root / "ws" / "results.md").read_text()
+
+
+def test_the_demo_model_predicts_from_a_new_shell(demo, tmp_path):
+    """The command the demo prints, run in a new environment that knows nothing of the demo: no nnUNet_* or
+    budget variables, only the installed package (its start-up hook; in an editable install the export line
+    the README gives for it)."""
+    root, _, result = demo
+    command = next(line.strip() for line in result.stdout.splitlines() if "nnUNetv2_predict -i YOUR_IMAGES" in line)
+    assert "-tr nnUNetTrainerBlobDice_demo -device cpu" in command
+    mine = tmp_path / "my_images"
+    mine.mkdir()
+    shutil.copy(next((root / "ws" / "nnUNet_raw").glob("*/imagesTs/test_000_0000.nii.gz")), mine / "mri_0000.nii.gz")
+    command = command.replace("YOUR_IMAGES", shlex.quote(str(mine))).replace("YOUR_OUTPUT",
+                                                                             shlex.quote(str(tmp_path / "out")))
+    fresh = {"PATH": f"{BIN}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": os.environ.get("HOME", str(tmp_path))}
+    hook = subprocess.run([str(BIN / "python"), "-c", "import os; print(os.environ.get('nnUNet_extTrainer', ''))"],
+                          env=fresh, capture_output=True, text=True, check=True).stdout
+    if DEMO_TRAINER_FOLDER not in hook.split(os.pathsep):  # editable install: no start-up hook
+        command = f'eval "$(nnunet_blob trainers --export)" && {command}'
+    done = subprocess.run(["bash", "-c", command], env=fresh, capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"Using trainer 'nnUNetTrainerBlobDice_demo' from: {DEMO_TRAINER_FOLDER}" in done.stdout
+    assert (tmp_path / "out" / "mri.nii.gz").is_file()
+
+
 def test_rerun_resumes_without_redoing_stages(demo):
     root, env, first = demo
     again = run_cli("nnunet_blob", "demo", "--budget", "smoke", "--workspace", root / "ws", env=env)
-    assert again.stdout.count("done before, skipped") == 11
+    assert again.stdout.count("done before, skipped") == 11 and "[11/11] " in again.stdout
     assert table_rows(again.stdout) == table_rows(first.stdout)
 
 
 def test_interrupted_training_continues_with_c(demo):
     root, env, _ = demo
     (root / "ws" / ".stages" / "train_nnUNetTrainerBlobDice.done").unlink()  # as if killed after a checkpoint
-    again = run_cli("nnunet_blob", "demo", "--budget", "smoke", "--workspace", root / "ws", env=env)
+    again = run_cli("nnunet_blob", "demo", "--budget", "smoke", "--workspace", root / "ws", "--verbose", env=env)
     assert "nnUNetv2_train nnUNetTrainerBlobDice (resuming)" in again.stdout
+    # --verbose streams nnU-Net's own output, its trainer lookup line after ours that says it is expected
+    expected = again.stdout.index("\"Trainer 'nnUNetTrainerBlobDice_demo' not found in nnunetv2.training."
+                                  "nnUNetTrainer\" below is expected")
+    assert expected < again.stdout.index("Trainer 'nnUNetTrainerBlobDice_demo' not found in nnunetv2.training."
+                                         "nnUNetTrainer.\n")
+    assert "Using trainer 'nnUNetTrainerBlobDice_demo'" in again.stdout
     assert (root / "ws" / "logs" / "train_nnUNetTrainerBlobDice.log").read_text().splitlines()[0].endswith(" --c")
     assert again.stdout.count("done before, skipped") == 7  # its prediction, evaluation and the comparison rerun
     assert set(table_rows(again.stdout)) == {"nnUNetTrainer", "nnUNetTrainerBlobDice"}

@@ -15,7 +15,7 @@ from scipy.stats import wilcoxon
 
 from nnunet_blob.evaluation.compare import compare, paired_wilcoxon
 from nnunet_blob.evaluation.folder import evaluate_folder_from_json, evaluate_validation_folder
-from nnunet_blob.evaluation.pictures import DPI, PANEL_INCHES
+from nnunet_blob.evaluation.pictures import DPI, LEGEND_INCHES, PANEL_INCHES
 
 SPACING_XYZ = (0.8, 1.2, 3.0)  # SimpleITK order; arrays are (z, y, x)
 DATASET = {"labels": {"background": 0, "lesion": 1, "ignore": 2}, "file_ending": ".nii.gz",
@@ -184,13 +184,16 @@ def test_pngs_have_size_and_detection_colours(dataset, tmp_path, name, with_imag
     assert sorted(os.listdir(png_dir)) == [f"case_{i}.png" for i in range(3)]
     for case in summary["metric_per_case"]:
         name = os.path.basename(case["reference_file"]).replace(".nii.gz", ".png")
-        rgb = np.asarray(Image.open(png_dir / name).convert("RGB"))
-        assert rgb.shape == (PANEL_INCHES * DPI, 2 * PANEL_INCHES * DPI, 3)
-        colours = {tuple(c) for c in rgb.reshape(-1, 3)}
+        png = Image.open(png_dir / name)
+        rgb = np.asarray(png.convert("RGB"))
+        assert rgb.shape == ((PANEL_INCHES + LEGEND_INCHES) * DPI, 3 * PANEL_INCHES * DPI, 3)
         m = case["metrics"]["1"]
-        assert (0, 255, 0) in colours  # detected lesions
-        assert ((0, 0, 255) in colours) == (m["FP_instances"] > 0)
-        assert ((255, 0, 0) in colours) == (m["FN_instances"] > 0)
+        for panel in json.loads(png.info["nnunet_blob"])["panels"]:  # one per axis; the legend shows every colour
+            x0, y0, x1, y1 = panel["box"]
+            colours = {tuple(c) for c in rgb[y0:y1, x0:x1].reshape(-1, 3)}
+            assert (0, 255, 0) in colours  # detected lesions
+            assert ((0, 0, 255) in colours) == (m["FP_instances"] > 0)
+            assert ((255, 0, 0) in colours) == (m["FN_instances"] > 0)
 
 
 def test_pooled_scores_when_a_model_predicts_nothing(dataset, tmp_path):

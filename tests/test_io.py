@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from nnunet_blob.io import (
+    DEMO_TRAINER_FOLDER,
     TRAINER_FOLDER,
+    TRAINER_FOLDERS,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
@@ -44,11 +46,15 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 def test_registration_appends_once_and_keeps_the_users_folders():
     environ = {"nnUNet_extTrainer": os.pathsep.join(["/a", "", "/b"])}
-    assert register_trainer_folder(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER])
-    assert register_trainer_folder(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER])
-    assert register_trainer_folder({}) == TRAINER_FOLDER
+    assert TRAINER_FOLDERS == (TRAINER_FOLDER, DEMO_TRAINER_FOLDER)
+    assert register_trainer_folder(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER, DEMO_TRAINER_FOLDER])
+    assert register_trainer_folder(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER, DEMO_TRAINER_FOLDER])
+    assert register_trainer_folder({}) == os.pathsep.join(TRAINER_FOLDERS)
+    only_ours = {"nnUNet_extTrainer": os.pathsep.join([DEMO_TRAINER_FOLDER, "/a"])}
+    assert register_trainer_folder(only_ours) == os.pathsep.join([DEMO_TRAINER_FOLDER, "/a", TRAINER_FOLDER])
     assert ext_trainer_value({}, Path("/demo")) == "/demo"
     assert Path(TRAINER_FOLDER, "nnunet_blob_trainers.py").is_file()
+    assert Path(DEMO_TRAINER_FOLDER, "nnunet_blob_demo_trainers.py").is_file()
 
 
 def test_export_line_evaluates_in_a_shell_with_spaces_in_paths():
@@ -56,7 +62,7 @@ def test_export_line_evaluates_in_a_shell_with_spaces_in_paths():
     line = export_line({"nnUNet_extTrainer": user})
     shell = subprocess.run(["bash", "-c", 'eval "$(cat)"; printf %s "$nnUNet_extTrainer"'], input=line,
                            capture_output=True, text=True, check=True)
-    assert shell.stdout.split(os.pathsep) == [user, TRAINER_FOLDER]
+    assert shell.stdout.split(os.pathsep) == [user, *TRAINER_FOLDERS]
 
 
 def test_the_start_up_module_imports_only_os():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nnunet_blob.trainers import EXT_TRAINER_FOLDER
+from nnunet_blob.io import TRAINER_FOLDERS
 
 USER_FOLDER = os.path.join(os.sep, "somewhere", "my_trainers")
 
@@ -21,7 +21,7 @@ def python(code: str, **env) -> str:
 
 def test_startup_hook_appends_our_folder_and_keeps_the_users():
     value = python("import os; print(os.environ['nnUNet_extTrainer'])", nnUNet_extTrainer=USER_FOLDER)
-    assert value.split(os.pathsep) == [USER_FOLDER, EXT_TRAINER_FOLDER]
+    assert value.split(os.pathsep) == [USER_FOLDER, *TRAINER_FOLDERS]
 
 
 def test_nnunet_lookup_finds_the_real_class():
@@ -39,7 +39,7 @@ def test_nnunet_lookup_finds_the_real_class():
 def test_export_line_for_shells_where_the_hook_cannot_run():
     line = python("import sys; from nnunet_blob.cli import main; sys.exit(main(['trainers', '--export']))",
                   nnUNet_extTrainer=USER_FOLDER)
-    assert line == f"export nnUNet_extTrainer={USER_FOLDER}{os.pathsep}{EXT_TRAINER_FOLDER}"
+    assert line == f"export nnUNet_extTrainer={os.pathsep.join([USER_FOLDER, *TRAINER_FOLDERS])}"
     listing = python("import sys; from nnunet_blob.cli import main; sys.exit(main(['trainers']))")
     assert "nnUNetTrainerBlobDice " in listing and "lists" in listing
 
@@ -65,7 +65,7 @@ def run_hook(tmp_path, **env) -> subprocess.CompletedProcess:
 
 def test_hook_registers_our_folder(tmp_path):
     result = run_hook(tmp_path, nnUNet_extTrainer=USER_FOLDER)
-    assert result.stdout.split() == [os.pathsep.join([USER_FOLDER, EXT_TRAINER_FOLDER])] and not result.stderr
+    assert result.stdout.split() == [os.pathsep.join([USER_FOLDER, *TRAINER_FOLDERS])] and not result.stderr
     result = run_hook(tmp_path, nnUNet_extTrainer=USER_FOLDER, NNUNET_BLOB_NO_AUTOREGISTER="1")
     assert result.stdout.split() == [USER_FOLDER] and not result.stderr
 

@@ -4,17 +4,15 @@ nnU-Net fixes ``num_epochs`` (1000) and the iterations per epoch (250 / 50) in `
 :func:`with_budget` derives a class that reads them from environment variables at construction, so the real
 ``nnUNetv2_train`` CLI (and ``--c`` with a larger budget) runs it like any trainer, and seeds torch/numpy so that
 every trainer of a comparison starts from the same random state. The demo's ``<trainer>_demo`` classes
-(``demo/trainers/``) and the test suite's ``<trainer>_tiny`` classes are made with it.
+(:mod:`nnunet_blob.demo.budget_trainers`) and the test suite's ``<trainer>_tiny`` classes are made with it.
 """
 from __future__ import annotations
 
 import os
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 DEMO_SUFFIX = "_demo"
-TRAINER_FOLDER = Path(__file__).parent / "trainers"
 DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerBlobDice")
 
 #: environment variables read by budget trainers, with their defaults
@@ -34,6 +32,7 @@ class Budget:
     iterations: int
     val_iterations: int
     base_features: int | None  # reduced network (features of the first stage); None: nnU-Net's own plans
+    caveat: str = ""  # said before the run and above its results table
 
     def environment(self, seed: int) -> dict:
         """The variables :func:`with_budget` trainers read."""
@@ -47,8 +46,10 @@ class Budget:
 BUDGETS = {
     # CI: checks the whole pipeline, numbers are meaningless
     "smoke": Budget(num_train=5, num_test=3, shape=(32, 32, 32), small_objects=(6, 10), epochs=1, iterations=2,
-                    val_iterations=1, base_features=4),
-    # <= 15 minutes on a 2-core CPU for two trainers
+                    val_iterations=1, base_features=4,
+                    caveat="smoke budget: a check that the pipeline runs (1 epoch of 2 iterations); its numbers are "
+                           "meaningless, they compare nothing. Use the default budget to compare trainers."),
+    # two trainers on a 2-core CPU: see the README for the measured time
     "default": Budget(num_train=16, num_test=10, shape=(48, 48, 48), small_objects=(10, 20), epochs=12,
                       iterations=25, val_iterations=5, base_features=8),
     # benchmarks/bench_detection.py: more test cases for the paired comparison, longer training

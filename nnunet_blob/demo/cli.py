@@ -9,7 +9,8 @@ from nnunet_blob.io import reports
 
 @reports(DemoError, StageError, command="demo")
 def _demo(args: argparse.Namespace) -> int:
-    run_demo(args.workspace, args.budget, args.trainers, args.device, args.clean, args.seed, args.np)
+    run_demo(args.workspace, args.budget, args.trainers, args.device, args.clean, args.seed, args.np,
+             verbose=args.verbose)
     return 0
 
 
@@ -27,7 +28,8 @@ def add_parser(subparsers) -> None:
                    help="folder for data, models and results (default ./nnunet_blob_demo); nnUNet_raw/"
                         "_preprocessed/_results are set inside it, your own nnU-Net folders are not touched")
     p.add_argument("--budget", default="default", choices=list(BUDGETS),
-                   help="smoke: a pipeline check in a few minutes; default: <= 15 min on a 2-core CPU; "
+                   help="smoke: a pipeline check, meaningless numbers (about 150 CPU-seconds); default: two "
+                        "trainers compared (about 900 CPU-seconds: at least 7.5 minutes on an idle 2-core CPU); "
                         "detection: the detection benchmark's (24 test cases, longer); long: nnU-Net's own "
                         "network size, for a GPU")
     p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS),
@@ -35,7 +37,12 @@ def add_parser(subparsers) -> None:
                         f"e.g. nnUNetTrainerBlobTversky nnUNetTrainerTopKDice nnUNetTrainerBlobDice_instSampling")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto: cuda when available, else cpu")
-    p.add_argument("--clean", action="store_true", help="delete the workspace first and start over")
+    p.add_argument("--clean", action="store_true",
+                   help="delete the demo workspace first (says what it removed) and start over; a folder the demo "
+                        "did not make is never deleted")
+    p.add_argument("--verbose", action="store_true",
+                   help="stream every tool's full output (nnU-Net's included); by default the console shows one line "
+                        "per stage and per training epoch, and the full output is in each stage's log")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and of every trainer (default 0)")
     p.add_argument("-np", type=int, default=2, help="processes for preprocessing and data augmentation (default 2)")
     p.set_defaults(func=_demo)

@@ -9,18 +9,21 @@ from pathlib import Path
 COLUMNS = {"DSC": "Dice", "SDSC": "SurfaceDice", "F1": "F1", "IS": "IS", "IP": "IP"}
 
 
-def results_table(summaries: dict, evaluation_root: Path) -> tuple[dict, str]:
-    """({trainer: {column: value}}, Markdown text with the table and the detection pictures' folders)."""
+def results_table(summaries: dict, evaluation_root: Path, caveat: str = "") -> tuple[dict, str]:
+    """({trainer: {column: value}}, Markdown text with the table and the detection pictures' folders; ``caveat``
+    first when given)."""
     table = {}
     for trainer, path in summaries.items():
         means = json.loads(Path(path).read_text())["foreground_mean"]
         table[trainer] = {column: means.get(key, math.nan) for column, key in COLUMNS.items()}
     num_cases = len(json.loads(Path(next(iter(summaries.values()))).read_text())["metric_per_case"])
-    lines = [f"Test split, {num_cases} cases (mean per case; DSC/SDSC volumetric, F1/IS/IP instance-wise):", "",
+    lines = [f"**{caveat}**", ""] if caveat else []
+    lines += [f"Test split, {num_cases} cases (mean per case; DSC/SDSC volumetric, F1/IS/IP instance-wise):", "",
              "| trainer | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for trainer, row in table.items():
         lines.append(f"| {trainer} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
-    lines += ["", "Detection pictures (maximum-intensity projections; green found, red missed, blue false positive):"]
+    lines += ["", "Detection pictures (maximum-intensity projections along each axis, outlined objects; green "
+                  "found, red missed, blue false positive; legend in each picture):"]
     for trainer in summaries:
         folder = Path(evaluation_root) / trainer / "pictures"
         pictures = sorted(folder.glob("*.png"))

@@ -6,21 +6,34 @@ Every step is the real command-line tool a user would type, in a workspace of it
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, TRAINER_FOLDER, Budget
+from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, Budget
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.demo.report import results_table
-from nnunet_blob.demo.stages import StageError, Stages, demo_environment
-from nnunet_blob.io import EXT_TRAINER_VARIABLE, atomic_write_bytes, atomic_write_json, ext_trainer_value
+from nnunet_blob.demo.stages import EpochProgress, StageError, Stages, demo_environment
+from nnunet_blob.io import (
+    EXT_TRAINER_VARIABLE,
+    atomic_write_bytes,
+    atomic_write_json,
+    ext_trainer_value,
+    is_registered,
+)
 
 DATASET_ID, DATASET_NAME = 991, "BlobDemo"
 CONFIGURATION = "3d_fullres"
 SETTINGS = "demo.json"
+#: stages before the trainers' (dataset, plan_and_preprocess, reduce_plans, instance_maps); each trainer has three
+#: (train, predict, evaluate), and a comparison of several trainers one more
+SHARED_STAGES, STAGES_PER_TRAINER = 4, 3
+#: nnU-Net's lookup line before it finds a ``-tr`` name outside its own package (``find_objects.py``)
+LOOKUP_NOTE = ("nnU-Net's line \"Trainer '{name}' not found in nnunetv2.training.nnUNetTrainer\" below is expected: "
+               "it then searches nnUNet_extTrainer and finds it there")
 
 
 class DemoError(RuntimeError):
@@ -29,8 +42,13 @@ class DemoError(RuntimeError):
 
 def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default",
              trainers: Sequence[str] = ("nnUNetTrainer", "nnUNetTrainerBlobDice"), device: str = "auto",
-             clean: bool = False, seed: int = 0, num_processes: int = 2, out=sys.stdout) -> dict:
-    """Run (or resume) the demo in ``workspace``; returns the results table as {trainer: {metric: value}}."""
+             clean: bool = False, seed: int = 0, num_processes: int = 2, out=sys.stdout,
+             verbose: bool = False) -> dict:
+    """Run (or resume) the demo in ``workspace``; returns the results table as {trainer: {metric: value}}.
+
+    The console gets one line per stage and per training epoch (``verbose``: every tool's full output too); each
+    stage's full output is in ``<workspace>/logs/<stage>.log``.
+    """
     from nnunet_blob.demo.budgets import demo_trainer_bases
 
     start = time.time()
@@ -42,21 +60,29 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
                         f"{', '.join(sorted(demo_trainer_bases()))}")
     if budget not in BUDGETS:
         raise DemoError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
-    _prepare_workspace(root, clean)
+    removed = _prepare_workspace(root, clean)
+    if clean:
+        print(f"--clean: {removed}", file=out, flush=True)
     device = _device(device)
     plan = BUDGETS[budget]
     reduce = plan.base_features if device == "cpu" else None
     settings = _settings(root, budget, seed, reduce)
-    trainers_listed = ext_trainer_value(folder=TRAINER_FOLDER)  # the user's folders and the demo's
+    trainers_listed = ext_trainer_value()  # the user's folders, ours and the demo's
+    total = SHARED_STAGES + STAGES_PER_TRAINER * len(trainers) + int(len(trainers) > 1)
     stages = Stages(root, demo_environment(root, {**plan.environment(seed), EXT_TRAINER_VARIABLE: trainers_listed,
-                                                  "nnUNet_def_n_proc": str(num_processes)}), out)
+                                                  "nnUNet_def_n_proc": str(num_processes)}), total, out, verbose)
     stages.say(f"nnunet_blob demo in {root} (budget {budget}: {plan.num_train} training and {plan.num_test} test "
                f"cases of {'x'.join(map(str, plan.shape))} voxels, {plan.epochs} epochs of {plan.iterations} "
                f"iterations, seed {seed}, device {device})")
+    if plan.caveat:
+        stages.say(f"    {plan.caveat}")
     if reduce:
         stages.say(f"    CPU run: nnU-Net's plans are reduced to {reduce} features in the first stage "
                    f"(same patch size and stages) so that training fits the budget; results are not nnU-Net's "
                    f"full-size numbers. On a GPU the demo keeps nnU-Net's own network.")
+    if not verbose:
+        stages.say("    one line per stage and per epoch here; every tool's full output in the stage's log "
+                   "(--verbose streams it)")
     raw = root / "nnUNet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
     preprocessed = root / "nnUNet_preprocessed" / raw.name
 
@@ -70,23 +96,35 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
                                  num_processes], "nnunet_blob preprocess (instance maps)", after=["reduce_plans"])
     summaries = {}
     for trainer in trainers:
-        summaries[trainer] = _train_predict_evaluate(stages, trainer, raw, preprocessed, device, num_processes)
+        summaries[trainer] = _train_predict_evaluate(stages, trainer, raw, preprocessed, device, num_processes,
+                                                     plan.epochs)
     if len(trainers) > 1:
         stages.run("compare", ["nnunet_blob", "compare", *summaries.values(), "--names", *summaries],
                    "nnunet_blob compare (Wilcoxon signed-rank per metric)",
                    after=[f"evaluate_{t}" for t in trainers], key=" ".join(trainers))
-    table, text = results_table(summaries, root / "evaluation")
+    table, text = results_table(summaries, root / "evaluation", plan.caveat)
     atomic_write_bytes(root / "results.md", text.encode())
     stages.say("\n" + text)
     comparison = f"; Wilcoxon tests in {stages.log_file('compare')}" if len(trainers) > 1 else ""
     stages.say(f"written: {root / 'results.md'}{comparison}; every stage's log in {stages.logs}")
+    stages.say(reuse_instructions(root, trainers[-1], device, raw / "imagesTs"))
     stages.say(f"nnunet_blob demo: finished in {time.time() - start:.0f} s (stages done before not counted)")
     atomic_write_json(root / SETTINGS, {**settings, "completed": True})
     return table
 
 
+def reuse_instructions(root: Path, trainer: str, device: str, example_images: Path) -> str:
+    """How to predict your own images with a model the demo trained, from any shell."""
+    command = (f"nnUNet_results={shlex.quote(str(root / 'nnUNet_results'))} nnUNetv2_predict -i YOUR_IMAGES "
+               f"-o YOUR_OUTPUT -d {DATASET_ID} -c {CONFIGURATION} -f 0 -tr {trainer}{DEMO_SUFFIX} -device {device}")
+    hook = ("" if is_registered() else
+            '\n(the start-up hook did not run in this environment: first run eval "$(nnunet_blob trainers --export)")')
+    return (f"Predict your own images with a trained model (from any shell; nnU-Net finds the <trainer>{DEMO_SUFFIX} "
+            f"classes; images named CASE_0000.nii.gz with one channel, like {example_images}):\n  {command}{hook}")
+
+
 def _train_predict_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: Path, device: str,
-                            num_processes: int) -> Path:
+                            num_processes: int, epochs: int) -> Path:
     name = trainer + DEMO_SUFFIX
     train = f"train_{trainer}"
     dependencies = ["instance_maps"]
@@ -99,12 +137,14 @@ def _train_predict_evaluate(stages: Stages, trainer: str, raw: Path, preprocesse
     stages.run(train, ["nnUNetv2_train", DATASET_ID, CONFIGURATION, 0, "-tr", name, "-device", device,
                        *(["--c"] if resume else [])],
                f"nnUNetv2_train {trainer}" + (" (resuming)" if resume else ""), after=dependencies,
-               environment={"nnUNet_n_proc_DA": str(num_processes)})  # nnU-Net's default is 12 workers
+               environment={"nnUNet_n_proc_DA": str(num_processes)},  # nnU-Net's default is 12 workers
+               progress=EpochProgress(epochs), verbose_note=LOOKUP_NOTE.format(name=name))
     predictions = stages.root / "predictions" / trainer
     stages.run(f"predict_{trainer}", ["nnUNetv2_predict", "-i", raw / "imagesTs", "-o", predictions, "-d",
                                       DATASET_ID, "-c", CONFIGURATION, "-f", 0, "-tr", name, "-device", device,
                                       "-npp", 1, "-nps", 1, "--disable_tta"],
-               f"nnUNetv2_predict {trainer} on the test split (no test-time mirroring)", after=[train])
+               f"nnUNetv2_predict {trainer} on the test split (no test-time mirroring)", after=[train],
+               verbose_note=LOOKUP_NOTE.format(name=name))
     summary = stages.root / "evaluation" / trainer / "summary_instances.json"
     stages.run(f"evaluate_{trainer}", ["nnunet_blob", "evaluate", raw / "labelsTs", predictions, "-djfile",
                                        raw / "dataset.json", "-pfile", preprocessed / "nnUNetPlans.json", "-o",
@@ -131,14 +171,22 @@ def _make_dataset(folder: Path, plan: Budget, seed: int) -> str:
             f"(imagesTs, labelsTs), one or two large structures and {low}-{high - 1} small blobs per case")
 
 
-def _prepare_workspace(root: Path, clean: bool) -> None:
-    """Refuse folders the demo did not make (``--clean`` deletes only a demo workspace)."""
+def _prepare_workspace(root: Path, clean: bool) -> str:
+    """Refuse folders the demo did not make (``--clean`` deletes only a demo workspace); returns what ``--clean``
+    removed."""
     if root.exists() and not root.is_dir():
         raise DemoError(f"--workspace {root} is a file; choose a folder")
-    if not root.is_dir() or (root / SETTINGS).is_file() or not any(root.iterdir()):
-        if clean and root.is_dir():
-            shutil.rmtree(root)
-        return
+    if not root.is_dir():
+        return f"{root} did not exist, nothing to remove"
+    if (root / SETTINGS).is_file() or not any(root.iterdir()):
+        if not clean:
+            return ""
+        files = [f for f in root.rglob("*") if f.is_file()]
+        size = sum(f.stat().st_size for f in files)
+        settings = _read_settings(root / SETTINGS)
+        held = f" (budget {settings.get('budget')}, seed {settings.get('seed')})" if settings else ""
+        shutil.rmtree(root)
+        return f"removed the demo workspace {root}{held}: {len(files)} files, {size / 2 ** 20:.1f} MiB"
     raise DemoError(f"{root} is not empty and holds no demo run ({SETTINGS} is missing); nothing was changed. "
                     f"Choose a new or empty folder with --workspace")
 
@@ -160,6 +208,13 @@ def _settings(root: Path, budget: str, seed: int, reduced_features: int | None) 
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(file, wanted)
     return wanted
+
+
+def _read_settings(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _device(device: str) -> str:

@@ -2,12 +2,17 @@
 
 A stage whose marker is missing runs again from its start (its own outputs are overwritten, or resumed where the
 tool supports it, e.g. ``nnUNetv2_train --c``), so an interrupted demo is finished by running it again.
+
+The console shows one line per stage (``[k/n]``) and, for a command stage given a ``progress`` reader, the lines
+that reader makes of the tool's output (one per training epoch, :class:`EpochProgress`); the tool's full output
+goes to the stage's log, and to the console too when ``verbose``.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,10 +29,12 @@ class StageError(RuntimeError):
 
 
 class Stages:
-    """Runs named stages in ``root``, logs in ``root/logs``, markers in ``root/.stages``."""
+    """Runs ``total`` named stages in ``root``, logs in ``root/logs``, markers in ``root/.stages``; ``verbose``
+    streams every tool's full output to ``out``."""
 
-    def __init__(self, root: Path, environment: dict, out=sys.stdout):
+    def __init__(self, root: Path, environment: dict, total: int, out=sys.stdout, verbose: bool = False):
         self.root, self.environment, self.out = Path(root), environment, out
+        self.total, self.verbose = total, verbose
         self.logs, self.markers = self.root / "logs", self.root / ".stages"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.markers.mkdir(parents=True, exist_ok=True)
@@ -53,16 +60,21 @@ class Stages:
         return self.logs / f"{name}.log"
 
     def run(self, name: str, action: Sequence | Callable[[], str | None], describe: str,
-            after: Sequence[str] = (), environment: dict | None = None, key: str = "") -> bool:
-        """Run a command line (streamed to the console and the log, with ``environment`` added to the demo's) or
-        a Python callable (its returned text is printed and logged), unless the stage is done with the same
-        ``key`` and newer than the stages it depends on (``after``). Returns True if it ran now.
+            after: Sequence[str] = (), environment: dict | None = None, key: str = "",
+            progress: Callable[[str], str | None] | None = None, verbose_note: str = "") -> bool:
+        """Run a command line (logged, with ``environment`` added to the demo's; each line of its output given to
+        ``progress``, whose returned lines are printed, or everything streamed when ``verbose``, after
+        ``verbose_note``) or a Python callable (its returned text is printed and logged), unless the stage is done
+        with the same ``key`` and newer than the stages it depends on (``after``). Returns True if it ran now.
         """
         self.count += 1
+        step = f"[{self.count}/{self.total}]"
         if self.done(name, after, key):
-            self.say(f"[{self.count}] {describe}: done before, skipped")
+            self.say(f"{step} {describe}: done before, skipped")
             return False
-        self.say(f"[{self.count}] {describe} (log: {self.log_file(name)})")
+        self.say(f"{step} {describe} (log: {self.log_file(name)})")
+        if self.verbose and verbose_note:
+            self.say("    " + verbose_note)
         (self.markers / f"{name}.done").unlink(missing_ok=True)
         (self.markers / f"{name}.started").touch()
         start = time.time()
@@ -70,7 +82,7 @@ class Stages:
             if callable(action):
                 self._python(name, action)
             else:
-                self._command(name, [str(a) for a in action], environment or {})
+                self._command(name, [str(a) for a in action], environment or {}, progress)
         except KeyboardInterrupt:
             raise StageError(f"interrupted during stage '{name}' (log: {self.log_file(name)}); run the same "
                              f"command again to resume") from None
@@ -92,7 +104,8 @@ class Stages:
                 log.write(text + "\n")
                 self.say("    " + text.replace("\n", "\n    "))
 
-    def _command(self, name: str, command: list[str], environment: dict) -> None:
+    def _command(self, name: str, command: list[str], environment: dict,
+                 progress: Callable[[str], str | None] | None) -> None:
         command = [_executable(command[0]), *command[1:]]
         with open(self.log_file(name), "wb") as log:
             log.write(("$ " + " ".join(command) + "\n").encode())
@@ -104,10 +117,17 @@ class Stages:
                 raise StageError(self._failure(name, f"command not found: {command[0]} (is nnU-Net installed in "
                                                      f"this environment?)")) from e
             output = cast(io.BufferedReader, process.stdout)  # stdout=PIPE: a buffered reader
+            pending = b""
             try:
                 for chunk in iter(lambda: output.read1(4096), b""):
                     log.write(chunk)
-                    self._echo(chunk)
+                    if self.verbose:
+                        self._echo(chunk)
+                    elif progress is not None:
+                        *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+                        self._progress(progress, lines)
+                if progress is not None and not self.verbose:
+                    self._progress(progress, [pending])
                 code = process.wait()
             except KeyboardInterrupt:
                 process.kill()
@@ -115,6 +135,12 @@ class Stages:
                 raise
         if code != 0:
             raise StageError(self._failure(name, f"{command[0]} exited with code {code}"))
+
+    def _progress(self, progress: Callable[[str], str | None], lines: list[bytes]) -> None:
+        for line in lines:
+            shown = progress(line.decode(errors="replace"))
+            if shown:
+                self.say("    " + shown)
 
     def _echo(self, chunk: bytes) -> None:
         """The tool's own output (progress bars included) to the console as it comes."""
@@ -133,6 +159,51 @@ class Stages:
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
+
+
+#: nnU-Net's time stamp before each line of its training log (``print_to_log_file``)
+_TIME_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?: ")
+#: numbers in nnU-Net's printed values (``-0.41``, ``[np.float32(0.87), np.float32(0.5)]``, ``nan``)
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?|\bnan\b")
+
+
+#: nnU-Net's (and nnunet_blob's online F1) line prefix -> name in the epoch line, in the epoch line's order
+_EPOCH_VALUES = {"train_loss": "train loss", "val_loss": "val loss", "Pseudo dice": "pseudo Dice",
+                 "Online instance F1": "instance F1"}
+
+
+class EpochProgress:
+    """Reads ``nnUNetv2_train``'s output line by line and makes one line per epoch, ``epoch 3/12: train loss ...,
+    val loss ..., pseudo Dice ..., instance F1 ..., 4.1 s``, from nnU-Net's ``Epoch N``, ``train_loss``,
+    ``val_loss``, ``Pseudo dice`` and ``Epoch time`` lines and nnunet_blob's online instance F1; nnunet_blob's own
+    ``nnunet_blob:`` lines pass through, and the end of the epochs is announced (nnU-Net then validates)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.epoch: int | None = None
+        self.values: dict[str, str] = {}
+
+    def __call__(self, line: str) -> str | None:
+        text = _TIME_STAMP.sub("", line.strip())
+        if text.startswith("nnunet_blob:"):
+            return text
+        if text == "Training done.":
+            return "epochs done; nnU-Net validates on the fold's validation cases"
+        match = re.fullmatch(r"Epoch (\d+)", text)
+        if match:
+            self.epoch, self.values = int(match.group(1)), {}
+            return None
+        for prefix, key in _EPOCH_VALUES.items():
+            if text.startswith(prefix):
+                numbers = _NUMBER.findall(text[len(prefix):].split("{")[0])
+                self.values[key] = (numbers or ["?"])[0] if len(numbers) < 2 else f"[{', '.join(numbers)}]"
+                return None
+        if text.startswith("Epoch time:") and self.epoch is not None:
+            seconds = (_NUMBER.findall(text) or ["?"])[0]
+            parts = [f"{key} {self.values[key]}" for key in _EPOCH_VALUES.values() if key in self.values]
+            parts.append(f"{seconds} s")
+            return f"epoch {self.epoch + 1}/{self.epochs}: " + ", ".join(parts)
+        return None
 
 
 def _read_json(path: Path) -> dict:

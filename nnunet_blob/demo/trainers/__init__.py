@@ -1,1 +1,2 @@
-"""Folder the demo lists in ``nnUNet_extTrainer``: nnU-Net imports its modules by bare name."""
+"""Folder listed in ``nnUNet_extTrainer`` for the demo's ``<trainer>_demo`` classes: nnU-Net imports its modules by
+bare name."""

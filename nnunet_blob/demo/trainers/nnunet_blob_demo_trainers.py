@@ -1,10 +1,7 @@
-"""``<trainer>_demo``: every nnunet_blob trainer (and stock ``nnUNetTrainer``) with the demo's budget.
+"""A folder of ``nnUNet_extTrainer`` (:data:`nnunet_blob.io.TRAINER_FOLDERS`): the demo's ``<trainer>_demo`` classes.
 
-The demo puts this folder on ``nnUNet_extTrainer`` so the real ``nnUNetv2_train``/``nnUNetv2_predict`` find these
-classes; the budget comes from ``NNUNET_BLOB_EPOCHS``/``_ITERATIONS``/``_VAL_ITERATIONS``/``_SEED``
-(:func:`nnunet_blob.demo.budgets.with_budget`).
+nnU-Net imports every module here under its bare name and forgets it afterwards, so this module only re-exports
+the classes of :mod:`nnunet_blob.demo.budget_trainers` with an absolute import: the classes nnU-Net finds are the
+package's own (picklable, defined once).
 """
-from nnunet_blob.demo.budgets import DEMO_SUFFIX, demo_trainer_bases, with_budget
-
-for _base in demo_trainer_bases().values():
-    globals()[_base.__name__ + DEMO_SUFFIX] = with_budget(_base, DEMO_SUFFIX)
+from nnunet_blob.demo.budget_trainers import *  # noqa: F401,F403

@@ -1,0 +1,18 @@
+"""``--help`` of the commands a newcomer meets first says what each does and how long it takes."""
+from __future__ import annotations
+
+from conftest import run_cli
+
+
+def test_trainers_help_describes_the_command_and_registration():
+    text = " ".join(run_cli("nnunet_blob", "trainers", "--help").stdout.split())
+    assert "List the nnU-Net trainers of nnunet_blob" in text
+    assert "nnUNet_extTrainer" in text and "<trainer>_demo" in text
+    assert 'eval "$(nnunet_blob trainers --export)"' in text
+
+
+def test_demo_help_gives_the_measured_cost_and_the_output_options():
+    text = " ".join(run_cli("nnunet_blob", "demo", "--help").stdout.split())
+    assert "about 900 CPU-seconds" in text and "meaningless numbers" in text
+    assert "--verbose" in text and "one line per stage and per training epoch" in text
+    assert "says what it removed" in text
