@@ -9,7 +9,6 @@ shape and content hash).
 """
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,12 +181,10 @@ def _up_to_date(store: InstanceMapStore, location: ConfigurationLocation, case: 
 def _run(jobs: list, num_processes: int, progress: bool):
     from tqdm import tqdm
 
+    from nnunet_blob.preprocessing.workers import run_jobs
+
     bar = dict(total=len(jobs), desc="instance maps", unit="case", disable=not progress)
-    if num_processes <= 1 or len(jobs) == 1:
-        yield from tqdm(map(_process_case, jobs), **bar)
-        return
-    with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-        yield from tqdm(pool.imap_unordered(_process_case, jobs), **bar)
+    yield from tqdm(run_jobs(_process_case, jobs, num_processes, describe=lambda job: f"case {job[2]}"), **bar)
 
 
 def _process_case(job) -> dict:
