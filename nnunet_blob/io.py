@@ -71,9 +71,9 @@ class file_lock:
     ``exclusive``: one writer (the lock file is created if missing and names its holder, for the messages of
     processes waiting on it); else a shared lock of readers, which writes nothing: taken where the lock file
     exists (readers go on unlocked where no writer ever made one).
-    ``locked`` says whether the lock is held. A process that has to wait calls ``on_wait(holder)`` at once and
-    then every ``report_seconds``; ``holder`` describes the process holding the lock as it wrote itself down
-    (``"pid 123 on host: command"``, or ``"another process"``).
+    ``locked`` says whether the lock is held (not where the file system has no locks). A process that has to wait
+    calls ``on_wait(holder)`` at once and then every ``report_seconds``; ``holder`` describes the process holding
+    the lock as it wrote itself down (``"pid 123 on host: command"``, or ``"another process"``).
 
     Raises:
         OSError: the lock file cannot be created for an exclusive lock.
@@ -91,9 +91,11 @@ class file_lock:
             return False
         try:
             self._acquire()
-        except BaseException:
+        except BaseException as e:
             os.close(self.fd)
             self.fd = None
+            if isinstance(e, OSError):  # the file system has no locks (some network file systems): go on unlocked
+                return False
             raise
         if self.exclusive:
             self._write_holder()
@@ -102,6 +104,11 @@ class file_lock:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.fd is not None:
             try:
+                if self.exclusive:  # the description goes with the holder (readers never write one)
+                    try:
+                        os.ftruncate(self.fd, 0)
+                    except OSError:
+                        pass
                 _unlock(self.fd)
             finally:
                 os.close(self.fd)
@@ -109,7 +116,15 @@ class file_lock:
 
     def _open(self) -> int | None:
         if self.exclusive:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError:  # another user's lock file: locking needs no write access to it
+                return os.open(self.path, os.O_RDONLY)
+            try:
+                os.fchmod(fd, 0o666)  # other users who may write the folder may lock it too (umask aside)
+            except (OSError, AttributeError):
+                pass
+            return fd
         try:
             return os.open(self.path, os.O_RDONLY)
         except OSError:

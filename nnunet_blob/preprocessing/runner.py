@@ -100,8 +100,9 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
         if todo:
             log(f"nnunet_blob: computing instance maps of {len(todo)} of {len(cases)} cases of {name} ({chosen}) "
                 f"into {store.folder}{_why_recomputed(reasons)}")
-            jobs = [(str(location.data_folder), dataset_class_for(location.data_folder), case, str(store.folder),
-                     settings, record, tuple(location.configuration_dict.get("patch_size", (128, 128, 128))))
+            dataset_class = dataset_class_for(location.data_folder)
+            patch_size = tuple(location.configuration_dict.get("patch_size", (128, 128, 128)))
+            jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record, patch_size)
                     for case, record in todo]
             for record in _run(jobs, num_processes or default_num_processes(), progress):
                 records[record["case"]] = record

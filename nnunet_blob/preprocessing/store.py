@@ -135,6 +135,7 @@ class InstanceMapStore:
         self.folder = Path(folder)
         #: identities of the cases as checked (:meth:`expect`); opened maps and tables must carry them
         self.expected: dict[str, dict] = {}
+        self._checked_max_instances: int | None = None
 
     def map_path(self, case: str) -> Path:
         return self.folder / f"{case}.b2nd"
@@ -185,6 +186,7 @@ class InstanceMapStore:
     def expect(self, records: dict) -> None:
         """Remember the identities of these checked records: maps and tables opened later must carry them."""
         self.expected = {case: record["identity"] for case, record in records.items()}
+        self._checked_max_instances = max((r["num_instances"] for r in records.values()), default=0)
 
     def table(self, case: str) -> InstanceLocations:
         """The instance table of ``case`` (:class:`~nnunet_blob.instances.tables.InstanceLocations`)."""
@@ -241,7 +243,10 @@ class InstanceMapStore:
 
     @property
     def max_instances(self) -> int:
-        """The largest number of instances of a case (from the manifest; 0 without maps)."""
+        """The largest number of instances of a case: of the checked cases (:meth:`expect`), else of the manifest;
+        0 without maps."""
+        if self._checked_max_instances is not None:
+            return self._checked_max_instances
         return max((r.get("num_instances", 0) for r in self.manifest.get("cases", {}).values()), default=0)
 
     @property
