@@ -59,7 +59,8 @@ def main():
             os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10 ** 9))
     rows["check only, every file touched (all hashed)"] = median_seconds(write=False)
     size = sum(p.stat().st_size for p in store.folder.iterdir()) / 2 ** 20
-    print(f"# bench_map_check: {args.cases} cases of {tuple(args.shape)}, {store.max_instances} instances per case, "
+    instances = next(iter(store.manifest["cases"].values()))["num_instances"]
+    print(f"# bench_map_check: {args.cases} cases of {tuple(args.shape)}, {instances} instances per case, "
           f"{size:.0f} MiB of maps, tables and records, {platform.machine()}, median of {args.repeats}")
     print("| call | seconds | per case ms |")
     print("|---|---|---|")
