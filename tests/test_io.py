@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from nnunet_blob.io import (
     atomic_write_json,
     export_line,
     ext_trainer_value,
+    file_lock,
     register_trainer_folder,
 )
 
@@ -71,3 +74,41 @@ def test_the_start_up_module_imports_only_os():
     new = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}).stdout
     assert new.strip() == "[]"
+
+
+HOLD_LOCK = """
+import sys, time
+from nnunet_blob.io import file_lock
+with file_lock(sys.argv[1], exclusive=sys.argv[2] == "exclusive") as locked:
+    print("locked" if locked else "not locked", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def hold_lock(path, mode: str, seconds: float) -> subprocess.Popen:
+    """Another process holding ``path``'s lock for ``seconds`` (returns once it holds it)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), mode, str(seconds)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_file_lock_excludes_writers_and_shares_readers(tmp_path):
+    lock = tmp_path / ".lock"
+    with file_lock(tmp_path / "missing", exclusive=False) as locked:
+        assert not locked and not (tmp_path / "missing").exists()  # a reader creates nothing
+    holder = hold_lock(lock, "exclusive", 2.0)
+    waited: list[str] = []
+    start = time.monotonic()
+    with file_lock(lock, exclusive=False, on_wait=waited.append) as locked:  # a reader waits for the writer
+        assert locked and time.monotonic() - start > 1.0
+    assert waited == [f"pid {holder.pid} on {socket.gethostname()}: -c {lock} exclusive 2.0"]
+    holder.wait()
+    reader = hold_lock(lock, "shared", 2.0)
+    start = time.monotonic()
+    with file_lock(lock, exclusive=False) as locked:  # readers share
+        assert locked and time.monotonic() - start < 1.0
+    waited = []
+    with file_lock(lock, exclusive=True, on_wait=waited.append) as locked:  # a writer waits for the reader
+        assert locked and waited == ["another process"]  # readers write no description
+    reader.wait()

@@ -2,13 +2,14 @@
 
 The table is what instance-balanced patch sampling draws from (it never reads the full map). On disk it is one
 ``.npz`` per case with the arrays of :data:`TABLE_KEYS`; a region-based dataset's table also holds the table of the
-connected components of each region mask, under the same keys with the prefix :data:`REGION_PREFIX`.
+connected components of each region mask, under the same keys with the prefix :data:`REGION_PREFIX`, and the file
+can carry an identity (a JSON object under :data:`IDENTITY_KEY`: whose table it is) that its reader checks.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
-import zipfile
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -19,6 +20,8 @@ from nnunet_blob.io import atomic_write_bytes
 SAMPLES_PER_INSTANCE = 50
 #: prefix of the arrays of the region table in a case's file
 REGION_PREFIX = "region_"
+#: the array holding the file's identity (a JSON object as a 0-d string array)
+IDENTITY_KEY = "identity"
 
 
 @dataclass(frozen=True)
@@ -86,31 +89,51 @@ def region_instance_locations(region_ids: np.ndarray, max_per_instance: int = SA
 
 
 def write_table(path: str | os.PathLike, table: InstanceLocations,
-                region_table: InstanceLocations | None = None) -> None:
-    """Write a case's table (and its region table) as one ``.npz``, atomically."""
+                region_table: InstanceLocations | None = None, identity: dict | None = None) -> None:
+    """Write a case's table (and its region table, and its ``identity``) as one ``.npz``, atomically."""
     arrays = {key: getattr(table, key) for key in TABLE_KEYS}
     if region_table is not None:
         arrays.update({REGION_PREFIX + key: getattr(region_table, key) for key in TABLE_KEYS})
+    if identity is not None:
+        arrays[IDENTITY_KEY] = np.array(json.dumps(identity, sort_keys=True))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_table(path: str | os.PathLike, regions: bool = False) -> InstanceLocations:
-    """A case's table, or with ``regions=True`` its region table.
+def read_table(path: str | os.PathLike, regions: bool = False, identity: dict | None = None) -> InstanceLocations:
+    """A case's table, or with ``regions=True`` its region table; with ``identity``, only if the file carries it.
 
-    Raises FileNotFoundError when the file is missing and ValueError naming the file when it is damaged or has no
-    region table.
+    Raises FileNotFoundError when the file is missing and ValueError naming the file when it is damaged, has no
+    region table or carries another identity.
     """
     prefix = REGION_PREFIX if regions else ""
     try:
         with np.load(path) as f:
             arrays = {key: f[prefix + key] for key in TABLE_KEYS if prefix + key in f.files}
+            stored = _identity(f) if identity is not None else None
     except FileNotFoundError:
         raise
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a readable instance table ({e})") from e
+    except Exception as e:  # zipfile and numpy raise many kinds of errors for damaged files
+        raise ValueError(f"{path} is not a readable instance table ({type(e).__name__}: {e})") from e
     missing = [prefix + key for key in TABLE_KEYS if key not in arrays]
     if missing:
         raise ValueError(f"{path} has no {', '.join(missing)} (written by an older version or damaged)")
+    if identity is not None and stored != identity:
+        raise ValueError(f"{path} is the table of {stored} ({identity} expected)")
     return InstanceLocations(**arrays)
+
+
+def read_table_identity(path: str | os.PathLike) -> dict | None:
+    """The identity a table file carries; None when it has none or cannot be read."""
+    try:
+        with np.load(path) as f:
+            return _identity(f)
+    except Exception:
+        return None
+
+
+def _identity(npz) -> dict | None:
+    if IDENTITY_KEY not in npz.files:
+        return None
+    return json.loads(str(npz[IDENTITY_KEY]))

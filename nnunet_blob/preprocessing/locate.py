@@ -84,9 +84,12 @@ def dataset_name(dataset: str | int) -> str:
     """'501', 501 or 'Dataset501_Name' -> 'Dataset501_Name', like nnU-Net's ``-d``."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+    if isinstance(dataset, str) and not dataset.startswith("Dataset") and not dataset.strip().isdigit():
+        raise InstanceMapError(f"{dataset!r} is neither a dataset id (e.g. 501) nor a dataset name (e.g. "
+                               f"Dataset501_Lesions); give -d as for nnU-Net's commands")
     try:
         return maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         raise InstanceMapError(f"dataset {dataset!r} not found in nnUNet_preprocessed ({preprocessed_root()}) or "
                                f"nnUNet_raw. Run nnUNetv2_plan_and_preprocess -d {dataset} first. ({e})") from e
 

@@ -3,13 +3,13 @@
 :func:`ensure_instance_maps` is the one function the trainers call at initialization and the
 ``nnunet_blob preprocess`` command calls per configuration: it finds the maps, keeps the cases that are up to
 date, computes missing and stale ones (in parallel, with a progress bar), drops cases that left the dataset,
-and writes the manifest. A case is up to date when its record exists, was made with the same settings, its
-files exist, and the segmentation it was computed from is unchanged (same file size and mtime, or else the same
-shape and content hash).
+and writes the manifest, all under the folder's exclusive lock (a check-only call holds a shared one). A case is
+up to date when its record exists, is the record of this case made with the same settings, the segmentation it was
+computed from is unchanged (same file size and mtime, or else the same shape and content hash), and its map and
+table files are the ones the record vouches for (:meth:`~.store.InstanceMapStore.check_files`).
 """
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +21,14 @@ from nnunet_blob.io import atomic_write_json, temporary_path
 from nnunet_blob.nnunet_internals import dataset_class_for, identifiers_in_folder, load_case
 from nnunet_blob.preprocessing.errors import InstanceMapError
 from nnunet_blob.preprocessing.locate import ConfigurationLocation, locate
-from nnunet_blob.preprocessing.store import FORMAT_VERSION, MANIFEST, InstanceMapStore, file_unchanged, seg_fingerprint
+from nnunet_blob.preprocessing.store import (
+    FORMAT_VERSION,
+    FRESHNESS_KEYS,
+    MANIFEST,
+    InstanceMapStore,
+    file_unchanged,
+    seg_fingerprint,
+)
 
 #: connectivity of new maps when none is asked for (the blob loss paper's)
 DEFAULT_CONNECTIVITY = 26
@@ -49,48 +56,68 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
         num_processes: worker processes (default: nnU-Net's ``nnUNet_def_n_proc``).
         overwrite: recompute every case.
         write: False only checks: nothing is written (for DDP workers other than rank 0, which read what rank 0
-            wrote); raises :class:`InstanceMapError` naming the missing or stale cases and the command to run.
+            wrote); raises :class:`InstanceMapError` naming the missing or stale cases and the command to run. A
+            folder this process cannot write to is checked the same way (maps shared read-only are used as they
+            are when they are up to date).
         log: where the one-line status goes (the trainers pass their log file printer).
+
+    The returned store expects the identities it checked: a map or table opened later that is not the one checked
+    raises :class:`InstanceMapError` (see :meth:`~.store.InstanceMapStore.open`).
     """
     location = locate(dataset, plans_identifier, configuration)
     store = InstanceMapStore(location.instance_folder)
-    connectivity, why = _choose_connectivity(store, location, connectivity)
-    if write:
-        _check_writable(store, location)
-
-    dataset_class = dataset_class_for(location.data_folder)
-    cases = sorted(identifiers_in_folder(location.data_folder))
-    settings = _settings(location, connectivity)
-    records, todo = {}, []
-    for case in cases:
-        record = store.record(case)
-        if not overwrite and _up_to_date(store, location, case, record, settings):
-            records[case] = record
+    unwritable = _unwritable(store) if write else None
+    if overwrite and unwritable:
+        raise InstanceMapError(f"cannot recompute the instance maps in {store.folder}: {unwritable}")
+    writing = write and unwritable is None
+    with store.lock(exclusive=writing, log=log):
+        if writing:
+            store.remove_temporaries()
+        connectivity, why = _choose_connectivity(store, location, connectivity)
+        settings = _settings(location, connectivity)
+        cases = sorted(identifiers_in_folder(location.data_folder))
+        records, todo, reasons = {}, [], {}
+        for case in cases:
+            record = store.record(case)
+            problem, record = ("--overwrite", None) if overwrite else \
+                _staleness(store, location, case, record, settings, writing)
+            if problem is None:
+                records[case] = record
+            else:
+                todo.append((case, record))
+                reasons[case] = problem
+        gone = sorted(set(store.cases_on_disk()) - set(cases))
+        name = f"{location.dataset_name} {configuration}"
+        chosen = f"connectivity {connectivity}: {why}"
+        if not writing:
+            _check_complete(store, location, settings, reasons, gone, cases, unwritable)
+            log(f"nnunet_blob: instance maps of {name}: all {len(cases)} cases up to date ({chosen}; checked, not "
+                f"written, in {store.folder}{'' if unwritable is None else ', which this process cannot write'})")
+            store.expect(records)
+            return store
+        for case in gone:
+            store.remove_case(case)
+        if todo:
+            log(f"nnunet_blob: computing instance maps of {len(todo)} of {len(cases)} cases of {name} ({chosen}) "
+                f"into {store.folder}{_why_recomputed(reasons)}")
+            dataset_class = dataset_class_for(location.data_folder)
+            patch_size = tuple(location.configuration_dict.get("patch_size", (128, 128, 128)))
+            jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record, patch_size)
+                    for case, record in todo]
+            for record in _run(jobs, num_processes or default_num_processes(), progress):
+                records[record["case"]] = record
         else:
-            todo.append((case, None if overwrite else record))
-    gone = sorted(set(store.cases_on_disk()) - set(cases))
-    name = f"{location.dataset_name} {configuration}"
-    chosen = f"connectivity {connectivity}: {why}"
-    if not write:
-        _check_complete(store, location, settings, [case for case, _ in todo], gone, cases)
-        log(f"nnunet_blob: instance maps of {name}: all {len(cases)} cases up to date ({chosen}; checked, not "
-            f"written, in {store.folder})")
-        return store
-    for case in gone:
-        store.remove_case(case)
-
-    if todo:
-        log(f"nnunet_blob: computing instance maps of {len(todo)} of {len(cases)} cases of {name} ({chosen}) into "
-            f"{store.folder}")
-        jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record,
-                 tuple(location.configuration_dict.get("patch_size", (128, 128, 128))))
-                for case, record in todo]
-        for record in _run(jobs, num_processes or default_num_processes(), progress):
-            records[record["case"]] = record
-    else:
-        log(f"nnunet_blob: instance maps of {name}: all {len(cases)} cases up to date ({chosen}; {store.folder})")
-    store.write_manifest(settings, {case: records[case] for case in cases})
+            log(f"nnunet_blob: instance maps of {name}: all {len(cases)} cases up to date ({chosen}; "
+                f"{store.folder})")
+        store.write_manifest(settings, {case: records[case] for case in cases})
+        store.expect(records)
     return store
+
+
+def _why_recomputed(reasons: dict) -> str:
+    """The reasons of up to three stale cases, for the log line (a fresh folder gives none)."""
+    told = [f"{case}: {why}" for case, why in reasons.items() if why not in ("no record", "--overwrite")][:3]
+    return f" (e.g. {'; '.join(told)})" if told else ""
 
 
 def _choose_connectivity(store: InstanceMapStore, location: ConfigurationLocation,
@@ -109,45 +136,47 @@ def _choose_connectivity(store: InstanceMapStore, location: ConfigurationLocatio
     return connectivity, "as asked"
 
 
-def _check_writable(store: InstanceMapStore, location: ConfigurationLocation) -> None:
-    """Create the folder and write and remove a probe of this process's own (parallel callers, e.g. DDP ranks, never
-    remove each other's)."""
+def _unwritable(store: InstanceMapStore) -> str | None:
+    """None when this process can write the instance folder (created if missing), else why not. The probe has a
+    name of this process's own (parallel callers, e.g. DDP ranks, never remove each other's)."""
     try:
         store.folder.mkdir(parents=True, exist_ok=True)
         probe = temporary_path(store.folder / "write-test")
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise InstanceMapError(f"cannot write instance maps to {store.folder} ({e}). Make it writable, or copy "
-                               f"{location.data_folder.parent} somewhere writable and point nnUNet_preprocessed "
-                               f"there.") from e
+        return str(e)
+    return None
 
 
-def _check_complete(store: InstanceMapStore, location: ConfigurationLocation, settings: dict, stale: list[str],
-                    gone: list[str], cases: list[str]) -> None:
-    """Raise :class:`InstanceMapError` unless the maps and the manifest are up to date (``write=False``)."""
+def _check_complete(store: InstanceMapStore, location: ConfigurationLocation, settings: dict, stale: dict,
+                    gone: list[str], cases: list[str], unwritable: str | None) -> None:
+    """Raise :class:`InstanceMapError` unless the maps and the manifest are up to date (checking only: ``write=False``
+    or a folder that cannot be written)."""
     manifest = store.manifest
     problems = []
     if stale:
-        problems.append(f"{len(stale)} of {len(cases)} cases are missing or stale ({', '.join(stale[:5])}"
-                        f"{', ...' if len(stale) > 5 else ''})")
+        named = [f"{case} ({why})" for case, why in list(stale.items())[:5]]
+        problems.append(f"{len(stale)} of {len(cases)} cases are missing or stale: {', '.join(named)}"
+                        f"{', ...' if len(stale) > 5 else ''}")
     if gone:
         problems.append(f"cases no longer in the dataset are still there ({', '.join(gone[:5])})")
     if not stale and (any(manifest.get(k) != settings[k] for k in FRESHNESS_KEYS)
                       or sorted(manifest.get("cases", {})) != cases):
         problems.append(f"{store.folder / MANIFEST} is missing or out of date")
-    if problems:
-        raise InstanceMapError(
-            f"the instance maps of {location.dataset_name} {location.configuration} (connectivity "
-            f"{settings['connectivity']}) in {store.folder} are not up to date: {'; '.join(problems)}. Compute them "
-            f"with `nnunet_blob preprocess -d {location.dataset_name} -p {location.plans_identifier} -c "
-            f"{location.configuration} --connectivity {settings['connectivity']}` (or from a process that may "
-            f"write them).")
-
-
-#: settings a map depends on; dataset, plans and configuration are only recorded (a cascade configuration shares
-#: the data folder, and so the maps, of its full-resolution configuration)
-FRESHNESS_KEYS = ("format", "data_identifier", "connectivity", "ignore_label", "regions")
+    if not problems:
+        return
+    command = (f"`nnunet_blob preprocess -d {location.dataset_name} -p {location.plans_identifier} -c "
+               f"{location.configuration} --connectivity {settings['connectivity']}`")
+    if unwritable is not None:
+        fix = (f"This process cannot write instance maps to that folder ({unwritable}): run {command} as a user "
+               f"who can, or copy "
+               f"{location.data_folder.parent} somewhere writable and point nnUNet_preprocessed there.")
+    else:
+        fix = f"Compute them with {command} (or from a process that may write them)."
+    raise InstanceMapError(f"the instance maps of {location.dataset_name} {location.configuration} (connectivity "
+                           f"{settings['connectivity']}) in {store.folder} are not up to date: {'; '.join(problems)}. "
+                           f"{fix}")
 
 
 def _settings(location: ConfigurationLocation, connectivity: int) -> dict:
@@ -170,24 +199,32 @@ def _seg_file(data_folder: Path, case: str) -> Path:
     return data_folder / f"{case}_seg.b2nd"
 
 
-def _up_to_date(store: InstanceMapStore, location: ConfigurationLocation, case: str, record: dict | None,
-                settings: dict) -> bool:
-    if record is None or any(record.get(k) != settings[k] for k in FRESHNESS_KEYS):
-        return False
-    if not (store.map_path(case).is_file() and store.table_path(case).is_file()):
-        return False
-    return file_unchanged(record["seg_fingerprint"], _seg_file(location.data_folder, case))
+def _staleness(store: InstanceMapStore, location: ConfigurationLocation, case: str, record: dict | None,
+               settings: dict, writing: bool) -> tuple[str | None, dict | None]:
+    """(None when the case is up to date, else why it is not; its record). A file whose mtime changed but whose
+    content is the recorded one gets its new mtime recorded (``writing`` only)."""
+    if record is None:
+        return "no record", None
+    if record.get("case") != case:
+        return f"its record is that of case {record.get('case')!r}", record
+    different = [k for k in FRESHNESS_KEYS if record.get(k) != settings[k]]
+    if different:
+        return "made with " + ", ".join(f"{k} {record.get(k)!r}" for k in different), record
+    if not file_unchanged(record.get("seg_fingerprint", {}), _seg_file(location.data_folder, case)):
+        return "its segmentation file changed", record
+    problem, stamps = store.check_files(case, record)
+    if problem is None and stamps is not None and writing:
+        record = store.restamp(case, record, stamps)
+    return problem, record
 
 
 def _run(jobs: list, num_processes: int, progress: bool):
     from tqdm import tqdm
 
+    from nnunet_blob.preprocessing.workers import run_jobs
+
     bar = dict(total=len(jobs), desc="instance maps", unit="case", disable=not progress)
-    if num_processes <= 1 or len(jobs) == 1:
-        yield from tqdm(map(_process_case, jobs), **bar)
-        return
-    with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-        yield from tqdm(pool.imap_unordered(_process_case, jobs), **bar)
+    yield from tqdm(run_jobs(_process_case, jobs, num_processes, describe=lambda job: f"case {job[2]}"), **bar)
 
 
 def _process_case(job) -> dict:
@@ -203,8 +240,9 @@ def _process_case(job) -> dict:
                                f"Re-run nnUNetv2_preprocess -d {settings['dataset']} -c {settings['configuration']} "
                                f"for it.") from e
     fingerprint = seg_fingerprint(seg, _seg_file(data_folder, case))
-    if record is not None and _same_content(record, fingerprint, store, case, settings):
-        record = {**record, "seg_fingerprint": fingerprint}  # same labels, new file: only refresh the record
+    stamps = _same_content(record, fingerprint, store, case, settings) if record is not None else None
+    if record is not None and stamps is not None:  # same labels, new file: only refresh the record
+        record = {**record, "seg_fingerprint": fingerprint, "files": stamps}
         atomic_write_json(store.record_path(case), record)
         return record
     try:
@@ -216,9 +254,13 @@ def _process_case(job) -> dict:
     return store.write_case(case, instances, fingerprint, settings, patch_size, region_ids)
 
 
-def _same_content(record: dict, fingerprint: dict, store: InstanceMapStore, case: str, settings: dict) -> bool:
+def _same_content(record: dict, fingerprint: dict, store: InstanceMapStore, case: str,
+                  settings: dict) -> dict | None:
+    """The record's file stamps (renewed where only a file's mtime changed) when its map and table are still right
+    for a segmentation with this fingerprint, else None."""
     old = record.get("seg_fingerprint", {})
-    return (all(record.get(k) == settings[k] for k in FRESHNESS_KEYS) and old.get("sha1") == fingerprint["sha1"]
-            and old.get("shape") == fingerprint["shape"] and store.map_path(case).is_file()
-            and store.table_path(case).is_file())
-
+    if (record.get("case") != case or any(record.get(k) != settings[k] for k in FRESHNESS_KEYS)
+            or old.get("sha1") != fingerprint["sha1"] or old.get("shape") != fingerprint["shape"]):
+        return None
+    problem, stamps = store.check_files(case, record)
+    return None if problem is not None else (stamps or record["files"])

@@ -31,5 +31,5 @@ class InstanceAwareTrainer(OnlineInstanceScore, InstanceMapsTrainer, LossVariant
         raise NotImplementedError
 
     def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:
-        return PackedInstancesLoss(self.build_instance_loss(nnunet_loss), self.num_instance_channels,
+        return PackedInstancesLoss(self.build_instance_loss(nnunet_loss), self.instance_packing,
                                    self.label_manager.has_regions)

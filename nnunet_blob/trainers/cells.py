@@ -22,7 +22,7 @@ from torch import nn
 
 from nnunet_blob.instances.detection import label_components
 from nnunet_blob.instances.voronoi import class_cells, component_cells
-from nnunet_blob.trainers.instance_transforms import INSTANCES, PackedInstancesLoss, PackInstances
+from nnunet_blob.trainers.instance_transforms import INSTANCES, InstancePacking, PackedInstancesLoss, PackInstances
 from nnunet_blob.trainers.lesion_validation import OnlineInstanceScore
 
 #: the cells of one class travel as int16, like the segmentation nnU-Net's loader collates
@@ -85,6 +85,11 @@ class CellsTrainer(nnUNetTrainer):
         return len(lm.foreground_regions) if lm.has_regions else len(lm.foreground_labels)
 
     @property
+    def instance_packing(self) -> InstancePacking:
+        """The cells ride in one int16 channel each (at most :data:`MAX_CELLS_PER_CLASS` per class and patch)."""
+        return InstancePacking(self.num_instance_channels)
+
+    @property
     def online_connectivity(self) -> int:
         return self.cell_connectivity
 
@@ -113,7 +118,7 @@ class CellAwareTrainer(OnlineInstanceScore, CellsTrainer):
         raise NotImplementedError
 
     def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:
-        return PackedInstancesLoss(self.build_cell_loss(nnunet_loss), self.num_instance_channels,
+        return PackedInstancesLoss(self.build_cell_loss(nnunet_loss), self.instance_packing,
                                    self.label_manager.has_regions)
 
     def online_reference_ids(self, reference: np.ndarray, maps: np.ndarray) -> np.ndarray:

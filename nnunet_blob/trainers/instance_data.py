@@ -1,12 +1,17 @@
-"""Instance maps through nnU-Net's data loading: the same crop box as the segmentation, ids renumbered per patch.
+"""Instance maps through nnU-Net's data loading: the same crop box as the segmentation, any number of instances.
 
 nnU-Net's ``nnUNetDataLoader`` crops ``seg`` with ``crop_and_pad_nd`` (lazily for blosc2 files) and casts it to
-int16. Instance ids are kept as stored (small per case) and renumbered inside the patch only when they would not
-fit int16. :class:`InstanceDataset` wraps nnU-Net's dataset so that ``load_case`` returns, in place of ``seg``, a lazy
-:class:`SegWithInstances` whose crops carry the instance map as one extra channel right after the segmentation
+int16. :class:`InstanceDataset` wraps nnU-Net's dataset so that ``load_case`` returns, in place of ``seg``, a lazy
+:class:`SegWithInstances` whose crops carry the instance map as extra channels right after the segmentation
 (before a cascade's previous-stage segmentation, which the loader appends). The first transform of the pipeline
-(:class:`~nnunet_blob.trainers.instance_transforms.SplitInstances`) moves that channel out of the segmentation
-again, so nnU-Net's own transforms see exactly what they expect.
+(:class:`~nnunet_blob.trainers.instance_transforms.SplitInstances`) moves them out of the segmentation again, so
+nnU-Net's own transforms see exactly what they expect.
+
+**Id channels.** Ids are kept as stored (unique within a case). A dataset whose cases all have at most 32767
+instances (:data:`INT16_IDS`) carries them in one int16 channel, at no extra cost. A dataset with more (dense,
+cell-like data; decided per dataset from the manifest's largest instance count, :func:`id_channels_for`) carries
+each id in two int16 channels, its low and high 15 bits (:func:`split_ids`, :func:`join_ids`): ids up to 2**30,
+rejoined as int32 where the pipeline takes them out again.
 """
 from __future__ import annotations
 
@@ -16,8 +21,28 @@ import numpy as np
 
 from nnunet_blob.nnunet_internals import LOADER_SEG_DTYPE, dataset_identifiers, load_case
 
-#: ids must fit the type the loader casts segmentation crops to (int16)
-MAX_INSTANCES_PER_PATCH = int(np.iinfo(LOADER_SEG_DTYPE).max)
+#: the largest id one channel of nnU-Net's int16 segmentation crops carries
+INT16_IDS = int(np.iinfo(LOADER_SEG_DTYPE).max)
+#: base of the two-channel id encoding: an id is ``high * ID_RADIX + low`` with 15-bit halves
+ID_RADIX = INT16_IDS + 1
+#: ids must stay below this in a crop: the spatial transform resamples them in float32, exact up to 2**24
+FLOAT32_EXACT_IDS = 1 << 24
+
+
+def id_channels_for(max_instances: int) -> int:
+    """int16 channels a dataset's ids need in the loader: 1 when no case has more than 32767 instances, else 2."""
+    return 1 if max_instances <= INT16_IDS else 2
+
+
+def split_ids(ids):
+    """(low, high) 15-bit halves of non-negative ids below 2**30 (numpy arrays or torch tensors)."""
+    return ids % ID_RADIX, ids // ID_RADIX
+
+
+def join_ids(low, high):
+    """The ids :func:`split_ids` split, from halves already cast to int32 (or wider); the loader's padding (-1 in
+    both halves) joins to a negative value, which means "no instance" like -1."""
+    return high * ID_RADIX + low
 
 
 def renumber_instances(ids: np.ndarray) -> np.ndarray:
@@ -29,29 +54,31 @@ def renumber_instances(ids: np.ndarray) -> np.ndarray:
     present[ids.ravel()] = True
     present[0] = False
     lookup = np.cumsum(present, dtype=np.int64) * present
-    if lookup.max() > MAX_INSTANCES_PER_PATCH:
-        raise ValueError(f"a patch holds {int(lookup.max())} instances, more than the {MAX_INSTANCES_PER_PATCH} "
-                         f"nnU-Net's {LOADER_SEG_DTYPE} segmentation crops can carry; use a smaller patch size")
     return lookup[ids].astype(np.int32)
 
 
 class SegWithInstances:
-    """Lazy (C + 1, *spatial) view of a segmentation (C, *spatial) and its instance map stacked as last channel.
+    """Lazy (C + k, *spatial) view of a segmentation (C, *spatial) and its instance map in ``k`` (= ``id_channels``)
+    trailing channels.
 
     Only what ``crop_and_pad_nd`` needs: ``shape``, ``dtype`` and basic slicing, which reads just the requested
-    crop of both arrays (blosc2 decompresses only the chunks it touches); ids beyond int16 are renumbered.
+    crop of both arrays (blosc2 decompresses only the chunks it touches). With two id channels, a crop whose ids
+    reach 2**24 is renumbered first (the ids stay distinct; the spatial transform resamples them in float32).
     """
 
-    def __init__(self, seg, instances, case: str):
+    def __init__(self, seg, instances, case: str, id_channels: int = 1):
         if tuple(instances.shape[-3:]) != tuple(seg.shape[1:]):
             raise ValueError(f"case {case}: instance map shape {tuple(instances.shape)} does not match the "
                              f"segmentation {tuple(seg.shape)}; the maps are stale: run `nnunet_blob preprocess` "
                              f"with --overwrite")
-        self.seg, self.instances, self.case = seg, instances, case
-        self.shape = (seg.shape[0] + 1, *seg.shape[1:])
+        if id_channels == 1 and np.iinfo(instances.dtype).max > INT16_IDS:
+            raise ValueError(f"case {case}: its instance map holds ids of type {instances.dtype}, wider than the one "
+                             f"int16 channel this loader carries; the maps changed after the trainer read their "
+                             f"manifest: restart the training")
+        self.seg, self.instances, self.case, self.id_channels = seg, instances, case, id_channels
+        self.shape = (seg.shape[0] + id_channels, *seg.shape[1:])
         self.dtype = LOADER_SEG_DTYPE
         self.ndim = len(self.shape)
-        self._may_exceed_int16 = np.iinfo(instances.dtype).max > MAX_INSTANCES_PER_PATCH
 
     def __getitem__(self, index):
         if not isinstance(index, tuple):
@@ -61,18 +88,27 @@ class SegWithInstances:
             raise IndexError("SegWithInstances supports spatial crops of all channels only")
         seg = np.asarray(self.seg[(slice(None),) + tuple(spatial)])
         inst = np.asarray(self.instances[(Ellipsis,) + tuple(spatial)]).reshape(1, *seg.shape[1:])
-        if self._may_exceed_int16 and inst.size and inst.max() > MAX_INSTANCES_PER_PATCH:  # must survive int16
+        out = np.empty((seg.shape[0] + self.id_channels, *seg.shape[1:]), dtype=LOADER_SEG_DTYPE)
+        out[: seg.shape[0]] = seg
+        if self.id_channels == 1:
+            out[-1:] = inst
+            return out
+        if inst.size and inst.max() >= FLOAT32_EXACT_IDS:
             inst = renumber_instances(inst)
-        out = np.empty((seg.shape[0] + 1, *seg.shape[1:]), dtype=LOADER_SEG_DTYPE)
-        out[:-1], out[-1:] = seg, inst
+            if inst.max() >= FLOAT32_EXACT_IDS:
+                raise ValueError(f"case {self.case}: a crop holds {int(inst.max())} instances, more than the "
+                                 f"{FLOAT32_EXACT_IDS - 1} the spatial transform resamples exactly; use a smaller "
+                                 f"patch size")
+        out[-2], out[-1] = split_ids(inst[0])
         return out
 
 
 class InstanceDataset:
     """Wraps an nnU-Net dataset (``nnUNetDatasetBlosc2``/``nnUNetDatasetNumpy``); ``load_case`` adds instances.
 
-    ``open_instances(identifier)`` returns the case's instance map (array-like, (1, *spatial) or (*spatial)); None
-    leaves the segmentation as it is (region-based datasets label their instances on each patch).
+    ``open_instances(identifier)`` returns the case's instance map (array-like, (1, *spatial) or (*spatial)), carried
+    in ``id_channels`` int16 channels; None leaves the segmentation as it is (region-based datasets label their
+    instances on each patch).
     With ``sampling_exponent`` set, ``open_table(identifier)`` gives the case's instance table and the case's
     ``class_locations`` are replaced by instance-balanced ones (:mod:`.instance_sampling`; ``groups`` as there).
     Everything else is delegated to the wrapped dataset. Picklable (nnU-Net's loader processes receive it pickled
@@ -80,11 +116,11 @@ class InstanceDataset:
     """
 
     def __init__(self, dataset, open_instances: Callable[[str], object] | None, open_table: Callable | None = None,
-                 sampling_exponent: float | None = None, groups: dict | None = None):
+                 sampling_exponent: float | None = None, groups: dict | None = None, id_channels: int = 1):
         if sampling_exponent is not None and open_table is None:
             raise ValueError("instance-balanced sampling needs the instance tables (open_table)")
         self._dataset = dataset
-        self._open_instances = open_instances
+        self._open_instances, self._id_channels = open_instances, id_channels
         self._open_table, self._sampling_exponent, self._groups = open_table, sampling_exponent, groups
         self._balanced: dict = {}
 
@@ -107,7 +143,7 @@ class InstanceDataset:
         if self._sampling_exponent is not None:
             properties = {**properties, "class_locations": self._balanced_locations(identifier, properties)}
         if self._open_instances is not None:
-            seg = SegWithInstances(seg, self._open_instances(identifier), identifier)
+            seg = SegWithInstances(seg, self._open_instances(identifier), identifier, self._id_channels)
         return data, seg, seg_prev, properties
 
     def _balanced_locations(self, identifier, properties) -> dict:

@@ -5,16 +5,19 @@
   other ranks wait, then only check them (:func:`~.rank_zero.after_rank_zero`);
 * the datasets: nnU-Net's, wrapped so that each crop carries its instance map (:mod:`.instance_data`), optionally
   with instance-balanced foreground sampling (:mod:`.instance_sampling`);
-* the pipelines: nnU-Net's training and validation transforms made instance-aware (:mod:`.instance_transforms`).
+* the pipelines: nnU-Net's training and validation transforms made instance-aware (:mod:`.instance_transforms`);
+* the packing of the maps into the targets (:class:`~.instance_transforms.InstancePacking`): one int16 channel per
+  map, or two for a dataset whose manifest counts more than 32767 instances in a case (read when the maps are
+  prepared, before the pipelines are built; region-based datasets, whose instances are the components of the
+  augmented patch, take two already from 16384 instances per case, as augmentation can split a component).
 """
 from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_blob.preprocessing.runner import DEFAULT_CONNECTIVITY
-from nnunet_blob.trainers.instance_data import InstanceDataset
+from nnunet_blob.trainers.instance_data import InstanceDataset, id_channels_for
 from nnunet_blob.trainers.instance_sampling import region_groups
-from nnunet_blob.trainers.instance_transforms import make_instance_aware
+from nnunet_blob.trainers.instance_transforms import InstancePacking, make_instance_aware
 from nnunet_blob.trainers.rank_zero import after_rank_zero
 
 
@@ -30,8 +33,16 @@ class InstanceMapsTrainer(nnUNetTrainer):
 
     @property
     def num_instance_channels(self) -> int:
-        """Instance channels after the segmentation in each target: one, or one per region."""
+        """Instance maps after the segmentation in each target: one, or one per region."""
         return len(self.label_manager.foreground_regions) if self.label_manager.has_regions else 1
+
+    @property
+    def instance_packing(self) -> InstancePacking:
+        """How the maps ride in the targets; the loss and the validation step share this object, whose id channels
+        are set when the maps are prepared (:meth:`instance_maps`)."""
+        if getattr(self, "_instance_packing", None) is None:
+            self._instance_packing = InstancePacking(self.num_instance_channels)
+        return self._instance_packing
 
     @property
     def reads_instance_maps(self) -> bool:
@@ -40,13 +51,11 @@ class InstanceMapsTrainer(nnUNetTrainer):
 
     @property
     def online_connectivity(self) -> int:
-        """The connectivity of the instances: the maps' (as ``nnunet_blob preprocess`` made them); region datasets
-        that read no maps: the trainer's setting, else that of new maps (26)."""
-        if self.reads_instance_maps:
-            connectivity = self.instance_maps().connectivity
-            assert connectivity is not None, "instance maps without a connectivity in their manifest"
-            return connectivity
-        return self.instance_connectivity or DEFAULT_CONNECTIVITY
+        """The connectivity of the instances: the maps' (as ``nnunet_blob preprocess`` made them, or as this trainer
+        asked for them)."""
+        connectivity = self.instance_maps().connectivity
+        assert connectivity is not None, "instance maps without a connectivity in their manifest"
+        return connectivity
 
     def instance_maps(self):
         """This configuration's instance map store, found, checked and (if missing or stale) computed once."""
@@ -58,8 +67,13 @@ class InstanceMapsTrainer(nnUNetTrainer):
                                             self.configuration_name, connectivity=self.instance_connectivity,
                                             write=write, log=self.print_to_log_file)
 
-            self._instance_store = after_rank_zero(lambda: ensure(True), lambda: ensure(False),
-                                                   log=self.print_to_log_file)
+            store = after_rank_zero(lambda: ensure(True), lambda: ensure(False), log=self.print_to_log_file)
+            largest = store.max_instances * (2 if self.label_manager.has_regions else 1)
+            self.instance_packing.id_channels = id_channels_for(largest)
+            if self.instance_packing.id_channels > 1:
+                self.print_to_log_file(f"nnunet_blob: up to {store.max_instances} instances in a case: instance ids "
+                                       f"ride in two int16 channels and reach the loss as int32")
+            self._instance_store = store
         return self._instance_store
 
     def get_tr_and_val_datasets(self):
@@ -76,12 +90,17 @@ class InstanceMapsTrainer(nnUNetTrainer):
             groups = region_groups(self.label_manager.foreground_regions)
             return tuple(InstanceDataset(d, None, maps.region_table, exponent, groups)
                          for d in (dataset_tr, dataset_val))
-        return tuple(InstanceDataset(d, maps.open, maps.table, exponent) for d in (dataset_tr, dataset_val))
+        id_channels = self.instance_packing.id_channels
+        return tuple(InstanceDataset(d, maps.open, maps.table, exponent, id_channels=id_channels)
+                     for d in (dataset_tr, dataset_val))
 
     def _instance_pipeline(self, pipeline):
+        self.instance_maps()  # the id channels
+        id_channels = self.instance_packing.id_channels
         if not self.label_manager.has_regions:
-            return make_instance_aware(pipeline)
-        return make_instance_aware(pipeline, len(self.label_manager.foreground_regions), self.online_connectivity)
+            return make_instance_aware(pipeline, id_channels=id_channels)
+        return make_instance_aware(pipeline, len(self.label_manager.foreground_regions), self.online_connectivity,
+                                   id_channels)
 
     def get_training_transforms(self, *args, **kwargs):
         return self._instance_pipeline(super().get_training_transforms(*args, **kwargs))

@@ -3,8 +3,9 @@
 :func:`make_instance_aware` takes the ``ComposeTransforms`` that nnU-Net's trainer builds and returns one that
 also moves ``data_dict['instances']`` exactly like the segmentation:
 
-1. :class:`SplitInstances` (first) takes the instance channel that :class:`~.instance_data.SegWithInstances` put
-   after the segmentation out of it;
+1. :class:`SplitInstances` (first) takes the instance channel (or the two channels of a dataset with more than
+   32767 instances in a case, rejoined as int32 ids) that :class:`~.instance_data.SegWithInstances` put after the
+   segmentation out of it;
 2. every transform that moves voxels is wrapped in :class:`CarryInstances`, which applies the *same random
    parameters* to the instances: nearest-neighbour resampling for ``SpatialTransform`` (one ``grid_sample``
    whatever the number of ids; its label-wise segmentation resampling would cost one pass per id), which also
@@ -14,8 +15,9 @@ also moves ``data_dict['instances']`` exactly like the segmentation:
 3. for region-based training, :class:`RegionInstances` labels the connected components of each region channel
    of the patch (an instance per region, as the sigmoid blob loss expects);
 4. :class:`PackInstances` (last) appends the instances to the segmentation (every deep-supervision scale) as
-   extra channels, because nnU-Net's data loader only collates ``image`` and ``segmentation``. The trainer's loss
-   takes them off again (:func:`unpack_instances`).
+   extra int16 channels (one per instance map, or two with wide ids: :class:`InstancePacking`), because nnU-Net's
+   data loader only collates ``image`` and ``segmentation``. The trainer's loss takes them off again
+   (:func:`unpack_instances`; int16 ids, or int32 ids for wide ones).
 
 Transforms that do not move voxels (intensity transforms, label removal, masking, cascade one-hot moves, region
 conversion) are left as they are; an unknown transform that is not image-only raises an error instead of
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -54,27 +57,44 @@ from nnunet_blob.nnunet_internals import (
     spatial_crop_center,
     spatial_grid,
 )
+from nnunet_blob.trainers.instance_data import INT16_IDS, join_ids, split_ids
 
 INSTANCES = "instances"
 
 Tensors = torch.Tensor | list[torch.Tensor]
 
 
-class SplitInstances(BasicTransform):
-    """Move segmentation channel ``channel`` (the instance map) to ``data_dict['instances']``.
+@dataclass
+class InstancePacking:
+    """How the instance maps ride in a packed target: ``maps`` maps (one, or one per region), each id in
+    ``id_channels`` int16 channels (1, or 2 for datasets with more than 32767 instances in a case)."""
 
-    Views, no copies (except for a cascade, whose previous-stage channel follows the instance channel). The
-    loader's padding (-1) stays until :class:`PackInstances`, which sets it to 0 (no instance) on the final patch.
+    maps: int = 1
+    id_channels: int = 1
+
+    @property
+    def channels(self) -> int:
+        return self.maps * self.id_channels
+
+
+class SplitInstances(BasicTransform):
+    """Move segmentation channel ``channel`` (the instance map; ``id_channels`` channels from there, rejoined as
+    int32 ids) to ``data_dict['instances']``.
+
+    Views, no copies for one id channel (except for a cascade, whose previous-stage channel follows the instance
+    channel). The loader's padding (-1; negative for rejoined ids) stays until :class:`PackInstances`, which sets it
+    to 0 (no instance) on the final patch.
     """
 
-    def __init__(self, channel: int = 1):
+    def __init__(self, channel: int = 1, id_channels: int = 1):
         super().__init__()
-        self.channel = channel
+        self.channel, self.id_channels = channel, id_channels
 
     def apply(self, data_dict, **params):
-        seg, c = data_dict["segmentation"], self.channel
-        data_dict[INSTANCES] = seg[c: c + 1]
-        data_dict["segmentation"] = seg[:c] if c == seg.shape[0] - 1 else torch.cat((seg[:c], seg[c + 1:]))
+        seg, c, k = data_dict["segmentation"], self.channel, self.id_channels
+        data_dict[INSTANCES] = seg[c: c + 1] if k == 1 else \
+            join_ids(seg[c: c + 1].to(torch.int32), seg[c + 1: c + 2].to(torch.int32))
+        data_dict["segmentation"] = seg[:c] if c + k == seg.shape[0] else torch.cat((seg[:c], seg[c + k:]))
         return data_dict
 
 
@@ -171,28 +191,40 @@ class CarryInstances(BasicTransform):
 
 
 class RegionInstances(BasicTransform):
-    """Instances per region: connected components of each of the first ``num_regions`` region channels."""
+    """Instances per region: connected components of each of the first ``num_regions`` region channels (int16 ids,
+    or int32 for ``id_channels`` 2)."""
 
-    def __init__(self, num_regions: int, connectivity: int = 26):
+    def __init__(self, num_regions: int, connectivity: int = 26, id_channels: int = 1):
         super().__init__()
-        self.num_regions, self.connectivity = num_regions, connectivity
+        self.num_regions, self.connectivity, self.id_channels = num_regions, connectivity, id_channels
 
     def apply(self, data_dict, **params):
         regions = data_dict["segmentation"][: self.num_regions].cpu().numpy()
-        labels = [label_components(r, self.connectivity)[0].astype(np.int16) for r in regions]
-        data_dict[INSTANCES] = torch.from_numpy(np.stack(labels))
+        components = [label_components(r, self.connectivity) for r in regions]
+        most = max((n for _, n in components), default=0)
+        if self.id_channels == 1 and most > INT16_IDS:
+            raise ValueError(f"a region of this patch has {most} connected components, more than the {INT16_IDS} "
+                             f"one int16 channel carries; the instance maps' manifest promised fewer (maps of "
+                             f"another dataset version?): recompute them with `nnunet_blob preprocess --overwrite`")
+        dtype = np.int16 if self.id_channels == 1 else np.int32
+        data_dict[INSTANCES] = torch.from_numpy(np.stack([labels.astype(dtype) for labels, _ in components]))
         return data_dict
 
 
 class PackInstances(BasicTransform):
-    """Append ``instances`` to ``segmentation`` (per deep-supervision scale) as trailing int16 channels.
+    """Append ``instances`` to ``segmentation`` (per deep-supervision scale) as trailing int16 channels: the ids
+    themselves, or with ``id_channels`` 2 their low halves, then their high halves (:func:`split_ids`).
 
     The loader's padding value (-1) becomes 0, no instance.
     """
 
+    def __init__(self, id_channels: int = 1):
+        super().__init__()
+        self.id_channels = id_channels
+
     def apply(self, data_dict, **params):
         seg, instances = data_dict["segmentation"], data_dict.pop(INSTANCES)
-        pack = lambda s, i: torch.cat((s.to(torch.int16), i.clamp_min(0).to(torch.int16)))  # noqa: E731
+        pack = _pack_one_channel if self.id_channels == 1 else _pack_two_channels
         if isinstance(seg, (list, tuple)):
             data_dict["segmentation"] = [pack(s, i) for s, i in zip(seg, instances)]
         else:
@@ -200,25 +232,49 @@ class PackInstances(BasicTransform):
         return data_dict
 
 
-def unpack_instances(target: Tensors, num_instance_channels: int, as_bool: bool = False):
-    """Inverse of :class:`PackInstances` on a batch: (segmentation, instances), per scale if lists."""
+def _pack_one_channel(seg: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+    return torch.cat((seg.to(torch.int16), instances.clamp_min(0).to(torch.int16)))
+
+
+def _pack_two_channels(seg: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+    low, high = split_ids(instances.clamp_min(0).to(torch.int32))
+    return torch.cat((seg.to(torch.int16), low.to(torch.int16), high.to(torch.int16)))
+
+
+def unpack_instances(target: Tensors, packing: int | InstancePacking, as_bool: bool = False):
+    """Inverse of :class:`PackInstances` on a batch: (segmentation, instances), per scale if lists.
+
+    ``packing``: an :class:`InstancePacking`, or the number of maps carried in one id channel each. The ids come
+    out as int16 (one id channel) or int32 (two).
+    """
+    if not isinstance(packing, InstancePacking):
+        packing = InstancePacking(packing)
     if isinstance(target, (list, tuple)):
-        pairs = [unpack_instances(t, num_instance_channels, as_bool) for t in target]
+        pairs = [unpack_instances(t, packing, as_bool) for t in target]
         return [p[0] for p in pairs], [p[1] for p in pairs]
-    seg, instances = target[:, :-num_instance_channels], target[:, -num_instance_channels:]
+    seg, instances = target[:, :-packing.channels], target[:, -packing.channels:]
+    if packing.id_channels == 2:
+        maps = packing.maps
+        instances = join_ids(instances[:, :maps].to(torch.int32), instances[:, maps:].to(torch.int32))
     return (seg.bool() if as_bool else seg), instances
 
 
 class PackedInstancesLoss(nn.Module):
     """Adapter for nnU-Net's ``loss(output, target)`` calls: the instance maps ride in the last target channels
-    (:class:`PackInstances`); ``loss(output, target, instances)`` gets them separately."""
+    (:class:`PackInstances`, laid out as ``packing`` says); ``loss(output, target, instances)`` gets them
+    separately. ``packing`` is the trainer's own object: it learns the id channels once the maps are known."""
 
-    def __init__(self, loss: nn.Module, num_instance_channels: int, regions: bool):
+    def __init__(self, loss: nn.Module, packing: InstancePacking, regions: bool):
         super().__init__()
-        self.loss, self.num_instance_channels, self.regions = loss, num_instance_channels, regions
+        self.loss, self.packing, self.regions = loss, packing, regions
+
+    @property
+    def num_instance_channels(self) -> int:
+        """Instance maps per target (one, or one per region)."""
+        return self.packing.maps
 
     def forward(self, output: torch.Tensor, packed_target: torch.Tensor) -> torch.Tensor:
-        target, instances = unpack_instances(packed_target, self.num_instance_channels, as_bool=self.regions)
+        target, instances = unpack_instances(packed_target, self.packing, as_bool=self.regions)
         return self.loss(output, target, instances)
 
 
@@ -240,12 +296,13 @@ def _carry(transform: BasicTransform) -> BasicTransform:
 
 
 def make_instance_aware(pipeline: ComposeTransforms, num_regions: int | None = None,
-                        connectivity: int = 26) -> ComposeTransforms:
+                        connectivity: int = 26, id_channels: int = 1) -> ComposeTransforms:
     """nnU-Net's training or validation pipeline, carrying the instance map (see the module docstring).
 
     ``num_regions``: number of foreground regions for region-based training (None for label-based). Then the
     loader brings no instance channel: instances are the connected components of each region of the augmented
-    patch (:class:`RegionInstances`).
+    patch (:class:`RegionInstances`). ``id_channels``: int16 channels per id in the loader's crops and in the packed
+    target (2 for datasets with more than 32767 instances in a case).
     """
     if num_regions is not None:  # region instances are labelled after the region conversion, nothing to carry
         stages = [_carry(t) for t in pipeline.transforms]
@@ -258,7 +315,7 @@ def make_instance_aware(pipeline: ComposeTransforms, num_regions: int | None = N
                 f"get_training_transforms/get_validation_transforms add it when given regions); this pipeline has "
                 f"{[type(t).__name__ for t in pipeline.transforms]}. A trainer that builds its own pipeline must "
                 f"keep that transform, or instance maps cannot be labelled per region.")
-        stages.insert(cut + 1, RegionInstances(num_regions, connectivity))
-        return ComposeTransforms(stages + [PackInstances()])
-    stages = [SplitInstances()] + [_carry(t) for t in pipeline.transforms]
-    return ComposeTransforms(stages + [PackInstances()])
+        stages.insert(cut + 1, RegionInstances(num_regions, connectivity, id_channels))
+        return ComposeTransforms(stages + [PackInstances(id_channels)])
+    stages = [SplitInstances(1, id_channels)] + [_carry(t) for t in pipeline.transforms]
+    return ComposeTransforms(stages + [PackInstances(id_channels)])

@@ -18,7 +18,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_blob.instances.detection import COUNT_KEYS, instance_scores
 from nnunet_blob.nnunet_internals import autocast_like_nnunet, logged_values, validation_tp_fp_fn
-from nnunet_blob.trainers.instance_transforms import unpack_instances
+from nnunet_blob.trainers.instance_transforms import InstancePacking, unpack_instances
 from nnunet_blob.trainers.online_detection import BackgroundScorer, labels_to_host, predicted_labels
 
 #: logger key of the online instance F1 (one value per epoch, saved in nnU-Net's checkpoints)
@@ -55,10 +55,10 @@ def _to(target, device):
 
 class OnlineInstanceScore(nnUNetTrainer):
     """Online instance F1 on the validation patches. The batches' targets carry the instance maps in their last
-    ``num_instance_channels`` channels; components are labelled with ``online_connectivity`` (both provided by
-    :class:`~nnunet_blob.trainers.instance_maps.InstanceMapsTrainer`)."""
+    channels, laid out as ``instance_packing`` says; components are labelled with ``online_connectivity`` (both
+    provided by :class:`~nnunet_blob.trainers.instance_maps.InstanceMapsTrainer`)."""
 
-    num_instance_channels: int
+    instance_packing: InstancePacking
     online_connectivity: int
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -80,14 +80,14 @@ class OnlineInstanceScore(nnUNetTrainer):
         if self.enable_deep_supervision:  # scores on the highest resolution only, as nnU-Net's
             output, target, host_target = output[0], target[0], host_target[0]
         regions = self.label_manager.has_regions
-        target, _ = unpack_instances(target, self.num_instance_channels, as_bool=regions)
+        target, _ = unpack_instances(target, self.instance_packing, as_bool=regions)
         labels = predicted_labels(output, regions)
         result = {"loss": loss.detach().cpu().numpy(),
                   **validation_tp_fp_fn(output, target, self.label_manager, predicted=labels)}
-        reference, maps = unpack_instances(host_target.cpu(), self.num_instance_channels, as_bool=regions)
+        reference, instances = unpack_instances(host_target.cpu(), self.instance_packing, as_bool=regions)
         reference_np = reference.numpy()
         result[_COUNTS] = self._online_scorer().submit(labels_to_host(labels, output.shape[1]), reference_np,
-                                                       self.online_reference_ids(reference_np, maps.numpy()))
+                                                       self.online_reference_ids(reference_np, instances.numpy()))
         return result
 
     def online_reference_ids(self, reference: np.ndarray, maps: np.ndarray) -> np.ndarray:
