@@ -314,3 +314,24 @@ def test_stock_export_predicts_where_our_trainers_are_unknown(planted, tmp_path)
     run_cli("nnUNetv2_install_pretrained_model_from_zip", tmp_path / "plain.zip", env=plain)
     failed = run_cli(*predict, "-o", tmp_path / "plain_pred", env=plain, check=False)
     assert failed.returncode != 0 and SPECKLES in failed.stdout + failed.stderr
+
+
+def test_commands_name_the_missing_piece_and_the_fix(trained):
+    def refused(*args):
+        result = run_cli("nnunet_blob", *map(str, args), check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        return result.stderr
+
+    message = refused("tune-postprocessing", "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", MISSES, "-f", 0, 1)
+    assert "fold 1" in message and f"nnUNetv2_train {DATASET_ID} {CONFIGURATION} 1 -tr {MISSES}" in message
+    message = refused("tune-postprocessing", "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", "nnUNetTrainerNever", "-f",
+                      0)
+    assert "no trained model nnUNetTrainerNever__nnUNetPlans__3d_fullres" in message
+    message = refused("tune-postprocessing", "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", MISSES, "-f", 0,
+                      "--metric", "n_pred")
+    assert "--higher-is-better or --lower-is-better" in message
+    message = refused("find-best", "-d", DATASET_ID, "-c", "2d", "-tr", MISSES, "-f", 0)
+    assert "no trained model" in message
+    message = refused("export", "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", MISSES, "-f", 0, "-o", "x.zip", "-chk",
+                      BEST_INSTANCES_CHECKPOINT)  # stock nnU-Net trainers keep no such checkpoint
+    assert BEST_INSTANCES_CHECKPOINT in message and "-chk" in message
