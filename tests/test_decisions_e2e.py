@@ -19,7 +19,9 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from scipy import ndimage
 
 from conftest import run_cli
+from nnunet_blob.decisions.cases import cross_validation_predictions, ensemble_predictions
 from nnunet_blob.decisions.rules import LabelLayout, Setting
+from nnunet_blob.decisions.selection import inference_commands
 from nnunet_blob.decisions.settings import PostprocessingFile
 from nnunet_blob.trainers.lesion_validation import BEST_INSTANCES_CHECKPOINT, moving_averages
 
@@ -165,11 +167,9 @@ def write_pp(path: Path, min_volume: float, threshold) -> Path:
                               "SimpleITKIO").write(path)
 
 
-def test_apply_to_labels_and_to_probabilities(planted, tmp_path):
-    raw = Path(os.environ["nnUNet_raw"]) / planted
-    predicted = tmp_path / "predicted"
-    run_cli("nnUNetv2_predict", "-i", raw / "imagesTs", "-o", predicted, "-d", DATASET_ID, "-c", CONFIGURATION,
-            "-f", 0, "-tr", SPECKLES, "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta", "--save_probabilities")
+def test_apply_to_labels_and_to_probabilities(ensemble_run, tmp_path):
+    predicted = tmp_path / "predicted"  # nnUNetv2_predict's output with --save_probabilities
+    shutil.copytree(ensemble_run[1] / "OUTPUT_FOLDER_MODEL_2", predicted)
     rng = np.random.default_rng(0)
     for npz in predicted.glob("*.npz"):  # smooth random probabilities: components of many sizes
         shape = np.load(npz)["probabilities"].shape[1:]
@@ -258,6 +258,44 @@ def test_find_best_ranks_after_postprocessing_and_prints_the_commands(planted, t
             ).is_file()
 
 
+@pytest.fixture(scope="module")
+def ensemble_run(planted, tmp_path_factory):
+    """The commands find-best prints for the ensemble of the two models with a threshold (predict each member with
+    probabilities, nnU-Net's ensembling with --save_npz, apply), run as printed on the test images."""
+    tmp_path = tmp_path_factory.mktemp("ensemble_run")
+    first, second = (cross_validation_predictions(planted, t, "nnUNetPlans", CONFIGURATION, (0,))
+                     for t in (MISSES, SPECKLES))
+    pp_file = tmp_path / "pp.json"
+    pp = PostprocessingFile((Setting(1, 0.0, 0.3),), first.layout, ".nii.gz", "SimpleITKIO")
+    pp.write(pp_file)
+    commands = inference_commands(ensemble_predictions(first, second), pp, pp_file, 1)
+    folders = {"INPUT_FOLDER": Path(os.environ["nnUNet_raw"]) / planted / "imagesTs"}
+    for command in commands:
+        words = [str(folders.get(w, tmp_path / w if w.startswith("OUTPUT_FOLDER") else w)) for w in command.split()]
+        if words[0] == "nnUNetv2_predict":
+            words += ["-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"]
+        run_cli(*words)
+    return commands, tmp_path, first
+
+
+def test_the_commands_for_an_ensemble_run(ensemble_run, tmp_path):
+    """... and give the threshold applied to the mean of the members' probabilities."""
+    commands, folder, first = ensemble_run
+    assert [c.split()[0] for c in commands] == ["nnUNetv2_predict", "nnUNetv2_predict", "nnUNetv2_ensemble",
+                                                "nnunet_blob"]
+    assert commands[2].endswith("--save_npz") and all(c.endswith("--save_probabilities") for c in commands[:2])
+    cases = sorted((folder / "OUTPUT_FOLDER").glob("*.npz"))
+    assert len(cases) == 2
+    for case in cases:
+        mean = (np.load(folder / "OUTPUT_FOLDER_MODEL_1" / case.name)["probabilities"].astype(np.float32)
+                + np.load(folder / "OUTPUT_FOLDER_MODEL_2" / case.name)["probabilities"]) / 2
+        result = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "OUTPUT_FOLDER_PP" / f"{case.stem}.nii.gz")))
+        np.testing.assert_array_equal(result, (mean[1] > 0.3).astype(np.uint8))
+    no_change = PostprocessingFile((Setting(1),), first.layout, ".nii.gz", "SimpleITKIO")
+    assert inference_commands(first, no_change, tmp_path / "pp.json", 1)[-1].startswith(
+        "# the tuned postprocessing changes")
+
+
 def test_checkpoint_best_instances_is_kept_and_predicts(trained, tmp_path):
     folder = model(trained, SPECKLES) / "fold_0"
     log = "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
@@ -284,7 +322,7 @@ def unregistered_environment(results: Path) -> dict:
     return env
 
 
-def test_stock_export_predicts_where_our_trainers_are_unknown(planted, tmp_path):
+def test_stock_export_predicts_where_our_trainers_are_unknown(planted, ensemble_run, tmp_path):
     run_cli("nnunet_blob", "tune-postprocessing", "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", SPECKLES, "-f", 0)
     zip_file = tmp_path / "model.zip"
     run_cli("nnunet_blob", "export", "-d", DATASET_ID, "-c", CONFIGURATION, "-tr", SPECKLES, "-f", 0, "-o", zip_file,
@@ -298,12 +336,14 @@ def test_stock_export_predicts_where_our_trainers_are_unknown(planted, tmp_path)
 
     raw = Path(os.environ["nnUNet_raw"]) / planted
     predict = ["nnUNetv2_predict", "-i", raw / "imagesTs", "-d", DATASET_ID, "-c", CONFIGURATION, "-f", 0, "-tr",
-               SPECKLES, "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta"]
+               SPECKLES, "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta", "--save_probabilities"]
     stock = unregistered_environment(tmp_path / "stock_results")
     run_cli("nnUNetv2_install_pretrained_model_from_zip", zip_file, env=stock)
     run_cli(*predict, "-o", tmp_path / "stock_pred", env=stock)
-    run_cli(*predict, "-o", tmp_path / "our_pred")  # with the trainers registered, from the original results
-    for ours in sorted((tmp_path / "our_pred").glob("*.nii.gz")):
+    # the same command with the trainers registered, from the original results (the ensemble's first step)
+    ours_folder = ensemble_run[1] / "OUTPUT_FOLDER_MODEL_2"
+    assert len(list(ours_folder.glob("*.nii.gz"))) == 2
+    for ours in sorted(ours_folder.glob("*.nii.gz")):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "stock_pred" / ours.name))),
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(ours))))
 

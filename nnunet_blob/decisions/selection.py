@@ -27,7 +27,7 @@ from nnunet_blob.decisions.cases import (
     model_folder,
     results_root,
 )
-from nnunet_blob.decisions.settings import FILE_NAME, DecisionError
+from nnunet_blob.decisions.settings import FILE_NAME, DecisionError, PostprocessingFile
 from nnunet_blob.decisions.tuning import Metric, TuningResult, tune
 from nnunet_blob.evaluation.compare import paired_wilcoxon
 from nnunet_blob.io import atomic_write_bytes, atomic_write_json
@@ -118,10 +118,11 @@ def predict_command(dataset: str, member: dict, folds, output: str, probabilitie
     return commands
 
 
-def inference_commands(best: Candidate, num_processes: int) -> list[str]:
-    """Predict (each member), ensemble, apply the postprocessing."""
-    p = best.predictions
-    uses_probabilities = best.tuning.postprocessing_file().uses_probabilities
+def inference_commands(predictions: Predictions, postprocessing: PostprocessingFile, postprocessing_path: Path,
+                       num_processes: int) -> list[str]:
+    """Predict (each member), ensemble, apply the postprocessing: the commands for new images (``INPUT_FOLDER``)."""
+    p = predictions
+    uses_probabilities = postprocessing.uses_probabilities
     commands = []
     if p.is_ensemble:
         outputs = [f"OUTPUT_FOLDER_MODEL_{i + 1}" for i in range(len(p.members))]
@@ -131,11 +132,11 @@ def inference_commands(best: Candidate, num_processes: int) -> list[str]:
                         + (" --save_npz" if uses_probabilities else ""))
     else:
         commands += predict_command(p.dataset, p.members[0], p.folds, "OUTPUT_FOLDER", uses_probabilities)
-    if best.tuning.postprocessing_file().changes_nothing:
+    if postprocessing.changes_nothing:
         commands.append("# the tuned postprocessing changes nothing: OUTPUT_FOLDER holds the result")
     else:
         commands.append(f"nnunet_blob apply-postprocessing -i OUTPUT_FOLDER -o OUTPUT_FOLDER_PP -pp "
-                        f"{best.postprocessing_file} -np {num_processes}")
+                        f"{postprocessing_path} -np {num_processes}")
     return commands
 
 
@@ -149,7 +150,7 @@ def find_best(dataset: str, metric: Metric, configurations: Sequence[str] = DEFA
     candidates = []
     for predictions in candidates_of(models, allow_ensembling, log):
         log(f"\n*** {predictions.identifier}")
-        result = tune(predictions, metric, num_processes=num_processes, log=log, **tune_options)
+        result = tune(predictions, metric, num_processes=num_processes, **tune_options)
         path = result.postprocessing_file().write(predictions.output_folder / FILE_NAME)
         log(result.report())
         log(f"written: {path}")
@@ -166,7 +167,8 @@ def find_best(dataset: str, metric: Metric, configurations: Sequence[str] = DEFA
         settings = "; ".join(s.describe() for s in c.tuning.settings)
         log(f"{rank:2d}. {c.predictions.identifier}: {c.before:.4f} -> {c.after:.4f} ({settings})"
             + ("" if c is best else f"; Wilcoxon p vs the best = {p:.3g}"))
-    commands = inference_commands(best, num_processes)
+    commands = inference_commands(best.predictions, best.tuning.postprocessing_file(), best.postprocessing_file,
+                                  num_processes)
     information = {
         "dataset": name, "folds": list(best.predictions.folds), "metric": metric.name,
         "higher_is_better": metric.higher_is_better, "ensembling_allowed": allow_ensembling,

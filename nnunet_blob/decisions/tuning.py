@@ -11,8 +11,8 @@ is better on average *and* a paired two-sided Wilcoxon signed-rank test over the
 (:func:`nnunet_blob.evaluation.compare.paired_wilcoxon`: the cases where both are defined, ties dropped) gives
 ``p * (number of other settings in the grid) < alpha`` (Bonferroni correction for having picked the best of the
 grid; alpha 0.05). With 39 other settings at least 11 cases must improve, none worsening, before any setting can be
-chosen; with 7 (no probabilities), 9. Ties between settings go to the one listed first (nnU-Net's rule, then the
-smaller volume).
+chosen; with 7 (no probabilities), 9. Ties between settings go to the first threshold of the grid (nnU-Net's rule
+first, then ascending), then to the smaller volume.
 
 **Speed**: each case is read once per pass; its components are labelled once per threshold and every minimum
 volume is scored from the component table (:mod:`.tables`), for the metrics the table gives exactly. Other
@@ -25,7 +25,7 @@ are always those of the chosen file applied to the predictions (:func:`.rules.po
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -365,7 +365,7 @@ def _class_record(c: ClassTuning) -> dict:
 
 def tune(predictions: Predictions, metric: Metric, *, thresholds: Sequence[float] | None = DEFAULT_THRESHOLDS,
          min_volumes: Sequence[float] | None = None, alpha: float = 0.05, connectivity: int = 26,
-         tolerance_mm: float = 1.0, num_processes: int = 1, log: Callable[[str], None] = print) -> TuningResult:
+         tolerance_mm: float = 1.0, num_processes: int = 1) -> TuningResult:
     """Tune the postprocessing of ``predictions`` (see the module docstring). ``thresholds=None`` or no
     probabilities: minimum volumes only. ``min_volumes``: the grid in mm³ (0 is added), default from the data."""
     if not predictions.cases:
