@@ -99,12 +99,10 @@ def candidates_of(models: list[Predictions], allow_ensembling: bool,
 
 def predict_command(dataset: str, member: dict, folds, output: str, probabilities: bool) -> list[str]:
     """nnU-Net's inference command of one model (two for a cascade: the previous stage first)."""
-    import json as _json
-
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     folder = model_folder(dataset, member["trainer"], member["plans"], member["configuration"])
-    configuration = PlansManager(_json.loads((folder / "plans.json").read_text())).get_configuration(
+    configuration = PlansManager(json.loads((folder / "plans.json").read_text())).get_configuration(
         member["configuration"])
     fold_text = " ".join(str(f) for f in folds)
     commands, previous = [], ""
