@@ -14,6 +14,7 @@ import sys
 _COMMAND_MODULES = (
     "nnunet_blob.preprocessing.cli",
     "nnunet_blob.evaluation.cli",
+    "nnunet_blob.decisions.cli",
     "nnunet_blob.trainers.cli",
     "nnunet_blob.demo.cli",
 )

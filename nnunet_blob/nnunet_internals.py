@@ -13,7 +13,10 @@ Trainer: :class:`BuildLossHook` (``_build_loss``), :func:`compile_enabled` (``_d
 :func:`uncompiled`/:func:`compiled_like` (``_orig_mod``), :func:`logged_values` (``my_fantastic_logging``),
 :func:`validation_tp_fp_fn` and :func:`autocast_like_nnunet` (what ``validation_step`` computes inline),
 :func:`deep_supervision_scales` (``_get_deep_supervision_scales``), :func:`stop_loader` (``_finish``),
-:func:`trainer_plans` (``plans['continue_training']``).
+:func:`trainer_plans` (``plans['continue_training']``), :func:`save_checkpoint_of_epoch` (``current_epoch`` in
+``save_checkpoint``).
+Model sharing: :data:`CHECKPOINT_TRAINER_KEY`, :func:`find_trainer_class`, :func:`builds_nnunets_network` (how
+``nnUNetPredictor`` rebuilds a network from a checkpoint).
 Augmentation: :func:`seg_grid_sample_options`, :func:`spatial_grid`, :func:`spatial_crop_center`
 (``SpatialTransform`` internals), :func:`apply_to_segmentation` (``_apply_to_segmentation``).
 Data loading: :data:`LOADER_SEG_DTYPE`, :func:`drawn_location` (``get_bbox``), :func:`load_case`,
@@ -179,6 +182,48 @@ def trainer_plans(plans: dict, continue_training: bool = False) -> dict:
     import copy
 
     return {**copy.deepcopy(plans), CONTINUE_TRAINING_KEY: continue_training}
+
+
+def save_checkpoint_of_epoch(trainer, filename: str, epoch: int) -> None:
+    """``trainer.save_checkpoint(filename)`` as it would be written at the end of ``epoch``.
+
+    nnU-Net's ``on_epoch_end`` saves ``checkpoint_best.pth`` before it counts the epoch (``current_epoch += 1``),
+    and ``save_checkpoint`` records ``current_epoch + 1``: the epoch to continue from. A checkpoint written after
+    ``on_epoch_end`` must therefore be saved with ``current_epoch`` set back to ``epoch``.
+    """
+    current = trainer.current_epoch
+    trainer.current_epoch = epoch
+    try:
+        trainer.save_checkpoint(filename)
+    finally:
+        trainer.current_epoch = current
+
+
+# ---- model sharing -----------------------------------------------------------------------------------------------
+
+#: the key of an nnU-Net checkpoint naming the trainer class: ``nnUNetPredictor.initialize_from_trained_model_folder``
+#: finds that class by name and builds the network with its ``build_network_architecture``
+CHECKPOINT_TRAINER_KEY = "trainer_name"
+
+
+def find_trainer_class(name: str) -> Any:
+    """The trainer class nnU-Net's ``-tr`` and its predictor find for ``name``
+    (``recursive_find_trainer_class_by_name``: nnU-Net's own trainers and the folders of ``nnUNet_extTrainer``); None
+    when nnU-Net cannot find it."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        return recursive_find_trainer_class_by_name(name)
+    except RuntimeError:
+        return None
+
+
+def builds_nnunets_network(trainer_class) -> bool:
+    """Whether a trainer class builds its network with ``nnUNetTrainer``'s own ``build_network_architecture`` (a
+    static method), so that a checkpoint naming ``nnUNetTrainer`` rebuilds the same network."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    return trainer_class.build_network_architecture is nnUNetTrainer.build_network_architecture
 
 
 # ---- augmentation (batchgeneratorsv2) ----------------------------------------------------------------------------

@@ -294,6 +294,58 @@ def test_blosc2_block_and_chunk_are_nnunets_4d_shapes():
     assert all(b <= c <= s for b, c, s in zip(blocks, chunks, (1, 64, 64, 64)))
 
 
+def test_save_checkpoint_of_epoch_is_what_on_epoch_end_saves(blobs, tmp_path):
+    trainer = build_trainer(nnUNetTrainer, blobs)
+    trainer.output_folder = str(tmp_path)
+    # nnU-Net's on_epoch_end of epoch 0: checkpoint_best records epoch 1 (the one to continue from), then counts
+    for key, value in (("train_losses", 1.0), ("val_losses", 1.0), ("dice_per_class_or_region", [0.5]),
+                       ("mean_fg_dice", 0.5), ("lrs", 0.01), ("epoch_start_timestamps", 0.0)):
+        trainer.logger.log(key, value, 0)
+    trainer.on_epoch_end()
+    assert trainer.current_epoch == 1
+    nnunets = torch.load(tmp_path / "checkpoint_best.pth", map_location="cpu", weights_only=False)
+    internals.save_checkpoint_of_epoch(trainer, str(tmp_path / "ours.pth"), 0)
+    ours = torch.load(tmp_path / "ours.pth", map_location="cpu", weights_only=False)
+    assert trainer.current_epoch == 1
+    assert ours["current_epoch"] == nnunets["current_epoch"] == 1
+    assert ours["logging"] == nnunets["logging"]
+
+
+# ---- model sharing ------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_trainer_key_is_written_by_the_trainer_and_read_by_the_predictor(blobs, tmp_path):
+    import inspect
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    trainer = build_trainer(nnUNetTrainer, blobs)
+    trainer.save_checkpoint(str(tmp_path / "c.pth"))
+    checkpoint = torch.load(tmp_path / "c.pth", map_location="cpu", weights_only=False)
+    assert checkpoint[internals.CHECKPOINT_TRAINER_KEY] == "nnUNetTrainer"
+    source = inspect.getsource(nnUNetPredictor.initialize_from_trained_model_folder)
+    assert f"trainer_name = checkpoint['{internals.CHECKPOINT_TRAINER_KEY}']" in source
+    assert "recursive_find_trainer_class_by_name(trainer_name)" in source
+    assert "trainer_class.build_network_architecture(" in source
+
+
+def test_find_trainer_class_and_builds_nnunets_network():
+    from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
+
+    assert internals.find_trainer_class("nnUNetTrainer") is nnUNetTrainer
+    assert internals.find_trainer_class("nnUNetTrainerThatDoesNotExist") is None
+    found = internals.find_trainer_class("nnUNetTrainerBlobDice")  # through nnUNet_extTrainer
+    assert found is not None and found.__name__ == "nnUNetTrainerBlobDice"
+    assert internals.builds_nnunets_network(nnUNetTrainer) and internals.builds_nnunets_network(nnUNetTrainerBlobDice)
+
+    class OwnNetwork(nnUNetTrainer):
+        @staticmethod
+        def build_network_architecture(*args, **kwargs):
+            return nn.Identity()
+
+    assert not internals.builds_nnunets_network(OwnNetwork)
+
+
 # ---- evaluation ---------------------------------------------------------------------------------------------------
 
 

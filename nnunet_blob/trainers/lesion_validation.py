@@ -5,7 +5,9 @@ metrics of nnU-Net's final validation.
   lesion-wise metrics of the same predictions, ``validation/summary_instances.json``.
 * :class:`OnlineInstanceScore`: nnU-Net's validation step (same loss, same pseudo-Dice counts) plus the
   detection counts of each validation batch (:mod:`.online_detection`), the instance F1 logged per epoch next to
-  nnU-Net's pseudo Dice and plotted in ``progress_instances.png`` beside nnU-Net's ``progress.png``.
+  nnU-Net's pseudo Dice and plotted in ``progress_instances.png`` beside nnU-Net's ``progress.png``; and
+  ``checkpoint_best_instances.pth``, kept by the exponential moving average of that F1 the way nnU-Net keeps
+  ``checkpoint_best.pth`` by the moving average of its pseudo Dice.
 """
 from __future__ import annotations
 
@@ -17,12 +19,21 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_blob.instances.detection import COUNT_KEYS, instance_scores
-from nnunet_blob.nnunet_internals import autocast_like_nnunet, logged_values, validation_tp_fp_fn
+from nnunet_blob.nnunet_internals import (
+    autocast_like_nnunet,
+    logged_values,
+    save_checkpoint_of_epoch,
+    validation_tp_fp_fn,
+)
 from nnunet_blob.trainers.instance_transforms import InstancePacking, unpack_instances
 from nnunet_blob.trainers.online_detection import BackgroundScorer, labels_to_host, predicted_labels
 
 #: logger key of the online instance F1 (one value per epoch, saved in nnU-Net's checkpoints)
 INSTANCE_F1_KEY = "instance_f1"
+#: logger key of its exponential moving average (:func:`moving_average`)
+INSTANCE_F1_EMA_KEY = "ema_instance_f1"
+#: the checkpoint of the epoch with the best moving average of the online instance F1
+BEST_INSTANCES_CHECKPOINT = "checkpoint_best_instances.pth"
 #: key of a validation step's detection counts (a future of the background scorer)
 _COUNTS = "instance_counts"
 
@@ -48,6 +59,26 @@ class FinalLesionWiseValidation(nnUNetTrainer):
                                f"per case in {summary}")
 
 
+def moving_average(previous: float, value: float) -> float:
+    """nnU-Net's moving average of its pseudo Dice, ``0.9 * previous + 0.1 * value`` (the first value as it is),
+    for the online instance F1: an epoch whose F1 is undefined (no instance in any validation patch) keeps the
+    previous average."""
+    if np.isnan(value):
+        return previous
+    if np.isnan(previous):
+        return value
+    return 0.9 * previous + 0.1 * value
+
+
+def moving_averages(values) -> list[float]:
+    """The moving average after each epoch of a list of per-epoch values."""
+    out, current = [], float("nan")
+    for value in values:
+        current = moving_average(current, float(value))
+        out.append(current)
+    return out
+
+
 def _to(target, device):
     return [t.to(device, non_blocking=True) for t in target] if isinstance(target, list) else \
         target.to(device, non_blocking=True)
@@ -65,6 +96,7 @@ class OnlineInstanceScore(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._scorer: BackgroundScorer | None = None
+        self._best_instance_ema: float | None = None
         self._ensure_logging_key()
 
     def validation_step(self, batch: dict) -> dict:
@@ -111,43 +143,69 @@ class OnlineInstanceScore(nnUNetTrainer):
             torch.distributed.all_gather_object(gathered, counts)
             counts = np.sum(gathered, axis=0)
         f1 = instance_scores(counts)["F1"]
-        self.logger.log(INSTANCE_F1_KEY, f1, self.current_epoch)
+        epoch = self.current_epoch
+        self.logger.log(INSTANCE_F1_KEY, f1, epoch)
+        previous = logged_values(self.logger)[INSTANCE_F1_EMA_KEY][epoch - 1] if epoch > 0 else float("nan")
+        self.logger.log(INSTANCE_F1_EMA_KEY, moving_average(previous, f1), epoch)
         totals = dict(zip(COUNT_KEYS, counts.sum(0).tolist()))
         self.print_to_log_file(f"Online instance F1 (validation patches): {np.round(f1, 4)} {totals}")
 
     def on_epoch_end(self):
-        super().on_epoch_end()
+        epoch = self.current_epoch
+        super().on_epoch_end()  # nnU-Net's checkpoints, then the next epoch's number
         if self.local_rank == 0:
             plot_instance_progress(self.logger, self.output_folder)
+        self._keep_best_instances_checkpoint(epoch)
+
+    def _keep_best_instances_checkpoint(self, epoch: int) -> None:
+        """``checkpoint_best_instances.pth`` when the moving average of the online instance F1 of ``epoch`` beats
+        every earlier one (as nnU-Net's ``checkpoint_best.pth`` with its moving average of the pseudo Dice)."""
+        ema = logged_values(self.logger)[INSTANCE_F1_EMA_KEY][epoch]
+        if np.isnan(ema) or (self._best_instance_ema is not None and not ema > self._best_instance_ema):
+            return
+        self._best_instance_ema = float(ema)
+        self.print_to_log_file(f"nnunet_blob: new best EMA instance F1 {np.round(ema, 4)}: "
+                               f"{BEST_INSTANCES_CHECKPOINT}")
+        save_checkpoint_of_epoch(self, join(self.output_folder, BEST_INSTANCES_CHECKPOINT), epoch)
 
     def on_train_end(self):
         super().on_train_end()
         if self._scorer is not None:
             self._scorer.close()
 
-    # the logging key survives checkpoints of runs that did not log it
+    # the logging keys survive checkpoints of runs that did not log them; the best moving average is the largest
+    # one logged so far
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
         self._ensure_logging_key()
+        averages = np.asarray(logged_values(self.logger)[INSTANCE_F1_EMA_KEY], dtype=np.float64)
+        self._best_instance_ema = float(np.nanmax(averages)) if np.isfinite(averages).any() else None
 
     def _ensure_logging_key(self):
         logs = logged_values(self.logger)
         if INSTANCE_F1_KEY not in logs:
             logs[INSTANCE_F1_KEY] = [float("nan")] * len(logs["val_losses"])
+        if INSTANCE_F1_EMA_KEY not in logs:
+            logs[INSTANCE_F1_EMA_KEY] = moving_averages(logs[INSTANCE_F1_KEY])
 
 
 def plot_instance_progress(logger, output_folder: str) -> None:
-    """``progress_instances.png``: online instance F1 next to nnU-Net's pseudo Dice, per epoch."""
+    """``progress_instances.png``: online instance F1 and its moving average next to nnU-Net's pseudo Dice, per
+    epoch."""
     import matplotlib
 
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
 
     f1 = logger.get_value(INSTANCE_F1_KEY, step=None)
+    ema = logger.get_value(INSTANCE_F1_EMA_KEY, step=None)
     dice = logger.get_value("mean_fg_dice", step=None)
-    epochs = min(len(f1), len(dice))
+    epochs = min(len(f1), len(dice), len(ema))
     fig, ax = plt.subplots(figsize=(12, 6))
-    ax.plot(range(epochs), f1[:epochs], color="tab:purple", lw=2, label="instance F1 (validation patches)")
+    ax.plot(range(epochs), f1[:epochs], color="tab:purple", ls="dotted", lw=2,
+            label="instance F1 (validation patches)")
+    ax.plot(range(epochs), ema[:epochs], color="tab:purple", lw=3,
+            label=f"instance F1 (mov. avg.; best: {BEST_INSTANCES_CHECKPOINT})")
     ax.plot(range(epochs), dice[:epochs], color="g", ls="dotted", lw=2, label="pseudo Dice")
     ax.set_xlabel("epoch")
     ax.set_ylim(0, 1)
