@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nnunet_blob.nnunet_internals import deep_supervision_scales, trainer_plans
+from nnunet_blob.trainers.cells import CellsTrainer, VoronoiCellsPerScale, make_cell_aware
 from nnunet_blob.trainers.instance_transforms import make_instance_aware
 
 DATASET = "Dataset999_Bench"
@@ -77,14 +78,17 @@ DATASET_JSON = {"channel_names": {"0": "MR"}, "labels": {"background": 0, "lesio
 
 
 def make_batch(trainer, batch: int, patch: int, instances: int, seed: int = 0):
-    """(data, stock target list, packed target list) through nnU-Net's validation pipeline."""
+    """(data, stock target list, packed target list, packed cells list) through nnU-Net's validation pipeline: the
+    packed targets carry the instance maps (blob trainers), the packed cells the Voronoi cells of every scale
+    (CC-DiceCE trainers)."""
     rng = np.random.default_rng(seed)
     scales = deep_supervision_scales(trainer)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     stock_pipeline = nnUNetTrainer.get_validation_transforms(scales)
     ours_pipeline = make_instance_aware(nnUNetTrainer.get_validation_transforms(scales))
-    data, stock, ours = [], [], []
+    cells_pipeline = make_cell_aware(nnUNetTrainer.get_validation_transforms(scales), VoronoiCellsPerScale(classes=[1]))
+    data, stock, ours, cells = [], [], [], []
     for _ in range(batch):
         seg = np.zeros((patch,) * 3, dtype=np.int16)
         seg[: patch // 4, : patch // 4, : patch // 4] = 1
@@ -98,8 +102,16 @@ def make_batch(trainer, batch: int, patch: int, instances: int, seed: int = 0):
         stock.append(stock_pipeline(image=image.clone(), segmentation=seg_t.clone())["segmentation"])
         ours.append(ours_pipeline(image=image.clone(),
                                   segmentation=torch.cat([seg_t, torch.from_numpy(ids)[None]]))["segmentation"])
+        cells.append(cells_pipeline(image=image.clone(), segmentation=seg_t.clone())["segmentation"])
     collate = lambda samples: [torch.stack([s[i] for s in samples]) for i in range(len(samples[0]))]  # noqa: E731
-    return torch.stack(data), collate(stock), collate(ours)
+    return torch.stack(data), collate(stock), collate(ours), collate(cells)
+
+
+def target_for(trainer, stock: list, packed: list, cells: list) -> list:
+    """The target list ``trainer``'s own loader would give it (:func:`make_batch`)."""
+    if isinstance(trainer, CellsTrainer):
+        return cells
+    return packed if hasattr(trainer, "instance_packing") else stock
 
 
 def build(trainer_class, plans, device):

@@ -5,7 +5,8 @@ worker-pool effects. A synthetic dataset with ~300 instances per case. Targets: 
 instance sampling >= 0.95x of the same loader without it. Instance sampling is measured twice: with
 exponent 0 (its patches are centred elsewhere, e.g. more often near the border, which changes the cost of nnU-Net's
 own cropping and augmentation) and with exponent 1 (the voxel-uniform distribution of patches without it: only the
-machinery's own cost).
+machinery's own cost). The CC-DiceCE trainer's loader computes the Voronoi cells of every deep-supervision scale's
+target at the end of the pipeline (in nnU-Net's augmentation workers when it has them).
 
     python benchmarks/bench_dataloader.py [--cases 8] [--shape 96 96 96] [--batches 10] [--rounds 21]
 """
@@ -36,7 +37,11 @@ def main():
 
     from nnunet_blob.nnunet_internals import trainer_plans
     from nnunet_blob.synthetic import make_dataset
-    from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling
+    from nnunet_blob.trainers.variants import (
+        nnUNetTrainerBlobDice,
+        nnUNetTrainerBlobDice_instSampling,
+        nnUNetTrainerCCDiceCE,
+    )
 
     make_dataset(root / "raw", 702, "BenchLoader", num_train=args.cases, shape=args.shape,
                  small_objects=tuple(args.blobs))
@@ -57,7 +62,7 @@ def main():
 
     loaders = {}
     for trainer_class in (nnUNetTrainer, nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling,
-                          InstSamplingVoxelUniform):
+                          InstSamplingVoxelUniform, nnUNetTrainerCCDiceCE):
         trainer = trainer_class(dict(plans), "3d_fullres", 0, dataset_json, torch.device("cpu"))
         trainer.initialize()
         loaders[trainer_class.__name__] = trainer.get_dataloaders()[0]

@@ -1,9 +1,9 @@
 """One training iteration (forward, loss, backward, optimizer step) of each trainer vs stock nnUNetTrainer.
 
 All trainers are built from the same nnU-Net-style 3d_fullres plans and fed the same batch (the blob trainers
-additionally get the batch's instance maps, packed by the same pipeline the loader uses). Prints the median
-``train_step`` time over interleaved rounds and the ratio to ``nnUNetTrainer``. Target: blob
-trainers <= 1.10x stock.
+additionally get the batch's instance maps, the CC-DiceCE trainer the Voronoi cells of every scale, packed by the same
+pipelines their loaders use). Prints the median ``train_step`` time over interleaved rounds and the ratio to
+``nnUNetTrainer``. Target: instance-aware trainers <= 1.10x stock.
 
     python benchmarks/bench_training_step.py [--patch 64] [--batch 2] [--stages 5] [--instances 100] [--repeats 5]
 
@@ -22,7 +22,14 @@ from _workspace import workspace
 _WORKSPACE = workspace("nnunet_blob_bench_step_")
 
 import torch  # noqa: E402
-from _bench_trainers import add_shape_arguments, build, make_batch, make_plans, placeholder_dataset  # noqa: E402
+from _bench_trainers import (  # noqa: E402
+    add_shape_arguments,
+    build,
+    make_batch,
+    make_plans,
+    placeholder_dataset,
+    target_for,
+)
 
 
 def main():
@@ -31,7 +38,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--trainers", nargs="+",
                         default=["nnUNetTrainerBlobDice", "nnUNetTrainerBlobTversky", "nnUNetTrainerTopKDice",
-                                 "nnUNetTrainerTversky"])
+                                 "nnUNetTrainerTversky", "nnUNetTrainerCCDiceCE"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -45,9 +52,8 @@ def main():
     trainers = {"nnUNetTrainer": build(nnUNetTrainer, plans, device)}
     for name in args.trainers:
         trainers[name] = build(getattr(variants, name), plans, device)
-    data, stock_target, packed_target = make_batch(trainers["nnUNetTrainer"], args.batch, args.patch, args.instances)
-    batches = {name: {"data": data, "target": packed_target if hasattr(t, "num_instance_channels") else stock_target}
-               for name, t in trainers.items()}
+    data, *targets = make_batch(trainers["nnUNetTrainer"], args.batch, args.patch, args.instances)
+    batches = {name: {"data": data, "target": target_for(t, *targets)} for name, t in trainers.items()}
 
     times = {name: [] for name in trainers}
     names = list(trainers)

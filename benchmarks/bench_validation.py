@@ -85,8 +85,8 @@ def main():
         trainers[name].network.load_state_dict(trainers["nnUNetTrainer"].network.state_dict())
     batches = {name: [] for name in trainers}
     for seed in range(args.steps):
-        data, stock_target, packed_target = make_batch(trainers["nnUNetTrainer"], args.batch, args.patch,
-                                                       args.instances, seed)
+        data, stock_target, packed_target, _ = make_batch(trainers["nnUNetTrainer"], args.batch, args.patch,
+                                                          args.instances, seed)
         batches["nnUNetTrainer"].append({"data": data, "target": stock_target})
         batches["nnUNetTrainerBlobDice"].append({"data": data, "target": packed_target})
         batches[WITHOUT].append({"data": data, "target": packed_target})
