@@ -19,8 +19,9 @@ a sample as one region, ``1 + its mean cross-entropy``, and averages over every 
 (``loss_mask``, e.g. the ignore label) are in no sum. The binary definition of the paper is the case of one
 foreground class.
 
-**Cost.** All cell sums come from one segment sum keyed by (sample, class, cell) over a fixed id range (see
-:func:`~._common.segment_table`): no loop over components or classes, and nothing waits for the device.
+**Cost.** All cell sums come from three segment sums keyed by (sample, class, cell, y) over a fixed id range
+(:func:`_cell_keys`, :class:`_CellSums`, whose backward is one pass over the voxels): no loop over components or
+classes, and nothing waits for the device.
 """
 from __future__ import annotations
 
@@ -33,13 +34,11 @@ from nnunet_blob.losses._common import (
     as_mask,
     check_label_range,
     check_probs,
-    entry_positions,
     float32_math,
     mean_over_present,
     mean_over_samples,
     numbered_ids,
     require,
-    segment_table,
 )
 
 #: floor of the Dice denominator and of the probability inside the log, as in the published code
@@ -111,24 +110,16 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
         classes = torch.arange(1, channels, device=target.device).reshape(1, -1, *[1] * (target.ndim - 2))
         labels = target == classes  # (B, C - 1, *spatial): "class c against the rest"
 
-    num_voxels = cells[0, 0].numel()
-    active = cells.reshape(batch, num_classes, -1) > 0
-    if valid is not None:
-        active = active & valid.reshape(batch, 1, -1)
-    keep = entry_positions(active)
-    entry = torch.arange(active.numel(), device=probs.device) if keep is None else keep
-    group = entry.div(num_voxels, rounding_mode="floor")  # sample * num_classes + class
-    position = (group + group.div(num_classes, rounding_mode="floor") * first + first) * num_voxels \
-        + entry.remainder(num_voxels)  # the same voxel of channel first + class in probs (B, C, N)
-    ids, y = cells.reshape(-1)[entry].long(), labels.reshape(-1)[entry].to(probs.dtype)
-    ids, id_space = numbered_ids(ids, cells.dtype, max_cell, batch * num_classes, name="cells")
-
-    p = probs.reshape(-1)[position]
-    q = torch.where(y > 0, p, 1 - p)
-    columns = [torch.ones_like(p), p, y, p * y, -torch.log(q.clamp_min(EPS))]
-    table = segment_table(columns, group, ids, None if keep is not None else active.reshape(-1), entry,
-                          batch * num_classes, id_space)[:, 1:]  # (B * classes, cells, 5); cell id 0 is no cell
-    size, sum_p, sum_y, tp, sum_ce = table.unbind(-1)
+    groups = batch * num_classes
+    if valid is not None:  # masked voxels join cell 0 (no cell), which no sum reads
+        cells = cells * valid.to(cells.dtype)
+    ids, id_space = numbered_ids(cells.reshape(-1), cells.dtype, max_cell, groups, name="cells")
+    p = probs[:, first:].reshape(batch, num_classes, -1)
+    y = labels.reshape(batch, num_classes, -1)
+    key = _cell_keys(ids.reshape(y.shape), y, id_space)
+    sums = _CellSums.apply(p, y, key, groups * id_space * 2).reshape(groups, id_space, 2, 3)[:, 1:]
+    count, sum_p, sum_ce = sums.sum(2).unbind(-1)  # (B * classes, cells); cell id 0 is no cell
+    size, sum_y, tp = count, sums[:, :, 1, 0], sums[:, :, 1, 1]
     dice = 1 - (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(EPS)
     cell_losses = dice + sum_ce / size.clamp_min(1)
     class_mean, class_has = mean_over_present(cell_losses, size > 0, dim=1)
@@ -138,6 +129,42 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
         return per_sample, sample_has
     fallback = 1 + _mean_cross_entropy(probs, target if regions else labels, regions, valid)
     return torch.where(sample_has, per_sample, fallback), torch.ones_like(sample_has)
+
+
+def _cell_keys(ids: torch.Tensor, y: torch.Tensor, id_space: int) -> torch.Tensor:
+    """(B, K, N) slot of every voxel in the sums table: ``((b * K + k) * id_space + cell) * 2 + y`` (int32 where
+    the table fits, as the index reads are the bulk of the cost)."""
+    batch, num_classes = y.shape[:2]
+    dtype = torch.int32 if batch * num_classes * id_space * 2 < 2 ** 31 else torch.int64
+    group = torch.arange(batch * num_classes, device=y.device, dtype=dtype).reshape(batch, num_classes, 1)
+    return (ids.to(dtype) + group * id_space) * 2 + y
+
+
+class _CellSums(torch.autograd.Function):
+    r"""Per slot (cell and :math:`y`, :func:`_cell_keys`) the sums of :math:`1`, :math:`p` and
+    :math:`-\log \max(q, 10^{-7})`: a (num_keys, 3) table from three ``index_add`` passes over the voxels.
+
+    Backward in one pass: :math:`\partial/\partial p_v = G_p[k_v] + G_{ce}[k_v]\,\partial(-\log q_v)/\partial p_v`,
+    with :math:`\partial(-\log q)/\partial p = -1/q` where :math:`y = 1` (:math:`q = p`), :math:`+1/q` where
+    :math:`y = 0` (:math:`q = 1 - p`), and 0 where the floor is active (:math:`q < 10^{-7}`, as ``clamp_min``).
+    """
+
+    @staticmethod
+    def forward(ctx, p, y, key, num_keys):
+        q = torch.where(y, p, 1 - p)
+        flat = key.reshape(-1)
+        columns = (torch.ones_like(p), p, -torch.log(q.clamp_min(EPS)))
+        table = torch.stack([p.new_zeros(num_keys).index_add_(0, flat, c.reshape(-1)) for c in columns], -1)
+        ctx.save_for_backward(p, y, key)
+        return table
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, y, key = ctx.saved_tensors
+        coefficients = grad[:, 1:].index_select(0, key.reshape(-1)).reshape(*p.shape, 2)
+        q = torch.where(y, p, 1 - p)
+        d_ce = torch.where(q >= EPS, torch.where(y, -1 / q, 1 / q), 0)
+        return coefficients[..., 0] + coefficients[..., 1] * d_ce, None, None, None
 
 
 def _mean_cross_entropy(probs: torch.Tensor, labels: torch.Tensor, regions: bool,
