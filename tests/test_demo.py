@@ -150,3 +150,30 @@ def test_clean_never_deletes_a_folder_the_demo_did_not_make(tmp_path):
     refused = run_cli("nnunet_blob", "demo", "--workspace", tmp_path, "--clean", check=False)
     assert refused.returncode == 1 and "holds no demo run" in refused.stderr
     assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_tune_trains_five_folds_and_reports_raw_and_tuned_rows(tmp_path):
+    """``--tune``: five folds with probabilities, tune-postprocessing on their validation predictions, the test
+    split's five-fold ensemble evaluated raw and with the chosen file applied; a workspace of one mode is not reused
+    by the other."""
+    workspace = tmp_path / "ws"
+    result = run_cli("nnunet_blob", "demo", "--budget", "smoke", "--workspace", workspace, "--trainers",
+                     "nnUNetTrainerBlobDice", "--tune", timeout=1500)
+    rows = dict(re.findall(r"^\| (nnUNetTrainerBlobDice(?: tuned)?) \| ([0-9.| nan]+) \|$", result.stdout,
+                           flags=re.MULTILINE))
+    assert set(rows) == {"nnUNetTrainerBlobDice", "nnUNetTrainerBlobDice tuned"}, result.stdout[-3000:]
+    model = workspace / "nnUNet_results" / "Dataset991_BlobDemo" / "nnUNetTrainerBlobDice_demo__nnUNetPlans__3d_fullres"
+    for fold in range(5):
+        assert list((model / f"fold_{fold}" / "validation").glob("*.npz")), fold  # trained with --npz
+    settings = json.loads((model / "crossval_results_folds_0_1_2_3_4" / "postprocessing_instances.json").read_text())
+    assert settings  # the file the tuned row applied
+    raw = sorted(p.name for p in (workspace / "predictions" / "nnUNetTrainerBlobDice").glob("*.nii.gz"))
+    tuned = sorted(p.name for p in (workspace / "predictions_tuned" / "nnUNetTrainerBlobDice").glob("*.nii.gz"))
+    assert raw and tuned == raw
+    summary = json.loads((workspace / "evaluation" / "nnUNetTrainerBlobDice_tuned" / "summary_instances.json")
+                         .read_text())
+    assert len(summary["metric_per_case"]) == len(raw)
+    assert "-f 0 1 2 3 4" in result.stdout  # the reuse command predicts with the ensemble
+    refused = run_cli("nnunet_blob", "demo", "--budget", "smoke", "--workspace", workspace, "--trainers",
+                      "nnUNetTrainerBlobDice", check=False)
+    assert refused.returncode == 1 and "'tune': True" in refused.stderr and "--clean" in refused.stderr

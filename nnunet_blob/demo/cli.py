@@ -10,7 +10,7 @@ from nnunet_blob.io import reports
 @reports(DemoError, StageError, command="demo")
 def _demo(args: argparse.Namespace) -> int:
     run_demo(args.workspace, args.budget, args.trainers, args.device, args.clean, args.seed, args.np,
-             verbose=args.verbose)
+             verbose=args.verbose, tune=args.tune)
     return 0
 
 
@@ -43,6 +43,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--verbose", action="store_true",
                    help="stream every tool's full output (nnU-Net's included); by default the console shows one line "
                         "per stage and per training epoch, and the full output is in each stage's log")
+    p.add_argument("--tune", action="store_true",
+                   help="train nnU-Net's five cross-validation folds of each trainer, tune the postprocessing on "
+                        "their validation predictions (nnunet_blob tune-postprocessing), predict the test split with "
+                        "the five-fold ensemble and report it raw and tuned (about five times the training time)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and of every trainer (default 0)")
     p.add_argument("-np", type=int, default=2, help="processes for preprocessing and data augmentation (default 2)")
     p.set_defaults(func=_demo)

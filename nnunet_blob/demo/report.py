@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+#: the name of a results row with the tuned postprocessing applied: ``<trainer> tuned``
+TUNED_SUFFIX = " tuned"
 #: column -> key in the summary's ``foreground_mean`` (means over the test cases, then over foreground labels)
 COLUMNS = {"DSC": "Dice", "SDSC": "SurfaceDice", "F1": "F1", "IS": "IS", "IP": "IP"}
 
@@ -27,5 +29,11 @@ def results_table(summaries: dict, evaluation_root: Path, caveat: str = "") -> t
     for trainer in summaries:
         folder = Path(evaluation_root) / trainer / "pictures"
         pictures = sorted(folder.glob("*.png"))
-        lines.append(f"- {trainer}: {len(pictures)} PNG in {folder}" + (f", e.g. {pictures[0]}" if pictures else ""))
+        if pictures:
+            lines.append(f"- {trainer}: {len(pictures)} PNG in {folder}, e.g. {pictures[0]}")
+    tuned = [row for row in summaries if row.endswith(TUNED_SUFFIX)]
+    if tuned:
+        lines += ["", "Rows \"tuned\": the five-fold ensemble with the postprocessing that nnunet_blob "
+                      "tune-postprocessing chose on the folds' validation predictions (never the test split); the "
+                      "chosen settings and the tests behind them are in each trainer's logs/tune_<trainer>.log."]
     return table, "\n".join(lines) + "\n"

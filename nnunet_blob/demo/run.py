@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, Budget
 from nnunet_blob.demo.plans import shrink_plans
-from nnunet_blob.demo.report import results_table
+from nnunet_blob.demo.report import TUNED_SUFFIX, results_table
 from nnunet_blob.demo.stages import EpochProgress, StageError, Stages, demo_environment
 from nnunet_blob.io import (
     EXT_TRAINER_VARIABLE,
@@ -31,6 +31,9 @@ SETTINGS = "demo.json"
 #: stages before the trainers' (dataset, plan_and_preprocess, reduce_plans, instance_maps); each trainer has three
 #: (train, predict, evaluate), and a comparison of several trainers one more
 SHARED_STAGES, STAGES_PER_TRAINER = 4, 3
+#: with ``tune``: nnU-Net's five folds, then tune-postprocessing, apply-postprocessing and an evaluation of the
+#: tuned predictions per trainer
+CROSS_VALIDATION_FOLDS = (0, 1, 2, 3, 4)
 #: nnU-Net's lookup line before it finds a ``-tr`` name outside its own package (``find_objects.py``)
 LOOKUP_NOTE = ("nnU-Net's line \"Trainer '{name}' not found in nnunetv2.training.nnUNetTrainer\" below is expected: "
                "it then searches nnUNet_extTrainer and finds it there")
@@ -43,11 +46,15 @@ class DemoError(RuntimeError):
 def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default",
              trainers: Sequence[str] = ("nnUNetTrainer", "nnUNetTrainerBlobDice"), device: str = "auto",
              clean: bool = False, seed: int = 0, num_processes: int = 2, out=sys.stdout,
-             verbose: bool = False) -> dict:
+             verbose: bool = False, tune: bool = False) -> dict:
     """Run (or resume) the demo in ``workspace``; returns the results table as {trainer: {metric: value}}.
 
     The console gets one line per stage and per training epoch (``verbose``: every tool's full output too); each
     stage's full output is in ``<workspace>/logs/<stage>.log``.
+
+    ``tune``: train nnU-Net's five cross-validation folds of each trainer (``--npz``), choose its postprocessing
+    on their validation predictions (``nnunet_blob tune-postprocessing``), predict the test split with the
+    five-fold ensemble and report it raw and with the tuned postprocessing applied (rows ``<trainer> tuned``).
     """
     from nnunet_blob.demo.budgets import demo_trainer_bases
 
@@ -66,14 +73,17 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
     device = _device(device)
     plan = BUDGETS[budget]
     reduce = plan.base_features if device == "cpu" else None
-    settings = _settings(root, budget, seed, reduce)
+    settings = _settings(root, budget, seed, reduce, tune)
     trainers_listed = ext_trainer_value()  # the user's folders, ours and the demo's
-    total = SHARED_STAGES + STAGES_PER_TRAINER * len(trainers) + int(len(trainers) > 1)
+    folds = CROSS_VALIDATION_FOLDS if tune else (0,)
+    per_trainer = STAGES_PER_TRAINER + (len(folds) - 1 + 3 if tune else 0)
+    total = SHARED_STAGES + per_trainer * len(trainers) + int(len(trainers) > 1 or tune)
     stages = Stages(root, demo_environment(root, {**plan.environment(seed), EXT_TRAINER_VARIABLE: trainers_listed,
                                                   "nnUNet_def_n_proc": str(num_processes)}), total, out, verbose)
     stages.say(f"nnunet_blob demo in {root} (budget {budget}: {plan.num_train} training and {plan.num_test} test "
                f"cases of {'x'.join(map(str, plan.shape))} voxels, {plan.epochs} epochs of {plan.iterations} "
-               f"iterations, seed {seed}, device {device})")
+               f"iterations, seed {seed}, device {device}"
+               + (", five folds each, postprocessing tuned on them)" if tune else ")"))
     if plan.caveat:
         stages.say(f"    {plan.caveat}")
     if reduce:
@@ -97,60 +107,116 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
     summaries = {}
     for trainer in trainers:
         summaries[trainer] = _train_predict_evaluate(stages, trainer, raw, preprocessed, device, num_processes,
-                                                     plan.epochs)
-    if len(trainers) > 1:
-        stages.run("compare", ["nnunet_blob", "compare", *summaries.values(), "--names", *summaries],
+                                                     plan.epochs, folds)
+        if tune:
+            summaries[trainer + TUNED_SUFFIX] = _tune_apply_evaluate(stages, trainer, raw, preprocessed,
+                                                                     num_processes, folds)
+    if len(summaries) > 1:
+        names = [name.replace(" ", "_") for name in summaries]
+        stages.run("compare", ["nnunet_blob", "compare", *summaries.values(), "--names", *names],
                    "nnunet_blob compare (Wilcoxon signed-rank per metric)",
-                   after=[f"evaluate_{t}" for t in trainers], key=" ".join(trainers))
+                   after=[_evaluate_stage(name) for name in summaries], key=" ".join(names))
     table, text = results_table(summaries, root / "evaluation", plan.caveat)
     atomic_write_bytes(root / "results.md", text.encode())
     stages.say("\n" + text)
-    comparison = f"; Wilcoxon tests in {stages.log_file('compare')}" if len(trainers) > 1 else ""
+    comparison = f"; Wilcoxon tests in {stages.log_file('compare')}" if len(summaries) > 1 else ""
     stages.say(f"written: {root / 'results.md'}{comparison}; every stage's log in {stages.logs}")
-    stages.say(reuse_instructions(root, trainers[-1], device, raw / "imagesTs"))
+    stages.say(reuse_instructions(root, trainers[-1], device, raw / "imagesTs", folds))
     stages.say(f"nnunet_blob demo: finished in {time.time() - start:.0f} s (stages done before not counted)")
     atomic_write_json(root / SETTINGS, {**settings, "completed": True})
     return table
 
 
-def reuse_instructions(root: Path, trainer: str, device: str, example_images: Path) -> str:
+def reuse_instructions(root: Path, trainer: str, device: str, example_images: Path,
+                       folds: Sequence[int] = (0,)) -> str:
     """How to predict your own images with a model the demo trained, from any shell."""
     command = (f"nnUNet_results={shlex.quote(str(root / 'nnUNet_results'))} nnUNetv2_predict -i YOUR_IMAGES "
-               f"-o YOUR_OUTPUT -d {DATASET_ID} -c {CONFIGURATION} -f 0 -tr {trainer}{DEMO_SUFFIX} -device {device}")
+               f"-o YOUR_OUTPUT -d {DATASET_ID} -c {CONFIGURATION} -f {' '.join(map(str, folds))} "
+               f"-tr {trainer}{DEMO_SUFFIX} -device {device}")
     hook = ("" if is_registered() else
             '\n(the start-up hook did not run in this environment: first run eval "$(nnunet_blob trainers --export)")')
     return (f"Predict your own images with a trained model (from any shell; nnU-Net finds the <trainer>{DEMO_SUFFIX} "
             f"classes; images named CASE_0000.nii.gz with one channel, like {example_images}):\n  {command}{hook}")
 
 
+def _evaluate_stage(name: str) -> str:
+    """Stage name of the evaluation of a results row (a trainer, or ``<trainer> tuned``)."""
+    return f"evaluate_{name.replace(TUNED_SUFFIX, '_tuned')}"
+
+
+def _model_folder(root: Path, raw: Path, trainer: str) -> Path:
+    return root / "nnUNet_results" / raw.name / f"{trainer}{DEMO_SUFFIX}__nnUNetPlans__{CONFIGURATION}"
+
+
 def _train_predict_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: Path, device: str,
-                            num_processes: int, epochs: int) -> Path:
+                            num_processes: int, epochs: int, folds: Sequence[int] = (0,)) -> Path:
     name = trainer + DEMO_SUFFIX
-    train = f"train_{trainer}"
+    cross_validation = len(folds) > 1
+    trained = [_train_fold(stages, trainer, raw, device, num_processes, epochs, fold, cross_validation)
+               for fold in folds]
+    predictions = stages.root / "predictions" / trainer
+    ensemble = f"the {len(folds)}-fold ensemble of " if cross_validation else ""
+    stages.run(f"predict_{trainer}", ["nnUNetv2_predict", "-i", raw / "imagesTs", "-o", predictions, "-d",
+                                      DATASET_ID, "-c", CONFIGURATION, "-f", *folds, "-tr", name, "-device", device,
+                                      "-npp", 1, "-nps", 1, "--disable_tta",
+                                      *(["--save_probabilities"] if cross_validation else [])],
+               f"nnUNetv2_predict {ensemble}{trainer} on the test split (no test-time mirroring)", after=trained,
+               verbose_note=LOOKUP_NOTE.format(name=name))
+    return _evaluate(stages, trainer, raw, preprocessed, predictions, num_processes, after=f"predict_{trainer}",
+                     pictures=True)
+
+
+def _train_fold(stages: Stages, trainer: str, raw: Path, device: str, num_processes: int, epochs: int, fold: int,
+                keep_probabilities: bool) -> str:
+    """Train one fold (resuming an interrupted run with ``--c``); returns the stage name."""
+    name = trainer + DEMO_SUFFIX
+    train = f"train_{trainer}" if fold == 0 else f"train_{trainer}_fold{fold}"
     dependencies = ["instance_maps"]
-    results = (stages.root / "nnUNet_results" / raw.name / f"{name}__nnUNetPlans__{CONFIGURATION}" / "fold_0")
+    results = _model_folder(stages.root, raw, trainer) / f"fold_{fold}"
     finished = stages.done(train, dependencies)
     resume = (not finished and stages.started(train, dependencies)
               and any((results / f).is_file() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")))
     if not finished and not resume:  # a stale or never-checkpointed run: start afresh
         shutil.rmtree(results, ignore_errors=True)
-    stages.run(train, ["nnUNetv2_train", DATASET_ID, CONFIGURATION, 0, "-tr", name, "-device", device,
-                       *(["--c"] if resume else [])],
-               f"nnUNetv2_train {trainer}" + (" (resuming)" if resume else ""), after=dependencies,
+    which = f" fold {fold}" if keep_probabilities else ""
+    stages.run(train, ["nnUNetv2_train", DATASET_ID, CONFIGURATION, fold, "-tr", name, "-device", device,
+                       *(["--npz"] if keep_probabilities else []), *(["--c"] if resume else [])],
+               f"nnUNetv2_train {trainer}{which}" + (" (resuming)" if resume else ""), after=dependencies,
                environment={"nnUNet_n_proc_DA": str(num_processes)},  # nnU-Net's default is 12 workers
                progress=EpochProgress(epochs), verbose_note=LOOKUP_NOTE.format(name=name))
-    predictions = stages.root / "predictions" / trainer
-    stages.run(f"predict_{trainer}", ["nnUNetv2_predict", "-i", raw / "imagesTs", "-o", predictions, "-d",
-                                      DATASET_ID, "-c", CONFIGURATION, "-f", 0, "-tr", name, "-device", device,
-                                      "-npp", 1, "-nps", 1, "--disable_tta"],
-               f"nnUNetv2_predict {trainer} on the test split (no test-time mirroring)", after=[train],
-               verbose_note=LOOKUP_NOTE.format(name=name))
-    summary = stages.root / "evaluation" / trainer / "summary_instances.json"
-    stages.run(f"evaluate_{trainer}", ["nnunet_blob", "evaluate", raw / "labelsTs", predictions, "-djfile",
-                                       raw / "dataset.json", "-pfile", preprocessed / "nnUNetPlans.json", "-o",
-                                       summary, "-np", num_processes, "--png", summary.parent / "pictures",
-                                       "--images", raw / "imagesTs"],
-               f"nnunet_blob evaluate {trainer}", after=[f"predict_{trainer}"])
+    return train
+
+
+def _tune_apply_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: Path, num_processes: int,
+                         folds: Sequence[int]) -> Path:
+    """Postprocessing tuned on the folds' validation predictions, applied to the test predictions, evaluated."""
+    from nnunet_blob.decisions.settings import FILE_NAME
+
+    trained = [f"train_{trainer}" if fold == 0 else f"train_{trainer}_fold{fold}" for fold in folds]
+    stages.run(f"tune_{trainer}", ["nnunet_blob", "tune-postprocessing", "-d", DATASET_ID, "-c", CONFIGURATION,
+                                   "-tr", trainer + DEMO_SUFFIX, "-f", *folds, "-np", num_processes],
+               f"nnunet_blob tune-postprocessing {trainer} (on the {len(folds)} folds' validation predictions)",
+               after=trained)
+    postprocessing = (_model_folder(stages.root, raw, trainer)
+                      / f"crossval_results_folds_{'_'.join(map(str, folds))}" / FILE_NAME)
+    tuned = stages.root / "predictions_tuned" / trainer
+    stages.run(f"apply_{trainer}", ["nnunet_blob", "apply-postprocessing", "-i", stages.root / "predictions" / trainer,
+                                    "-o", tuned, "-pp", postprocessing, "-np", num_processes],
+               f"nnunet_blob apply-postprocessing {trainer} (the tuned postprocessing on the test predictions)",
+               after=[f"tune_{trainer}", f"predict_{trainer}"])
+    return _evaluate(stages, trainer + TUNED_SUFFIX, raw, preprocessed, tuned, num_processes,
+                     after=f"apply_{trainer}", pictures=False)
+
+
+def _evaluate(stages: Stages, row: str, raw: Path, preprocessed: Path, predictions: Path, num_processes: int,
+              after: str, pictures: bool) -> Path:
+    summary = stages.root / "evaluation" / row.replace(" ", "_") / "summary_instances.json"
+    stages.run(_evaluate_stage(row), ["nnunet_blob", "evaluate", raw / "labelsTs", predictions, "-djfile",
+                                      raw / "dataset.json", "-pfile", preprocessed / "nnUNetPlans.json", "-o",
+                                      summary, "-np", num_processes,
+                                      *(["--png", summary.parent / "pictures", "--images", raw / "imagesTs"]
+                                        if pictures else [])],
+               f"nnunet_blob evaluate {row}", after=[after])
     return summary
 
 
@@ -191,16 +257,17 @@ def _prepare_workspace(root: Path, clean: bool) -> str:
                     f"Choose a new or empty folder with --workspace")
 
 
-def _settings(root: Path, budget: str, seed: int, reduced_features: int | None) -> dict:
+def _settings(root: Path, budget: str, seed: int, reduced_features: int | None, tune: bool = False) -> dict:
     """The workspace's settings; a workspace made with other settings is refused, not mixed."""
-    wanted = {"budget": budget, "seed": seed, "reduced_network": reduced_features}
+    wanted = {"budget": budget, "seed": seed, "reduced_network": reduced_features, "tune": tune}
     file = root / SETTINGS
     if file.is_file():
         try:
             previous = json.loads(file.read_text())
         except ValueError:
             raise DemoError(f"{file} is unreadable; add --clean to start over") from None
-        differing = {k: previous.get(k) for k in wanted if previous.get(k) != wanted[k]}
+        differing = {k: previous.get(k, False if k == "tune" else None) for k in wanted
+                     if previous.get(k, False if k == "tune" else None) != wanted[k]}
         if differing:
             raise DemoError(f"{root} holds a demo run with {differing}; add --clean to start over with the new "
                             f"settings, or choose another --workspace")
