@@ -155,14 +155,13 @@ class _CellSums(torch.autograd.Function):
         flat = key.reshape(-1)
         columns = (torch.ones_like(p), p, -torch.log(q.clamp_min(EPS)))
         table = torch.stack([p.new_zeros(num_keys).index_add_(0, flat, c.reshape(-1)) for c in columns], -1)
-        ctx.save_for_backward(p, y, key)
+        ctx.save_for_backward(q, y, key)
         return table
 
     @staticmethod
     def backward(ctx, grad):
-        p, y, key = ctx.saved_tensors
-        coefficients = grad[:, 1:].index_select(0, key.reshape(-1)).reshape(*p.shape, 2)
-        q = torch.where(y, p, 1 - p)
+        q, y, key = ctx.saved_tensors
+        coefficients = grad[:, 1:].index_select(0, key.reshape(-1)).reshape(*q.shape, 2)
         d_ce = torch.where(q >= EPS, torch.where(y, -1 / q, 1 / q), 0)
         return coefficients[..., 0] + coefficients[..., 1] * d_ce, None, None, None
 
