@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from nnunet_blob.demo.budgets import BUDGETS
-from nnunet_blob.demo.report import COLUMNS
+from nnunet_blob.demo.report import COLUMNS, row_key
 from nnunet_blob.demo.run import run_demo
 
 TRAINERS = ["nnUNetTrainer", "nnUNetTrainerBlobDice", "nnUNetTrainerBlobTversky", "nnUNetTrainerTopKDice",
@@ -80,7 +80,7 @@ def main():
 
 def _pooled(workspace: Path, row: str) -> tuple[int, int]:
     """(missed, false-positive) objects over the test split, foreground labels together."""
-    summary = json.loads((workspace / "evaluation" / row.replace(" ", "_") / "summary_instances.json").read_text())
+    summary = json.loads((workspace / "evaluation" / row_key(row) / "summary_instances.json").read_text())
     labels = summary["pooled_instances"].values()
     return sum(int(v["FN_instances"]) for v in labels), sum(int(v["FP_instances"]) for v in labels)
 

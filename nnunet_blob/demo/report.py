@@ -7,6 +7,13 @@ from pathlib import Path
 
 #: the name of a results row with the tuned postprocessing applied: ``<trainer> tuned``
 TUNED_SUFFIX = " tuned"
+
+
+def row_key(row: str) -> str:
+    """A results row's name in file and stage names (``<trainer> tuned`` -> ``<trainer>_tuned``)."""
+    return row.replace(" ", "_")
+
+
 #: column -> key in the summary's ``foreground_mean`` (means over the test cases, then over foreground labels)
 COLUMNS = {"DSC": "Dice", "SDSC": "SurfaceDice", "F1": "F1", "IS": "IS", "IP": "IP"}
 
@@ -27,7 +34,7 @@ def results_table(summaries: dict, evaluation_root: Path, caveat: str = "") -> t
     lines += ["", "Detection pictures (maximum-intensity projections along each axis, outlined objects; green "
                   "found, red missed, blue false positive; legend in each picture):"]
     for trainer in summaries:
-        folder = Path(evaluation_root) / trainer / "pictures"
+        folder = Path(evaluation_root) / row_key(trainer) / "pictures"
         pictures = sorted(folder.glob("*.png"))
         if pictures:
             lines.append(f"- {trainer}: {len(pictures)} PNG in {folder}, e.g. {pictures[0]}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, Budget
 from nnunet_blob.demo.plans import shrink_plans
-from nnunet_blob.demo.report import TUNED_SUFFIX, results_table
+from nnunet_blob.demo.report import TUNED_SUFFIX, results_table, row_key
 from nnunet_blob.demo.stages import EpochProgress, StageError, Stages, demo_environment
 from nnunet_blob.io import (
     EXT_TRAINER_VARIABLE,
@@ -112,7 +112,7 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
             summaries[trainer + TUNED_SUFFIX] = _tune_apply_evaluate(stages, trainer, raw, preprocessed,
                                                                      num_processes, folds)
     if len(summaries) > 1:
-        names = [name.replace(" ", "_") for name in summaries]
+        names = [row_key(name) for name in summaries]
         stages.run("compare", ["nnunet_blob", "compare", *summaries.values(), "--names", *names],
                    "nnunet_blob compare (Wilcoxon signed-rank per metric)",
                    after=[_evaluate_stage(name) for name in summaries], key=" ".join(names))
@@ -141,7 +141,12 @@ def reuse_instructions(root: Path, trainer: str, device: str, example_images: Pa
 
 def _evaluate_stage(name: str) -> str:
     """Stage name of the evaluation of a results row (a trainer, or ``<trainer> tuned``)."""
-    return f"evaluate_{name.replace(TUNED_SUFFIX, '_tuned')}"
+    return f"evaluate_{row_key(name)}"
+
+
+def _train_stage(trainer: str, fold: int) -> str:
+    """Stage name of one fold's training (fold 0 keeps the name of the single-fold demo)."""
+    return f"train_{trainer}" if fold == 0 else f"train_{trainer}_fold{fold}"
 
 
 def _model_folder(root: Path, raw: Path, trainer: str) -> Path:
@@ -170,7 +175,7 @@ def _train_fold(stages: Stages, trainer: str, raw: Path, device: str, num_proces
                 keep_probabilities: bool) -> str:
     """Train one fold (resuming an interrupted run with ``--c``); returns the stage name."""
     name = trainer + DEMO_SUFFIX
-    train = f"train_{trainer}" if fold == 0 else f"train_{trainer}_fold{fold}"
+    train = _train_stage(trainer, fold)
     dependencies = ["instance_maps"]
     results = _model_folder(stages.root, raw, trainer) / f"fold_{fold}"
     finished = stages.done(train, dependencies)
@@ -192,7 +197,7 @@ def _tune_apply_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: 
     """Postprocessing tuned on the folds' validation predictions, applied to the test predictions, evaluated."""
     from nnunet_blob.decisions.settings import FILE_NAME
 
-    trained = [f"train_{trainer}" if fold == 0 else f"train_{trainer}_fold{fold}" for fold in folds]
+    trained = [_train_stage(trainer, fold) for fold in folds]
     stages.run(f"tune_{trainer}", ["nnunet_blob", "tune-postprocessing", "-d", DATASET_ID, "-c", CONFIGURATION,
                                    "-tr", trainer + DEMO_SUFFIX, "-f", *folds, "-np", num_processes],
                f"nnunet_blob tune-postprocessing {trainer} (on the {len(folds)} folds' validation predictions)",
@@ -210,7 +215,7 @@ def _tune_apply_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: 
 
 def _evaluate(stages: Stages, row: str, raw: Path, preprocessed: Path, predictions: Path, num_processes: int,
               after: str, pictures: bool) -> Path:
-    summary = stages.root / "evaluation" / row.replace(" ", "_") / "summary_instances.json"
+    summary = stages.root / "evaluation" / row_key(row) / "summary_instances.json"
     stages.run(_evaluate_stage(row), ["nnunet_blob", "evaluate", raw / "labelsTs", predictions, "-djfile",
                                       raw / "dataset.json", "-pfile", preprocessed / "nnUNetPlans.json", "-o",
                                       summary, "-np", num_processes,
