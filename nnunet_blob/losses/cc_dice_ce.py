@@ -20,8 +20,8 @@ a sample as one region, ``1 + its mean cross-entropy``, and averages over every 
 foreground class.
 
 **Cost.** All cell sums come from three segment sums keyed by (sample, class, cell, y) over a fixed id range
-(:func:`_cell_keys`, :class:`_CellSums`, whose backward is one pass over the voxels): no loop over components or
-classes, and nothing waits for the device.
+(:func:`_cell_keys`: the voxel counts, :func:`_slot_counts`; the sums of q and log q, :class:`_CellSums`, whose
+backward is one pass over the voxels): no loop over components or classes, and nothing waits for the device.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from nnunet_blob.losses._common import (
     check_label_range,
     check_probs,
     float32_math,
+    host_reads_are_free,
     mean_over_present,
     mean_over_samples,
     numbered_ids,
@@ -101,7 +102,8 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     cells = as_label_map("cells", cells, probs, channels=num_classes, to_long=False)
     valid = as_mask(loss_mask, probs)
     if cells.dtype.is_signed or cells.is_floating_point():
-        require((cells >= 0).all(), "cells must be >= 0 (0 = the class has no component)")
+        require(cells.amin() >= 0 if cells.numel() else torch.tensor(True),
+                "cells must be >= 0 (0 = the class has no component)")
     if regions:
         labels = as_label_map("target", target, probs, channels=num_classes, to_long=False) != 0
     else:
@@ -117,11 +119,14 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     p = probs[:, first:].reshape(batch, num_classes, -1)
     y = labels.reshape(batch, num_classes, -1)
     key = _cell_keys(ids.reshape(y.shape), y, id_space)
-    sums = _CellSums.apply(p, y, key, groups * id_space * 2).reshape(groups, id_space, 2, 3)[:, 1:]
-    count, sum_p, sum_ce = sums.sum(2).unbind(-1)  # (B * classes, cells); cell id 0 is no cell
-    size, sum_y, tp = count, sums[:, :, 1, 0], sums[:, :, 1, 1]
+    num_keys = groups * id_space * 2
+    count = _slot_counts(key, num_keys, p.dtype).reshape(groups, id_space, 2)[:, 1:]
+    sums = _CellSums.apply(p, y, key, num_keys).reshape(groups, id_space, 2, 2)[:, 1:]
+    sum_q, sum_log_q = sums.unbind(-1)  # (B * classes, cells, y); cell id 0 is no cell
+    size, sum_y, tp = count.sum(-1), count[..., 1], sum_q[..., 1]
+    sum_p = tp + count[..., 0] - sum_q[..., 0]  # q = p where y = 1, 1 - p where y = 0
     dice = 1 - (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(EPS)
-    cell_losses = dice + sum_ce / size.clamp_min(1)
+    cell_losses = dice - sum_log_q.sum(-1) / size.clamp_min(1)
     class_mean, class_has = mean_over_present(cell_losses, size > 0, dim=1)
     per_sample, sample_has = mean_over_present(class_mean.reshape(batch, num_classes),
                                                class_has.reshape(batch, num_classes), dim=1)
@@ -136,34 +141,49 @@ def _cell_keys(ids: torch.Tensor, y: torch.Tensor, id_space: int) -> torch.Tenso
     the table fits, as the index reads are the bulk of the cost)."""
     batch, num_classes = y.shape[:2]
     dtype = torch.int32 if batch * num_classes * id_space * 2 < 2 ** 31 else torch.int64
-    group = torch.arange(batch * num_classes, device=y.device, dtype=dtype).reshape(batch, num_classes, 1)
-    return (ids.to(dtype) + group * id_space) * 2 + y
+    group = torch.arange(0, batch * num_classes * id_space * 2, id_space * 2, device=y.device, dtype=dtype)
+    return torch.add(group.reshape(batch, num_classes, 1), ids, alpha=2).add_(y)
+
+
+def _slot_counts(key: torch.Tensor, num_keys: int, dtype: torch.dtype) -> torch.Tensor:
+    """Voxels per slot of the sums table (float). ``bincount`` where the host may size its output (CPU,
+    :func:`~._common.host_reads_are_free`), else one ``index_add`` of a broadcast 1 (``bincount`` on an accelerator
+    waits for the device to size its output)."""
+    flat = key.reshape(-1)
+    if host_reads_are_free(flat):
+        return torch.bincount(flat, minlength=num_keys).to(dtype)
+    one = torch.ones(1, device=flat.device, dtype=dtype)
+    return torch.zeros(num_keys, device=flat.device, dtype=dtype).index_add_(0, flat, one.expand(flat.numel()))
 
 
 class _CellSums(torch.autograd.Function):
-    r"""Per slot (cell and :math:`y`, :func:`_cell_keys`) the sums of :math:`1`, :math:`p` and
-    :math:`-\log \max(q, 10^{-7})`: a (num_keys, 3) table from three ``index_add`` passes over the voxels.
+    r"""Per slot (cell and :math:`y`, :func:`_cell_keys`) the sums of :math:`q` and :math:`\log \max(q, 10^{-7})`,
+    :math:`q = p` where :math:`y = 1`, :math:`1 - p` where :math:`y = 0`: a (num_keys, 2) table from two
+    ``index_add`` passes over the voxels (the sums of :math:`p` follow from those of :math:`q` and the counts).
 
-    Backward in one pass: :math:`\partial/\partial p_v = G_p[k_v] + G_{ce}[k_v]\,\partial(-\log q_v)/\partial p_v`,
-    with :math:`\partial(-\log q)/\partial p = -1/q` where :math:`y = 1` (:math:`q = p`), :math:`+1/q` where
-    :math:`y = 0` (:math:`q = 1 - p`), and 0 where the floor is active (:math:`q < 10^{-7}`, as ``clamp_min``).
+    Backward in one pass: :math:`\partial/\partial p_v = s_v (G_q[k_v] + G_{\log}[k_v] / q_v)` with :math:`s_v = +1`
+    where :math:`y = 1` and :math:`-1` where :math:`y = 0` (folded into the per-slot gradients, the slot's parity is
+    its :math:`y`), and no :math:`1/q_v` term where the floor is active (:math:`q < 10^{-7}`, as ``clamp_min``).
     """
 
     @staticmethod
     def forward(ctx, p, y, key, num_keys):
         q = torch.where(y, p, 1 - p)
         flat = key.reshape(-1)
-        columns = (torch.ones_like(p), p, -torch.log(q.clamp_min(EPS)))
-        table = torch.stack([p.new_zeros(num_keys).index_add_(0, flat, c.reshape(-1)) for c in columns], -1)
-        ctx.save_for_backward(q, y, key)
-        return table
+        sum_q = p.new_zeros(num_keys).index_add_(0, flat, q.reshape(-1))
+        sum_log_q = p.new_zeros(num_keys).index_add_(0, flat, q.clamp_min(EPS).log_().reshape(-1))
+        ctx.save_for_backward(q, key)
+        return torch.stack((sum_q, sum_log_q), -1)
 
     @staticmethod
     def backward(ctx, grad):
-        q, y, key = ctx.saved_tensors
-        coefficients = grad[:, 1:].index_select(0, key.reshape(-1)).reshape(*q.shape, 2)
-        d_ce = torch.where(q >= EPS, torch.where(y, -1 / q, 1 / q), 0)
-        return coefficients[..., 0] + coefficients[..., 1] * d_ce, None, None, None
+        q, key = ctx.saved_tensors
+        sign = grad.new_tensor([-1.0, 1.0]).repeat(grad.shape[0] // 2)  # slot parity = y
+        flat = key.reshape(-1)
+        grad_q = (grad[:, 0] * sign).index_select(0, flat).reshape(q.shape)
+        grad_log_q = (grad[:, 1] * sign).index_select(0, flat).reshape(q.shape)
+        inverse = q.reciprocal().masked_fill_(q < EPS, 0)
+        return torch.addcmul(grad_q, grad_log_q, inverse), None, None, None
 
 
 def _mean_cross_entropy(probs: torch.Tensor, labels: torch.Tensor, regions: bool,
