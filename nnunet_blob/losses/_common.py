@@ -73,13 +73,21 @@ def host_reads_are_free(tensor: torch.Tensor) -> bool:
     return COMPACT_ON_HOST and tensor.device.type == "cpu"
 
 
+def accumulation_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """dtype of the sums over voxels: float64, so that a sum of millions of float32 values added one after the other
+    into one slot (``index_add``), and the difference of two such sums, keep float32 precision; float32 on Apple's
+    MPS, which has no float64."""
+    return torch.float32 if tensor.device.type == "mps" and tensor.dtype != torch.float64 else torch.float64
+
+
 def segment_table(columns: list[torch.Tensor], group: torch.Tensor, ids: torch.Tensor, active: torch.Tensor | None,
                   position: torch.Tensor, num_groups: int, id_space: int) -> torch.Tensor:
     """Sums of each column over the entries of every (group, id): one ``index_add`` into a dense table.
 
     ``columns`` are (M,) values per entry; entry e adds to slot ``group[e] * id_space + ids[e]``. Entries with
     ``active`` False (None: all are active) go to a spare row, spread over its slots by ``position`` so that no
-    single slot collects them all (atomic adds on one address serialise on a GPU). Returns (G, id_space, k). The
+    single slot collects them all (atomic adds on one address serialise on a GPU). Returns (G, id_space, k) in
+    :func:`accumulation_dtype`. The
     cost is one pass over the entries plus the table, whatever the number of distinct ids; nothing waits for the
     device.
     """
@@ -87,6 +95,7 @@ def segment_table(columns: list[torch.Tensor], group: torch.Tensor, ids: torch.T
     if active is not None:
         slot = torch.where(active, slot, num_groups * id_space + position.remainder(id_space))
     values = torch.stack(columns, 1)
+    values = values.to(accumulation_dtype(values))
     table = values.new_zeros((num_groups + 1) * id_space, len(columns)).index_add(0, slot, values)
     return table.reshape(num_groups + 1, id_space, len(columns))[:num_groups]
 

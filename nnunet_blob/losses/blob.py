@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 
 from nnunet_blob.losses._common import (
+    accumulation_dtype,
     as_label_map,
     as_mask,
     check_label_range,
@@ -155,10 +156,18 @@ class _Entries:
     group: torch.Tensor
     ids: torch.Tensor
     labelled: torch.Tensor | None
+    target: torch.Tensor  # (B, 1, N) integer class labels (softmax form) or (B, K, N) bool region masks (sigmoid)
 
     @property
     def num_groups(self) -> int:
         return self.p.shape[0] * self.p.shape[1]
+
+    def unlabelled(self) -> torch.Tensor:
+        """(B, K, N) bool: the voxel does not carry the channel's class (is outside the region)."""
+        if self.target.dtype == torch.bool:  # region masks
+            return ~self.target
+        channels = torch.arange(self.p.shape[1], device=self.target.device).reshape(1, -1, 1)
+        return self.target != channels
 
 
 def _label_entries(probs, target, instances, loss_mask) -> _Entries:
@@ -185,7 +194,8 @@ def _label_entries(probs, target, instances, loss_mask) -> _Entries:
     group = sample * num_classes + channel
     position = group * num_voxels + voxel.remainder(num_voxels)
     valid = None if valid is None else valid.reshape(batch, 1, -1)
-    return _Entries(probs.reshape(batch, num_classes, -1), valid, position, group, ids.long(), flags)
+    return _Entries(probs.reshape(batch, num_classes, -1), valid, position, group, ids.long(), flags,
+                    t.reshape(batch, 1, -1))
 
 
 def _region_entries(probs, target, instances, loss_mask) -> _Entries:
@@ -208,7 +218,7 @@ def _region_entries(probs, target, instances, loss_mask) -> _Entries:
         position, flags = torch.arange(inside.numel(), device=p.device), inside.reshape(-1)
     else:
         position, ids, flags = keep, ids[keep], None
-    return _Entries(p, valid, position, position.div(p.shape[2], rounding_mode="floor"), ids.long(), flags)
+    return _Entries(p, valid, position, position.div(p.shape[2], rounding_mode="floor"), ids.long(), flags, inside)
 
 
 def _check_ids(instances: torch.Tensor) -> None:
@@ -238,7 +248,7 @@ def _blob_from_entries(
     total_p, x = _TotalsAndEntries.apply(e.p, e.valid, e.position)
 
     def totals(f: torch.Tensor) -> torch.Tensor:  # sum of f over every unmasked voxel, per group
-        return (f if e.valid is None else f * e.valid).sum(-1).reshape(num_groups)
+        return (f if e.valid is None else f * e.valid).sum(-1, dtype=total_p.dtype).reshape(num_groups)
 
     columns: list[torch.Tensor] = [torch.ones_like(x)]  # per slot: voxel count, then the sums the inner loss needs
     if inner == "bce":
@@ -257,9 +267,14 @@ def _blob_from_entries(
         return total.unsqueeze(1) - instance_sums[..., column]
 
     if inner == "bce":  # -(sum of log p over the instance + sum of log(1 - p) over the rest) / |domain|
-        voxels = x.new_full((batch, 1), num_voxels) if e.valid is None else e.valid.sum(-1).to(x.dtype)
+        voxels = total_p.new_full((batch, 1), num_voxels) if e.valid is None \
+            else e.valid.sum(-1).to(total_p.dtype)
         domain_size = size + rest(voxels.expand(batch, channels).reshape(num_groups), 0)
-        neg_log = rest(totals(clamped_log(1 - e.p)), 2)
+        # the sum over the unlabelled voxels is taken directly: as a total minus the labelled voxels' sum, the
+        # gradients of both (1 / (1 - p), large where p -> 1) would cancel in float32 on the labelled voxels
+        unlabelled_log = totals(clamped_log(1 - e.p) * e.unlabelled())
+        neg_log = unlabelled_log.unsqueeze(1) if masking \
+            else (unlabelled_log + labelled_sums[:, 2]).unsqueeze(1) - instance_sums[..., 2]
         losses = -(instance_sums[..., 1] + neg_log) / domain_size.clamp_min(1)
     else:
         tp = instance_sums[..., 1]
@@ -271,11 +286,12 @@ def _blob_from_entries(
             losses = 1 - soft_dice_score(tp, size, sum_sq, smooth)
         else:
             losses = 1 - soft_dice_score(tp, size, tp + fp, smooth)
-    return _mean_over_instances_and_classes(losses, size > 0, batch, channels)
+    return _mean_over_instances_and_classes(losses.to(e.p.dtype), size > 0, batch, channels)
 
 
 class _TotalsAndEntries(torch.autograd.Function):
-    """(sum of p over the unmasked voxels per (sample, channel), p at the entries' flat positions).
+    """(sum of p over the unmasked voxels per (sample, channel), in :func:`~._common.accumulation_dtype`; p at the
+    entries' flat positions).
 
     Fused so that the backward pass writes one gradient buffer (broadcast total gradient plus a sparse
     ``index_add`` of the entries' gradients) instead of a zero-filled buffer per term.
@@ -285,13 +301,13 @@ class _TotalsAndEntries(torch.autograd.Function):
     def forward(ctx, p, valid, position):
         ctx.save_for_backward(valid, position)
         ctx.shape = p.shape
-        totals = (p if valid is None else p * valid).sum(-1)
+        totals = (p if valid is None else p * valid).sum(-1, dtype=accumulation_dtype(p))
         return totals, p.reshape(-1)[position]
 
     @staticmethod
     def backward(ctx, grad_totals, grad_entries):
         valid, position = ctx.saved_tensors
-        grad = grad_totals.unsqueeze(-1).expand(ctx.shape)
+        grad = grad_totals.to(grad_entries.dtype).unsqueeze(-1).expand(ctx.shape)
         grad = grad.clone(memory_format=torch.contiguous_format) if valid is None else grad * valid
         grad.view(-1).index_add_(0, position, grad_entries)
         return grad, None, None

@@ -20,8 +20,8 @@ a sample as one region, ``1 + its mean cross-entropy``, and averages over every 
 foreground class.
 
 **Cost.** All cell sums come from three segment sums keyed by (sample, class, cell, y) over a fixed id range
-(:func:`_cell_keys`: the voxel counts, :func:`_slot_counts`; the sums of q and log q, :class:`_CellSums`, whose
-backward is one pass over the voxels): no loop over components or classes, and nothing waits for the device.
+(:func:`_cell_keys`: the voxel counts, :func:`_slot_counts`; the sums of p and log q, :class:`_CellSums`, whose
+backward is one pass over the voxels; accumulated in float64, as a cell can hold millions of voxels): no loop over components or classes, and nothing waits for the device.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 
 from nnunet_blob.losses._common import (
+    accumulation_dtype,
     as_label_map,
     as_mask,
     check_label_range,
@@ -120,14 +121,14 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     y = labels.reshape(batch, num_classes, -1)
     key = _cell_keys(ids.reshape(y.shape), y, id_space)
     num_keys = groups * id_space * 2
-    count = _slot_counts(key, num_keys, p.dtype).reshape(groups, id_space, 2)[:, 1:]
+    count = _slot_counts(key, num_keys, accumulation_dtype(p)).reshape(groups, id_space, 2)[:, 1:]
     sums = _CellSums.apply(p, y, key, num_keys).reshape(groups, id_space, 2, 2)[:, 1:]
-    sum_q, sum_log_q = sums.unbind(-1)  # (B * classes, cells, y); cell id 0 is no cell
-    size, sum_y, tp = count.sum(-1), count[..., 1], sum_q[..., 1]
-    sum_p = tp + count[..., 0] - sum_q[..., 0]  # q = p where y = 1, 1 - p where y = 0
+    sum_p, sum_log_q = sums.unbind(-1)  # (B * classes, cells, y); cell id 0 is no cell
+    size, sum_y, tp = count.sum(-1), count[..., 1], sum_p[..., 1]
+    sum_p = sum_p.sum(-1)
     dice = 1 - (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(EPS)
     cell_losses = dice - sum_log_q.sum(-1) / size.clamp_min(1)
-    class_mean, class_has = mean_over_present(cell_losses, size > 0, dim=1)
+    class_mean, class_has = mean_over_present(cell_losses.to(p.dtype), size > 0, dim=1)
     per_sample, sample_has = mean_over_present(class_mean.reshape(batch, num_classes),
                                                class_has.reshape(batch, num_classes), dim=1)
     if empty_samples == "skip":
@@ -157,33 +158,35 @@ def _slot_counts(key: torch.Tensor, num_keys: int, dtype: torch.dtype) -> torch.
 
 
 class _CellSums(torch.autograd.Function):
-    r"""Per slot (cell and :math:`y`, :func:`_cell_keys`) the sums of :math:`q` and :math:`\log \max(q, 10^{-7})`,
-    :math:`q = p` where :math:`y = 1`, :math:`1 - p` where :math:`y = 0`: a (num_keys, 2) table from two
-    ``index_add`` passes over the voxels (the sums of :math:`p` follow from those of :math:`q` and the counts).
+    r"""Per slot (cell and :math:`y`, :func:`_cell_keys`) the sums of :math:`p` and :math:`\log \max(q, 10^{-7})`,
+    :math:`q = p` where :math:`y = 1`, :math:`1 - p` where :math:`y = 0`: a (num_keys, 2) table in
+    :func:`~._common.accumulation_dtype` from two ``index_add`` passes over the voxels.
 
-    Backward in one pass: :math:`\partial/\partial p_v = s_v (G_q[k_v] + G_{\log}[k_v] / q_v)` with :math:`s_v = +1`
-    where :math:`y = 1` and :math:`-1` where :math:`y = 0` (folded into the per-slot gradients, the slot's parity is
+    Backward in one pass: :math:`\partial/\partial p_v = G_p[k_v] + s_v G_{\log}[k_v] / q_v` with :math:`s_v = +1`
+    where :math:`y = 1` and :math:`-1` where :math:`y = 0` (folded into the per-slot gradients: a slot's parity is
     its :math:`y`), and no :math:`1/q_v` term where the floor is active (:math:`q < 10^{-7}`, as ``clamp_min``).
     """
 
     @staticmethod
     def forward(ctx, p, y, key, num_keys):
         q = torch.where(y, p, 1 - p)
-        flat = key.reshape(-1)
-        sum_q = p.new_zeros(num_keys).index_add_(0, flat, q.reshape(-1))
-        sum_log_q = p.new_zeros(num_keys).index_add_(0, flat, q.clamp_min(EPS).log_().reshape(-1))
+        flat, accumulate = key.reshape(-1), accumulation_dtype(p)
+        sum_p = p.new_zeros(num_keys, dtype=accumulate).index_add_(0, flat, p.reshape(-1).to(accumulate))
+        sum_log_q = p.new_zeros(num_keys, dtype=accumulate).index_add_(
+            0, flat, q.clamp_min(EPS).log_().reshape(-1).to(accumulate))
         ctx.save_for_backward(q, key)
-        return torch.stack((sum_q, sum_log_q), -1)
+        return torch.stack((sum_p, sum_log_q), -1)
 
     @staticmethod
     def backward(ctx, grad):
         q, key = ctx.saved_tensors
+        grad = grad.to(q.dtype)
         sign = grad.new_tensor([-1.0, 1.0]).repeat(grad.shape[0] // 2)  # slot parity = y
         flat = key.reshape(-1)
-        grad_q = (grad[:, 0] * sign).index_select(0, flat).reshape(q.shape)
+        grad_p = grad[:, 0].index_select(0, flat).reshape(q.shape)
         grad_log_q = (grad[:, 1] * sign).index_select(0, flat).reshape(q.shape)
         inverse = q.reciprocal().masked_fill_(q < EPS, 0)
-        return torch.addcmul(grad_q, grad_log_q, inverse), None, None, None
+        return torch.addcmul(grad_p, grad_log_q, inverse), None, None, None
 
 
 def _mean_cross_entropy(probs: torch.Tensor, labels: torch.Tensor, regions: bool,

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 
 from nnunet_blob.losses._common import (
+    accumulation_dtype,
     as_label_map,
     as_mask,
     check_label_range,
@@ -201,19 +202,22 @@ class _KeptSums(torch.autograd.Function):
         batch, num_classes, num_voxels = p.shape
         fg_p = p[:, 1:]
         domain = fg_p if valid is None else fg_p * valid
-        total = torch.linalg.vecdot(domain, fg_p) if squared else domain.sum(-1)
+        accumulate = accumulation_dtype(p)
+        total = (domain * fg_p if squared else domain).sum(-1, dtype=accumulate)
         x = p.reshape(-1)[position]
         kept = ~removed if labelled is None else labelled & ~removed
         removed_part = x * x if squared else x
         columns = torch.stack((torch.where(kept, x, 0), torch.where(removed, removed_part, 0),
                                torch.ones_like(x) if labelled is None else labelled.to(x.dtype),
                                removed.to(x.dtype)), 1)
-        sums = p.new_zeros(batch * num_classes, 4).index_add_(
-            0, position.div(num_voxels, rounding_mode="floor"), columns).reshape(batch, num_classes, 4)[:, 1:]
+        sums = p.new_zeros(batch * num_classes, 4, dtype=accumulate).index_add_(
+            0, position.div(num_voxels, rounding_mode="floor"), columns.to(accumulate)).reshape(
+            batch, num_classes, 4)[:, 1:]
         ctx.save_for_backward(p, position, kept, removed, valid)
         ctx.squared = squared
         ctx.mark_non_differentiable(sums[..., 2], sums[..., 3])
-        return sums[..., 0], total - sums[..., 1], sums[..., 2].round().long(), sums[..., 3].round().long()
+        return (sums[..., 0].to(p.dtype), (total - sums[..., 1]).to(p.dtype), sums[..., 2].round().long(),
+                sums[..., 3].round().long())
 
     @staticmethod
     def backward(ctx, grad_tp, grad_total, _grad_num_fg, _grad_num_removed):
