@@ -20,8 +20,9 @@ a sample as one region, ``1 + its mean cross-entropy``, and averages over every 
 foreground class.
 
 **Cost.** All cell sums come from three segment sums keyed by (sample, class, cell, y) over a fixed id range
-(:func:`_cell_keys`: the voxel counts, :func:`_slot_counts`; the sums of p and log q, :class:`_CellSums`, whose
-backward is one pass over the voxels; accumulated in float64, as a cell can hold millions of voxels): no loop over components or classes, and nothing waits for the device.
+(:func:`_cell_keys`): the voxel counts (:func:`_slot_counts`) and the sums of p and log q (:class:`_CellSums`, whose
+backward is one pass over the voxels), accumulated in float64, as a cell can hold millions of voxels. No loop over
+components or classes, and nothing waits for the device.
 """
 from __future__ import annotations
 
