@@ -15,12 +15,13 @@ a batch without instances gives 0 (with a graph). The total loss Eq. (3)/(5), ``
 is assembled by :class:`nnunet_blob.losses.BlobCompoundLoss`.
 
 **One pass, any number of instances.** Every inner loss needs only sums of a function f of p over the domain.
-With :math:`U_f` the sum of f(p^c) over the (unmasked) voxels not labelled c, :math:`L_f` the sum over the voxels
-labelled c and :math:`I_f` the sum over :math:`I_n`, the sum over the rest of the domain
-:math:`\Omega_{c,n} \setminus I_n` is :math:`U_f` (masking) or :math:`U_f + L_f - I_f` (``masking=False``,
-supplement 6.4: the other instances stay in the domain as negatives). :math:`U_f` is one dense reduction of the
-values themselves (never a total minus :math:`L_f`, which would lose float32 precision next to large structures);
-all :math:`I_f` and :math:`L_f` come from one segment sum (``index_add``, accumulated in float64) into a table
+With :math:`T_f` the sum of f(p^c) over all (unmasked) voxels, :math:`L_f` the sum over the voxels labelled c and
+:math:`I_f` the sum over :math:`I_n`, the sum over the rest of the domain :math:`\Omega_{c,n} \setminus I_n` is
+:math:`T_f - L_f` (masking) or :math:`T_f - I_f` (``masking=False``, supplement 6.4: the other instances stay in
+the domain as negatives; BCE takes the sum over the voxels not labelled c directly, as its gradients 1/(1 - p)
+would cancel in float32). :math:`T_f` is a dense reduction in float32 blocks added in float64
+(:func:`~._common.dense_sum`) and all :math:`I_f` and :math:`L_f` come from one segment sum (``index_add``,
+accumulated in float64) into a table
 with a slot per (sample, class, id) over the id range (256 for uint8 ids, 32768 for the loader's int16 ids), so
 the cost does not depend on the number of instances, there is no Python loop over instances or classes, and
 nothing waits for the device (no host synchronisation on an accelerator). Then TP = :math:`I_p`, FP = rest sum of
@@ -39,12 +40,12 @@ from typing import Literal
 import torch
 
 from nnunet_blob.losses._common import (
-    accumulation_dtype,
     as_label_map,
     as_mask,
     check_label_range,
     check_probs,
     clamped_log,
+    dense_sum,
     entry_positions,
     float32_math,
     mean_over_present,
@@ -247,11 +248,10 @@ def _blob_from_entries(
     """
     batch, channels, num_voxels = e.p.shape
     num_groups = e.num_groups
-    unlabelled = e.unlabelled() if e.valid is None else e.unlabelled() & e.valid
-    unlabelled_p, x = _UnlabelledSumAndEntries.apply(e.p, unlabelled, e.position)
+    total_p, x = _TotalsAndEntries.apply(e.p, e.valid, e.position)
 
-    def unlabelled_sum(f: torch.Tensor) -> torch.Tensor:  # sum of f over each group's unlabelled valid voxels
-        return torch.where(unlabelled, f, 0).sum(-1).reshape(num_groups).to(accumulation_dtype(f))
+    def totals(f: torch.Tensor) -> torch.Tensor:  # sum of f over every unmasked voxel, per group
+        return dense_sum(f if e.valid is None else f * e.valid).reshape(num_groups)
 
     columns: list[torch.Tensor] = [torch.ones_like(x)]  # per slot: voxel count, then the sums the inner loss needs
     if inner == "bce":
@@ -263,49 +263,55 @@ def _blob_from_entries(
     instance_sums = table[:, 1:]  # (G, S - 1, k): sums over each instance
     size = instance_sums[..., 0]
 
-    def rest(unlabelled_total: torch.Tensor, column: int) -> torch.Tensor:
-        """Sum over each instance's domain without the instance itself: the unlabelled voxels, and without masking
-        the class's other labelled voxels too (summed directly, never as a total minus the labelled voxels)."""
+    def rest(total: torch.Tensor, column: int) -> torch.Tensor:
+        """Sum over each instance's domain without the instance itself."""
         if masking:
-            return unlabelled_total.unsqueeze(1)
-        return (unlabelled_total + labelled_sums[:, column]).unsqueeze(1) - instance_sums[..., column]
+            return (total - labelled_sums[:, column]).unsqueeze(1)
+        return total.unsqueeze(1) - instance_sums[..., column]
 
     if inner == "bce":  # -(sum of log p over the instance + sum of log(1 - p) over the rest) / |domain|
-        domain_size = size + rest(unlabelled.sum(-1).reshape(num_groups).to(table.dtype), 0)
-        neg_log = rest(unlabelled_sum(clamped_log(1 - e.p)), 2)
+        voxels = total_p.new_full((batch, 1), num_voxels) if e.valid is None \
+            else e.valid.sum(-1).to(total_p.dtype)
+        domain_size = size + rest(voxels.expand(batch, channels).reshape(num_groups), 0)
+        # the sum over the unlabelled voxels is taken directly: as a total minus the labelled voxels' sum, the
+        # gradients of both (1 / (1 - p), large where p -> 1) would cancel in float32 on the labelled voxels
+        unlabelled_log = totals(clamped_log(1 - e.p) * e.unlabelled())
+        neg_log = unlabelled_log.unsqueeze(1) if masking \
+            else (unlabelled_log + labelled_sums[:, 2]).unsqueeze(1) - instance_sums[..., 2]
         losses = -(instance_sums[..., 1] + neg_log) / domain_size.clamp_min(1)
     else:
         tp = instance_sums[..., 1]
-        fp = rest(unlabelled_p.reshape(num_groups).to(table.dtype), 1)
+        fp = rest(total_p.reshape(num_groups), 1)
         if inner == "tversky":
             losses = 1 - tversky_score(tp, fp, size - tp, tversky_alpha, tversky_beta, smooth)
         elif squared:
-            sum_sq = instance_sums[..., 2] + rest(unlabelled_sum(e.p * e.p), 2)
+            sum_sq = instance_sums[..., 2] + rest(totals(e.p * e.p), 2)
             losses = 1 - soft_dice_score(tp, size, sum_sq, smooth)
         else:
             losses = 1 - soft_dice_score(tp, size, tp + fp, smooth)
     return _mean_over_instances_and_classes(losses.to(e.p.dtype), size > 0, batch, channels)
 
 
-class _UnlabelledSumAndEntries(torch.autograd.Function):
-    """(sum of p over the unlabelled valid voxels per (sample, channel); p at the entries' flat positions).
+class _TotalsAndEntries(torch.autograd.Function):
+    """(sum of p over the unmasked voxels per (sample, channel), :func:`~._common.dense_sum`; p at the entries' flat
+    positions).
 
-    The sum over the unlabelled voxels is taken directly (a float32 reduction of the values themselves), not as the
-    total minus the labelled voxels' sum: that difference of two large sums would lose float32 precision, in the
-    value and in the gradient, when the labelled structures are large. Fused so that the backward pass writes one
-    gradient buffer (the sum's gradient on the unlabelled voxels plus a sparse ``index_add`` of the entries'
-    gradients).
+    Fused so that the backward pass writes one gradient buffer (broadcast total gradient plus a sparse
+    ``index_add`` of the entries' gradients) instead of a zero-filled buffer per term.
     """
 
     @staticmethod
-    def forward(ctx, p, unlabelled, position):
-        ctx.save_for_backward(unlabelled, position)
-        return torch.where(unlabelled, p, 0).sum(-1), p.reshape(-1)[position]
+    def forward(ctx, p, valid, position):
+        ctx.save_for_backward(valid, position)
+        ctx.shape = p.shape
+        totals = dense_sum(p if valid is None else p * valid)
+        return totals, p.reshape(-1)[position]
 
     @staticmethod
-    def backward(ctx, grad_sums, grad_entries):
-        unlabelled, position = ctx.saved_tensors
-        grad = torch.where(unlabelled, grad_sums.to(grad_entries.dtype).unsqueeze(-1), 0)
+    def backward(ctx, grad_totals, grad_entries):
+        valid, position = ctx.saved_tensors
+        grad = grad_totals.to(grad_entries.dtype).unsqueeze(-1).expand(ctx.shape)
+        grad = grad.clone(memory_format=torch.contiguous_format) if valid is None else grad * valid
         grad.view(-1).index_add_(0, position, grad_entries)
         return grad, None, None
 

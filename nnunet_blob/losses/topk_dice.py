@@ -33,6 +33,7 @@ from nnunet_blob.losses._common import (
     as_mask,
     check_label_range,
     check_probs,
+    dense_sum,
     entry_positions,
     float32_math,
     mean_over_present,
@@ -203,7 +204,7 @@ class _KeptSums(torch.autograd.Function):
         fg_p = p[:, 1:]
         domain = fg_p if valid is None else fg_p * valid
         accumulate = accumulation_dtype(p)
-        total = (domain * fg_p if squared else domain).sum(-1, dtype=accumulate)
+        total = dense_sum(domain * fg_p if squared else domain)
         x = p.reshape(-1)[position]
         kept = ~removed if labelled is None else labelled & ~removed
         removed_part = x * x if squared else x
