@@ -199,6 +199,12 @@ def check_probs(probs: torch.Tensor, min_channels: int) -> None:
         raise ValueError(f"probs needs at least {min_channels} channels, got {probs.shape[1]}")
 
 
+def check_nonnegative_ids(ids: torch.Tensor, message: str) -> None:
+    """Ids (instances, cells) must be >= 0 (see :func:`require`); one reduction, nothing to check for unsigned ids."""
+    if ids.numel() and (ids.dtype.is_signed or ids.is_floating_point()):
+        require(ids.amin() >= 0, message)
+
+
 def check_label_range(target: torch.Tensor, num_classes: int, valid: torch.Tensor | None) -> None:
     """Class labels must lie in [0, num_classes) wherever the loss looks at them (see :func:`require`)."""
     if valid is None:  # one reduction instead of three passes

@@ -43,6 +43,7 @@ from nnunet_blob.losses._common import (
     as_label_map,
     as_mask,
     check_label_range,
+    check_nonnegative_ids,
     check_probs,
     clamped_log,
     dense_sum,
@@ -51,7 +52,6 @@ from nnunet_blob.losses._common import (
     mean_over_present,
     mean_over_samples,
     numbered_ids,
-    require,
     segment_table,
     soft_dice_score,
     tversky_score,
@@ -181,7 +181,7 @@ def _label_entries(probs, target, instances, loss_mask) -> _Entries:
     instances = as_label_map("instances", instances, probs, to_long=False)
     valid = as_mask(loss_mask, probs)
     check_label_range(target, num_classes, valid)
-    _check_ids(instances)
+    check_nonnegative_ids(instances, "instances must be >= 0 (0 = no instance)")
 
     t = target.reshape(batch, -1)
     num_voxels = t.shape[1]
@@ -208,7 +208,7 @@ def _region_entries(probs, target, instances, loss_mask) -> _Entries:
     target = as_label_map("target", target, probs, channels=num_regions, to_long=False)
     instances = as_label_map("instances", instances, probs, channels=num_regions, to_long=False)
     valid = as_mask(loss_mask, probs)
-    _check_ids(instances)
+    check_nonnegative_ids(instances, "instances must be >= 0 (0 = no instance)")
 
     p = probs.reshape(batch, num_regions, -1)
     valid = None if valid is None else valid.reshape(batch, 1, -1)
@@ -222,11 +222,6 @@ def _region_entries(probs, target, instances, loss_mask) -> _Entries:
     else:
         position, ids, flags = keep, ids[keep], None
     return _Entries(p, valid, position, position.div(p.shape[2], rounding_mode="floor"), ids.long(), flags, inside)
-
-
-def _check_ids(instances: torch.Tensor) -> None:
-    if instances.dtype.is_signed or instances.is_floating_point():
-        require((instances >= 0).all(), "instances must be >= 0 (0 = no instance)")
 
 
 def _blob_from_entries(

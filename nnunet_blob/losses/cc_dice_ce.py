@@ -35,13 +35,13 @@ from nnunet_blob.losses._common import (
     as_label_map,
     as_mask,
     check_label_range,
+    check_nonnegative_ids,
     check_probs,
     float32_math,
     host_reads_are_free,
     mean_over_present,
     mean_over_samples,
     numbered_ids,
-    require,
 )
 
 #: floor of the Dice denominator and of the probability inside the log, as in the published code
@@ -103,9 +103,7 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     num_classes = channels - first
     cells = as_label_map("cells", cells, probs, channels=num_classes, to_long=False)
     valid = as_mask(loss_mask, probs)
-    if cells.dtype.is_signed or cells.is_floating_point():
-        require(cells.amin() >= 0 if cells.numel() else torch.tensor(True),
-                "cells must be >= 0 (0 = the class has no component)")
+    check_nonnegative_ids(cells, "cells must be >= 0 (0 = the class has no component)")
     if regions:
         labels = as_label_map("target", target, probs, channels=num_classes, to_long=False) != 0
     else:
@@ -124,11 +122,10 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     num_keys = groups * id_space * 2
     count = _slot_counts(key, num_keys, accumulation_dtype(p)).reshape(groups, id_space, 2)[:, 1:]
     sums = _CellSums.apply(p, y, key, num_keys).reshape(groups, id_space, 2, 2)[:, 1:]
-    sum_p, sum_log_q = sums.unbind(-1)  # (B * classes, cells, y); cell id 0 is no cell
-    size, sum_y, tp = count.sum(-1), count[..., 1], sum_p[..., 1]
-    sum_p = sum_p.sum(-1)
+    slot_p, slot_log_q = sums.unbind(-1)  # (B * classes, cells, y); cell id 0 is no cell
+    size, sum_y, tp, sum_p = count.sum(-1), count[..., 1], slot_p[..., 1], slot_p.sum(-1)
     dice = 1 - (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(EPS)
-    cell_losses = dice - sum_log_q.sum(-1) / size.clamp_min(1)
+    cell_losses = dice - slot_log_q.sum(-1) / size.clamp_min(1)
     class_mean, class_has = mean_over_present(cell_losses.to(p.dtype), size > 0, dim=1)
     per_sample, sample_has = mean_over_present(class_mean.reshape(batch, num_classes),
                                                class_has.reshape(batch, num_classes), dim=1)
