@@ -30,6 +30,9 @@ ALLOWED = {
     "trainers": {"losses", "instances", "preprocessing", "evaluation", "io", "nnunet_internals"},
     # a dotted entry allows one module of a part: decisions reads where the data is, not the instance maps
     "decisions": {"instances", "evaluation", "io", "nnunet_internals", "preprocessing.locate"},
+    # border-core conversion reads label files as evaluation does and runs cases in the robust worker pool
+    "border_core": {"instances", "evaluation", "io", "nnunet_internals", "preprocessing.workers",
+                    "preprocessing.errors"},
     "demo": {"io", "synthetic", "instances", "losses", "preprocessing", "evaluation", "trainers", "nnunet_internals",
              "decisions", "cli"},
 }
