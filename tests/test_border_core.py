@@ -216,19 +216,20 @@ def write_png(path: Path, array: np.ndarray) -> None:
     io.imsave(str(path), array.astype(np.uint8), check_contrast=False)
 
 
-def png_dataset(raw: Path, cases: int = 3) -> tuple[Path, dict]:
-    """Dataset870_Nuclei: 32x32 PNG images, labelsTr 0/1, instancesTr with the nucleus ids."""
+def png_dataset(raw: Path, cases: int = 3, test_cases: int = 0) -> tuple[Path, dict]:
+    """Dataset870_Nuclei: 32x32 PNG images, labels 0/1, instancesTr (instancesTs) with the nucleus ids."""
     folder = raw / "Dataset870_Nuclei"
     rng = np.random.default_rng(3)
     instances = {}
-    for i in range(cases):
+    for i in range(cases + test_cases):
+        split, case = ("Tr", f"case_{i}") if i < cases else ("Ts", f"test_{i}")
         layout = dict(LAYOUT_2D, centres=[(r + i, c) for r, c in LAYOUT_2D["centres"]])
         ids = touching_nuclei(**layout)
         ids = np.where(ids > 0, ids + 10 * i, 0)  # ids need not start at 1
-        instances[f"case_{i}"] = ids
-        write_png(folder / "imagesTr" / f"case_{i}_0000.png", 40 + 150 * (ids > 0) + rng.integers(0, 30, ids.shape))
-        write_png(folder / "labelsTr" / f"case_{i}.png", ids > 0)
-        write_png(folder / "instancesTr" / f"case_{i}.png", ids)
+        instances[case] = ids
+        write_png(folder / f"images{split}" / f"{case}_0000.png", 40 + 150 * (ids > 0) + rng.integers(0, 30, ids.shape))
+        write_png(folder / f"labels{split}" / f"{case}.png", ids > 0)
+        write_png(folder / f"instances{split}" / f"{case}.png", ids)
     (folder / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "fluorescence"}, "labels": {"background": 0, "nucleus": 1},
         "numTraining": cases, "file_ending": ".png"}))
@@ -246,24 +247,27 @@ def raw_env(tmp_path):
 def read_png(path: Path) -> np.ndarray:
     from skimage import io
 
-    return np.asarray(io.imread(str(path)))
+    array = np.asarray(io.imread(str(path)))
+    assert array.shape == LAYOUT_2D["shape"], f"{path}: shape {array.shape}"  # a 2D image, as the source
+    return array
 
 
 def test_png_dataset_end_to_end(tmp_path, raw_env):
-    source, instances = png_dataset(tmp_path / "raw")
+    source, instances = png_dataset(tmp_path / "raw", test_cases=1)
     result = run_cli("nnunet_blob", "border-core-dataset", "-i", 870, "-o", 871, "-np", 1, env=raw_env)
-    assert "3 cases, 15 nuclei (ids from instancesTr/)" in result.stdout
-    assert "15 of 15 nuclei exactly" in result.stdout
+    assert "4 cases, 20 nuclei (ids from instancesTr/; ids from instancesTs/)" in result.stdout
+    assert "20 of 20 nuclei exactly" in result.stdout
     target = tmp_path / "raw" / "Dataset871_NucleiBorderCore"
     dataset_json = json.loads((target / "dataset.json").read_text())
     assert dataset_json["labels"] == {"background": 0, "core": 1, "border": 2}
     assert dataset_json["file_ending"] == ".png" and dataset_json["border_core"]["source"] == "Dataset870_Nuclei"
     for case, ids in instances.items():
+        split = "Ts" if case.startswith("test") else "Tr"
         labels, cores = border_core_labels(ids, (1.0, 1.0))
-        np.testing.assert_array_equal(read_png(target / "labelsTr" / f"{case}.png"), labels)
-        np.testing.assert_array_equal(read_png(target / "instancesTr" / f"{case}.png"), cores)  # original ids
-        assert (target / "imagesTr" / f"{case}_0000.png").read_bytes() == \
-            (source / "imagesTr" / f"{case}_0000.png").read_bytes()
+        np.testing.assert_array_equal(read_png(target / f"labels{split}" / f"{case}.png"), labels)
+        np.testing.assert_array_equal(read_png(target / f"instances{split}" / f"{case}.png"), cores)  # source ids
+        assert (target / f"images{split}" / f"{case}_0000.png").read_bytes() == \
+            (source / f"images{split}" / f"{case}_0000.png").read_bytes()
     # nnU-Net's own check of a raw dataset (what nnUNetv2_plan_and_preprocess --verify_dataset_integrity runs)
     run_cli("nnUNetv2_extract_fingerprint", "-d", 871, "-np", 1, "--verify_dataset_integrity", env=raw_env)
 
@@ -273,7 +277,8 @@ def test_png_dataset_end_to_end(tmp_path, raw_env):
                      "-np", 1, env=raw_env)
     assert "3 instance maps written" in result.stdout
     for case, ids in instances.items():
-        assert same_partition(ids, read_png(output / f"{case}.png"))
+        if case.startswith("case"):
+            assert same_partition(ids, read_png(output / f"{case}.png"))
 
     # a second run refuses to replace the dataset unless told; --overwrite replaces what it wrote
     refused = run_cli("nnunet_blob", "border-core-dataset", "-i", 870, "-o", 871, env=raw_env, check=False)

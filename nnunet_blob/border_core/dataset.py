@@ -16,6 +16,9 @@ the instances), or, without ``instancesTr/``, in ``labelsTr/`` itself (values 1.
 * ``dataset.json``: the source's, with labels ``background``/``core``/``border`` and a ``border_core`` record (source,
   border thickness, what ``instancesTr`` holds), which nnU-Net ignores.
 
+A source with ``labelsTs/`` (and ``instancesTs/``) gets the same for its test cases: ``labelsTs/`` and
+``instancesTs/``, the reference of ``nnunet_blob evaluate`` (the whole nuclei stay in the source's folders).
+
 Every case is decoded again (:func:`~.representation.instances_from_border_core`) and compared with its nuclei, so
 the summary says how many nuclei the chosen thickness keeps apart exactly, before any training.
 """
@@ -51,8 +54,8 @@ RECORD_KEY = "border_core"
 class CaseJob:
     case: str
     instances: str  # the file holding the nucleus ids
-    labels: str | None  # labelsTr file to check against (None: the ids are labelsTr's own)
-    foreground_labels: tuple[int, ...]  # labels of dataset.json labelsTr may hold besides 0 (when ``labels``)
+    labels: str | None  # label file to check against (None: the ids are the label file's own)
+    foreground_labels: tuple[int, ...]  # labels of dataset.json the label file may hold besides 0
     out_labels: str
     out_instances: str
     reader_writer: type
@@ -201,15 +204,10 @@ def _foreground_labels(dataset_json: dict, path: Path) -> tuple[int, ...]:
     return tuple(sorted(int(v) for k, v in labels.items() if int(v) != 0))
 
 
-def conversion_jobs(source: Path, target: Path, dataset_json: dict, border_thickness: float | None,
-                    connectivity: int) -> tuple[list[CaseJob], str]:
-    """(one job per case of ``source/labelsTr``, where the ids come from)."""
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-
-    ending = dataset_json["file_ending"]
-    labels_folder, instances_folder = source / "labelsTr", source / INSTANCES_FOLDER
-    if not labels_folder.is_dir():
-        raise BorderCoreError(f"{source} has no labelsTr folder")
+def _split_jobs(source: Path, target: Path, split: str, ending: str, foreground: tuple[int, ...], reader_writer,
+                border_thickness: float | None, connectivity: int) -> tuple[list[CaseJob], str]:
+    """(one job per case of ``source/labels<split>``, where the ids come from) of one split (Tr, Ts)."""
+    labels_folder, instances_folder = source / f"labels{split}", source / f"instances{split}"
     cases = sorted(p.name[: -len(ending)] for p in labels_folder.iterdir()
                    if p.name.endswith(ending) and not p.name.startswith("."))
     if not cases:
@@ -218,28 +216,48 @@ def conversion_jobs(source: Path, target: Path, dataset_json: dict, border_thick
     if with_instances:
         missing = [c for c in cases if not (instances_folder / f"{c}{ending}").is_file()]
         if missing:
-            raise BorderCoreError(f"case {missing[0]} ({len(missing)} cases) has no {INSTANCES_FOLDER}/"
-                                  f"{missing[0]}{ending}; every case of labelsTr needs its instance map there")
-        foreground = _foreground_labels(dataset_json, source / "dataset.json")
+            raise BorderCoreError(f"case {missing[0]} ({len(missing)} cases) has no {instances_folder.name}/"
+                                  f"{missing[0]}{ending}; every case of {labels_folder.name} needs its instance map "
+                                  f"there")
         if len(foreground) != 1:
             raise BorderCoreError(f"{source / 'dataset.json'} declares {len(foreground)} foreground labels; the "
                                   f"border-core representation is for one class of touching objects")
-        origin = f"ids from {INSTANCES_FOLDER}/"
-    else:
-        foreground = ()
-        origin = "ids from labelsTr/, each value one nucleus"
-    try:
-        reader_writer = determine_reader_writer_from_dataset_json(dataset_json, str(labels_folder / f"{cases[0]}"
-                                                                                    f"{ending}"), verbose=False)
-    except RuntimeError as e:
-        raise BorderCoreError(f"{source}: no nnU-Net reader/writer reads {cases[0]}{ending} ({e})") from e
     jobs = [CaseJob(case,
                     str((instances_folder if with_instances else labels_folder) / f"{case}{ending}"),
                     str(labels_folder / f"{case}{ending}") if with_instances else None, foreground,
-                    str(target / "labelsTr" / f"{case}{ending}"), str(target / INSTANCES_FOLDER / f"{case}{ending}"),
+                    str(target / labels_folder.name / f"{case}{ending}"),
+                    str(target / instances_folder.name / f"{case}{ending}"),
                     reader_writer, border_thickness, connectivity)
             for case in cases]
+    origin = (f"ids from {instances_folder.name}/" if with_instances
+              else f"ids from {labels_folder.name}/, each value one nucleus")
     return jobs, origin
+
+
+def conversion_jobs(source: Path, target: Path, dataset_json: dict, border_thickness: float | None,
+                    connectivity: int) -> tuple[list[CaseJob], str]:
+    """(one job per case of ``labelsTr`` and, if the source has it, ``labelsTs``; where the ids come from)."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    ending = dataset_json["file_ending"]
+    if not (source / "labelsTr").is_dir():
+        raise BorderCoreError(f"{source} has no labelsTr folder")
+    example = next((p for p in sorted((source / "labelsTr").iterdir()) if p.name.endswith(ending)), None)
+    if example is None:
+        raise BorderCoreError(f"no label files *{ending} (dataset.json's file_ending) in {source / 'labelsTr'}")
+    try:
+        reader_writer = determine_reader_writer_from_dataset_json(dataset_json, str(example), verbose=False)
+    except RuntimeError as e:
+        raise BorderCoreError(f"{source}: no nnU-Net reader/writer reads {example.name} ({e})") from e
+    foreground = _foreground_labels(dataset_json, source / "dataset.json")
+    jobs, origins = [], []
+    for split in ("Tr", "Ts"):
+        if split == "Tr" or (source / f"labels{split}").is_dir():
+            split_jobs, origin = _split_jobs(source, target, split, ending, foreground, reader_writer,
+                                             border_thickness, connectivity)
+            jobs += split_jobs
+            origins.append(origin)
+    return jobs, "; ".join(origins)
 
 
 def convert_case(job: CaseJob) -> CaseResult:

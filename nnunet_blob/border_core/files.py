@@ -12,7 +12,7 @@ from nnunet_blob.nnunet_internals import largest_writable_label
 
 def read_map(reader_writer, path: str | Path) -> tuple[np.ndarray, dict]:
     """((*spatial) array, nnU-Net's properties) of a single-channel label or instance file; BorderCoreError naming
-    the file when it cannot be read."""
+    the file when it cannot be read. nnU-Net's readers give 3D spatial axes (a 2D image is one slice)."""
     try:
         array, properties = read_segmentation(reader_writer, str(path))
     except (OSError, ValueError) as e:
@@ -31,4 +31,4 @@ def write_map(reader_writer, array: np.ndarray, path: str | Path, properties: di
         raise BorderCoreError(f"{what}: {largest} instances, but {type(reader_writer).__name__} writes label files "
                               f"with values up to {limit}; use a dataset file format that stores more (e.g. .nii.gz "
                               f"with SimpleITKIO)")
-    reader_writer.write_seg(array[None], str(path), properties)
+    reader_writer.write_seg(array, str(path), properties)  # spatial axes only: nnU-Net's writers take no channel
