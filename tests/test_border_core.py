@@ -350,8 +350,10 @@ def test_errors_name_the_problem(tmp_path, raw_env, monkeypatch):
         decode_folder(floats, tmp_path / "o", progress=False)
 
     source, instances = png_dataset(tmp_path / "raw", cases=1)
-    write_png(source / "labelsTr" / "case_0.png", np.zeros((32, 32)))  # labels disagree with the instances
     monkeypatch.setenv("nnUNet_raw", raw_env["nnUNet_raw"])
+    summary = convert_dataset("870", "875", border_thickness=0.5, progress=False)
+    assert "warning: the border is thinner than a voxel's diagonal in 1 cases (e.g. case_0)" in summary.lines()[2]
+    write_png(source / "labelsTr" / "case_0.png", np.zeros((32, 32)))  # labels disagree with the instances
     with pytest.raises(BorderCoreError, match="case case_0: .* voxels are foreground in one of"):
         convert_dataset("870", "874", progress=False)
     assert not (tmp_path / "raw" / "Dataset874_NucleiBorderCore").exists()  # no half dataset left behind

@@ -51,8 +51,8 @@ def add_parser(subparsers) -> None:
                         help="new dataset: id (named <source name>BorderCore) or name DatasetXXX_Name, in nnUNet_raw")
     parser.add_argument("--border-thickness", type=float, default=None, metavar="T",
                         help="border thickness in the images' spacing units (mm, µm), as nnU-Net's cell tracking "
-                             "conversions (default: each case's voxel diagonal, the thinnest that keeps the cores "
-                             "of touching nuclei apart)")
+                             "conversions (default: each case's voxel diagonal, which keeps the cores of touching "
+                             "nuclei apart)")
     parser.add_argument("--connectivity", type=int, choices=CONNECTIVITIES, default=26,
                         help="connectivity of the round-trip check's cores (default 26; 8 in 2D)")
     parser.add_argument("-np", type=int, default=None, help="worker processes (default: nnUNet_def_n_proc or 8)")

@@ -11,9 +11,9 @@ erodes with a resampled, rounded ball) with exact Euclidean distances (``scipy.n
 the spacing). Outside the image is not outside the nucleus: a nucleus cut by the image edge gets no border along the
 edge (its voxels beyond the edge are unknown, as with nnU-Net's ``reflect`` erosion). Labels: 0 background,
 :data:`CORE` (1) core, :data:`BORDER` (2) border. The default r is the length of one voxel's diagonal
-(:func:`default_border_thickness`), the thinnest border that keeps the cores of touching nuclei apart under full
-(26, in 2D 8) connectivity: every voxel within one step of a core voxel of A is at most that far from it, so it is
-in A.
+(:func:`default_border_thickness`), which keeps the cores of touching nuclei apart under full (26, in 2D 8)
+connectivity: every voxel one step (face, edge or corner) from a core voxel of A is at most that far from it, so it
+is in A.
 
 **Labels -> instances** (:func:`instances_from_border_core`, nnU-Net v1's ``convert_to_instance_seg``). The cores
 (connected components of the core label, 26-connectivity, 8 in 2D, unless told otherwise) are the instances' seeds;
@@ -28,8 +28,11 @@ components.
 **When the round trip is exact** (``instances_from_border_core(border_core_labels(I)) == I`` up to renumbering):
 with r at least the voxel diagonal, when every nucleus is one connected piece whose core is non-empty and
 connected, and each of its border voxels is nearer to its own core than to the core of any nucleus it touches
-(true for convex nuclei wider than about 2r + 2 voxels that meet along flat-ish interfaces). A nucleus with no core
-is lost into a touching neighbour (or kept, if it touches none); one whose core splits comes back as several.
+(true for convex nuclei wider than about 2r + 2 voxels that meet along flat-ish interfaces). Every other nucleus'
+core is farther than r from a voxel of A, so a voxel within r of its own core always comes back right; only voxels
+farther than r from their own core can go astray: the tips of sharp wedges where three nuclei, or two and the
+background, meet. A nucleus with no core is lost into a touching neighbour (or kept, if it touches none); one whose
+core splits comes back as several.
 :func:`compare_instances` counts the nuclei that come back exactly, and ``nnunet_blob border-core-dataset`` reports
 it per dataset, so a too-thick border is seen before training.
 """
@@ -205,7 +208,10 @@ def compare_instances(reference: np.ndarray, decoded: np.ndarray) -> InstanceCom
     reference = np.asarray(reference).astype(np.int64).ravel()
     decoded = np.asarray(decoded).astype(np.int64).ravel()
     foreground = (reference > 0) | (decoded > 0)
-    pairs, counts = np.unique(np.stack([reference[foreground], decoded[foreground]]), axis=1, return_counts=True)
+    reference, decoded = reference[foreground], decoded[foreground]
+    base = int(decoded.max(initial=0)) + 1
+    keys, counts = np.unique(reference * base + decoded, return_counts=True)  # one key per (nucleus, decoded) pair
+    pairs = np.stack([keys // base, keys % base])
     partners_r: dict[int, int] = {}
     partners_d: dict[int, int] = {}
     best_r: dict[int, tuple[int, int]] = {}  # nucleus -> (overlap, decoded id) of its largest overlap
