@@ -12,7 +12,8 @@ the instances), or, without ``instancesTr/``, in ``labelsTr/`` itself (values 1.
 * ``instancesTr/<case>``: each nucleus' original id **on its core voxels only**, 0 on border and background. The
   plugin's instance maps hold each id inside one foreground class; a whole nucleus would span core and border, its
   core alone lies in the core class. Blob loss then sees each nucleus as one instance of the core class (the
-  class that separates touching nuclei), and the border class is trained by the global loss;
+  class that separates touching nuclei); the border carries no id, so the plugin's preprocessing gives each
+  connected region of border one instance, as for a dataset without ``instancesTr``;
 * ``dataset.json``: the source's, with labels ``background``/``core``/``border`` and a ``border_core`` record (source,
   border thickness, what ``instancesTr`` holds), which nnU-Net ignores.
 
