@@ -6,9 +6,9 @@ and with ``nnUNetv2_train --npz`` also ``<case>.npz`` (the probabilities) and ``
 properties). Together the folds predict every training case once; a case's fold is the fold whose ``validation/``
 holds it (the ``val`` list of that fold in the ``splits_final.json`` the fold was trained with), an ensemble's case
 takes its first member's fold (any split of the cases into groups serves cross-validated selection, whose choices
-never see the cases they are applied to; nnU-Net's models of a dataset share one split). The reference is nnU-Net's copy of the labels,
-``nnUNet_preprocessed/DatasetXXX/gt_segmentations/``. An ensemble's prediction of a case is nnU-Net's: the mean of its
-members' probabilities, then nnU-Net's argmax (``nnunetv2.ensembling.ensemble``).
+never see the cases they are applied to; nnU-Net's models of a dataset share one split). The reference is nnU-Net's
+copy of the labels, ``nnUNet_preprocessed/DatasetXXX/gt_segmentations/``. An ensemble's prediction of a case is
+nnU-Net's: the mean of its members' probabilities, then nnU-Net's argmax (``nnunetv2.ensembling.ensemble``).
 """
 from __future__ import annotations
 

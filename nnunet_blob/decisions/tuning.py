@@ -21,7 +21,8 @@ metrics of ``nnunet_blob evaluate`` (surface-based ones) are computed on each di
 
 Classes do not interact (:mod:`.rules`), so they are tuned together. Regions do (removing a component of one
 region changes the label map the others are read from): they are tuned one after the other in the dataset's
-order, each on the predictions with the settings chosen before it. The before/after numbers printed and stored
+order, each on the predictions with the settings chosen (on all cases) before it; cross-validated selection judges
+each region's own setting out of fold given those. The before/after numbers printed and stored
 are always those of the chosen file applied to the predictions (:func:`.rules.postprocess`).
 """
 from __future__ import annotations
@@ -348,10 +349,11 @@ def _class_record(c: ClassTuning, case_names: list[str]) -> dict:
     d = c.decision
     with np.errstate(all="ignore"):
         means = np.nanmean(c.values, 0) if c.values.size else np.zeros((len(c.thresholds), len(c.min_volumes)))
-    record = {"label_or_region": label_or_region_key(c.label_or_region), "min_volumes_mm3": list(c.min_volumes),
-              "thresholds": list(c.thresholds), "mean": [[_number(v) for v in row] for row in means],
-              "no_change": _number(d.mean_no_change), "best": c.best_setting.describe(),
-              "best_mean": _number(d.mean_best), "rule": d.rule, "p_value": d.p_value}
+    record: dict = {
+        "label_or_region": label_or_region_key(c.label_or_region), "min_volumes_mm3": list(c.min_volumes),
+        "thresholds": list(c.thresholds), "mean": [[_number(v) for v in row] for row in means],
+        "no_change": _number(d.mean_no_change), "best": c.best_setting.describe(), "best_mean": _number(d.mean_best),
+        "rule": d.rule, "p_value": d.p_value}
     if d.out_of_fold is None:
         record.update({"p_corrected": d.p_corrected, "other_settings": d.other_settings})
     else:
