@@ -15,7 +15,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
 from conftest import TESTS, build_trainer, run_cli
 from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
-from nnunet_blob.preprocessing.workers import RemoteTraceback, WorkerDied, run_jobs
+from nnunet_blob.workers import RemoteTraceback, WorkerDied, run_jobs
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
 from worker_jobs import square_or_die, square_or_raise
 
@@ -103,3 +103,26 @@ def test_trainer_start_with_a_worker_killed_on_a_case_fails_naming_it(blobs, fau
     with pytest.raises(InstanceMapError, match=f"computing case {victim} died \\(killed by SIGKILL\\)"):
         trainer.get_tr_and_val_datasets()
     assert time.monotonic() - start < PROMPTLY and no_workers_left()
+
+
+def test_evaluate_with_a_worker_killed_on_a_case_fails_naming_it(tmp_path, faulty_workers):
+    """``nnunet_blob evaluate -np 2`` (the package's one worker pool, as the postprocessing decisions use it): a
+    worker killed while it reads a case ends the command with an error naming the case, instead of a hang."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    for sub in ("gt", "pred"):
+        (tmp_path / sub).mkdir()
+        for i in range(4):
+            seg = np.zeros((4, 8, 8), np.uint8)
+            seg[1:3, 2:5, 2:5] = 1
+            sitk.WriteImage(sitk.GetImageFromArray(seg), str(tmp_path / sub / f"case_{i}.nii.gz"))
+    env = faulty_workers("kill-on-file:case_2.nii.gz")
+    start = time.monotonic()
+    result = run_cli("nnunet_blob", "evaluate", tmp_path / "gt", tmp_path / "pred", "-l", 1, "-np", 2, env=env,
+                     timeout=PROMPTLY + 60, check=False)
+    assert time.monotonic() - start < PROMPTLY, "the run did not end promptly"
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "nnunet_blob evaluate: error: the worker process computing case case_2 died (killed by SIGKILL)" in \
+        result.stderr, result.stderr
+    assert "out-of-memory killer" in result.stderr

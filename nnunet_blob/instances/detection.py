@@ -39,6 +39,17 @@ def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarr
     return labels, int(n)
 
 
+def class_instances(instances: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """(ids 1..n of the objects of an instance map that lie in ``mask``, 0 elsewhere; n), as
+    :func:`label_components` gives them: the objects of one class when ``mask`` is that class (every object lies
+    in one class, so it is kept whole). Ids are renumbered in the order of the map's ids."""
+    kept = np.where(np.asarray(mask, bool), np.asarray(instances), 0)
+    ids, inverse = np.unique(kept, return_inverse=True)
+    offset = 1 if ids.size and ids[0] == 0 else 0
+    labels = (inverse.reshape(kept.shape) + (1 - offset)).astype(np.int64)  # the background stays 0
+    return labels, int(ids.size - offset)
+
+
 def overlap_detection(ref_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids of the reference components the prediction overlaps, ids of the predicted components overlapping the
     reference), each sorted. Ids are > 0, 0 is background; they need not be consecutive."""
