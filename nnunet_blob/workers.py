@@ -168,6 +168,8 @@ class _Pass:
             worker.ready = True
         elif kind == "result":
             index, worker.busy = worker.busy, None
+            if index is None:
+                raise RuntimeError("a worker process reported a result it was not asked for")
             yield index, message[1]
         else:  # "error"
             _, payload, text = message

@@ -15,8 +15,8 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
 from conftest import TESTS, build_trainer, run_cli
 from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
-from nnunet_blob.workers import RemoteTraceback, WorkerDied, run_jobs
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
+from nnunet_blob.workers import RemoteTraceback, WorkerDied, run_jobs
 from worker_jobs import square_or_die, square_or_raise
 
 #: a run with a dead worker must end within this many seconds (spawning and importing included)

@@ -20,9 +20,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_blob.evaluation.checks import instance_ids, read_instances, read_pair, read_probabilities
 from nnunet_blob.evaluation.confidence import average_precision, froc
-from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_evaluation, spatial_view
 from nnunet_blob.evaluation.lesions import pooled_cell_scores
 from nnunet_blob.evaluation.metric_facts import SUMMED
+from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_evaluation, spatial_view
 from nnunet_blob.evaluation.options import EvaluationOptions
 from nnunet_blob.instances.detection import instance_scores
 from nnunet_blob.io import atomic_write_json
