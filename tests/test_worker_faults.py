@@ -16,8 +16,8 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 from conftest import TESTS, build_trainer, run_cli
 from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
-from nnunet_blob.workers import RemoteTraceback, WorkerDied, run_jobs
-from worker_jobs import square_or_die, square_or_raise
+from nnunet_blob.workers import RemoteTraceback, WorkerDied, Workers, run_jobs
+from worker_jobs import power, square_or_die, square_or_raise
 
 #: a run with a dead worker must end within this many seconds (spawning and importing included)
 PROMPTLY = 60
@@ -30,6 +30,19 @@ def no_workers_left() -> bool:
 def test_pool_returns_every_result():
     assert sorted(run_jobs(square_or_raise, [0, 1, 2, 4, 5], 2)) == [0, 1, 4, 16, 25]
     assert no_workers_left()
+
+
+def test_one_pool_serves_several_passes_in_order_and_recovers_after_a_failed_one():
+    with Workers(2) as workers:
+        first = [p.pid for p in multiprocessing.active_children() if p.name == "nnunet_blob-worker"]
+        assert workers.map(power, list(range(7)), (3,)) == [j ** 3 for j in range(7)]
+        started = sorted(p.pid for p in multiprocessing.active_children() if p.name == "nnunet_blob-worker")
+        assert workers.map(power, [5, 4, 3], (2,)) == [25, 16, 9]
+        assert sorted(p.pid for p in multiprocessing.active_children() if p.name == "nnunet_blob-worker") == started
+        with pytest.raises(ValueError, match="job 3 is bad"):
+            workers.map(square_or_raise, list(range(6)))
+        assert workers.map(power, [2, 3], (2,)) == [4, 9]
+    assert not first and len(started) == 2 and no_workers_left()
 
 
 def test_a_worker_killed_mid_job_ends_the_run_naming_the_job():
