@@ -265,6 +265,8 @@ def test_touching_squares_through_the_command(png_folders):
                              prediction_instances=str(root / "pred_instances"))
     summary = evaluate_folder_simple(str(root / "gt"), str(root / "pred"), [1], output_file=None, options=both)
     assert summary["mean"][1]["DSB_AP"] == 1.0 and summary["pooled_instances"][1]["n_ref_instances"] == 6
+    with pytest.raises(ValueError, match=r"labels \[2, 3\] are not among .* --instance-inputs -l 1"):
+        evaluate_folder_simple(str(root / "gt_instances"), str(root / "pred"), [1], output_file=None)
     plain = evaluate_folder_simple(str(root / "gt"), str(root / "pred"), [1], output_file=None)
     assert plain["pooled_instances"][1]["n_ref_instances"] == 4 and "DSB_AP" not in plain["mean"][1]
     inputs = evaluate_folder_simple(str(root / "gt_instances"), str(root / "pred_instances"), [1], output_file=None,

@@ -117,7 +117,9 @@ def check_labels(path: str, seg: np.ndarray, allowed: Iterable[int]) -> None:
     unknown = sorted(set(present.tolist()) - set(allowed))
     if unknown:
         raise ValueError(f"{path}: labels {unknown[:10]} are not among the declared labels {allowed} (dataset.json "
-                         f"labels or -l/-il); fix the file or declare the labels")
+                         f"labels or -l/-il); fix the file or declare the labels (an instance map, ids 1, 2, 3, ...? "
+                         f"give it with --reference-instances/--prediction-instances beside the label files, or "
+                         f"evaluate instance maps of one class with --instance-inputs -l 1)")
 
 
 def read_pair(reader_writer, ref_file: str, pred_file: str, allowed_labels: Iterable[int] | None,

@@ -65,7 +65,8 @@ def add_parser(subparsers) -> None:
               "[LABEL ...] [-il IGNORE]) [options]",
         description="Voxel metrics as nnU-Net, surface Dice, instance sensitivity/precision/F1 (blob loss paper), "
                     "one-to-one matching with panoptic quality (panoptica), BraTS lesion-wise Dice/HD95, "
-                    "sensitivity by lesion volume, CC-Dice and FROC/AP from nnU-Net's probabilities. "
+                    "sensitivity by lesion volume, CC-Dice, FROC/AP from nnU-Net's probabilities, and with instance "
+                    "maps of touching objects (cells, nuclei) the 2018 Data Science Bowl's AP over IoU thresholds. "
                     "Required: -djfile and -pfile, or -l.")
     ev.add_argument("gt_folder", metavar="GT_FOLDER", help="folder with reference segmentations")
     ev.add_argument("pred_folder", metavar="PRED_FOLDER", help="folder with predicted segmentations")
@@ -139,6 +140,6 @@ def add_parser(subparsers) -> None:
     cp.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     cp.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
                     help="per-case metrics to compare (default: Dice, SurfaceDice, F1, IS, IP and, when evaluated, "
-                         "RQ, SQ, PQ, SQ_Dice, CC_Dice, lesion_wise_Dice, lesion_wise_HD95), e.g. FP_instances or a "
-                         "size bin's IS_0.01-0.1ml")
+                         "RQ, SQ, PQ, SQ_Dice, DSB_AP, F1@0.5, CC_Dice, lesion_wise_Dice, lesion_wise_HD95), e.g. "
+                         "FP_instances, AP@0.75 or a size bin's IS_0.01-0.1ml")
     cp.set_defaults(func=_compare)
