@@ -29,9 +29,6 @@ from nnunet_blob.io import atomic_write_json
 from nnunet_blob.nnunet_internals import label_or_region_key
 from nnunet_blob.workers import run_cases
 
-#: instance counts added over the cases in ``pooled_instances``
-POOLED = SUMMED
-
 
 def evaluate_case(ref_file: str, pred_file: str, reader_writer, labels_or_regions, ignore_label=None,
                   tolerance_mm: float = 1.0, connectivity: int = 26, png_file: str | None = None,
@@ -158,7 +155,7 @@ def summarize(results: list[dict], labels_or_regions, tolerance_mm: float = 1.0,
         means[r] = {m: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for m, v in values.items()}
         nan_cases[r] = {m: int(np.isnan(v).sum()) for m, v in values.items()}
         counts = np.array([[c["metrics"][r][key] for key in COUNT_METRICS] for c in results], np.int64)
-        pooled[r] = {m: int(values[m].sum()) for m in POOLED} | instance_scores(counts) | \
+        pooled[r] = {m: int(values[m].sum()) for m in SUMMED} | instance_scores(counts) | \
             _pooled_lesions(results, r, options)
     foreground_mean = {m: float(np.mean([means[r][m] for r in labels_or_regions if r not in (0, "0")]))
                        for m in metric_names}
