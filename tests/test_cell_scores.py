@@ -153,6 +153,16 @@ def test_matching_below_one_half_is_the_largest_one_to_one_matching():
             assert np.isclose(matching.iou.sum(), total, rtol=0, atol=1e-12)
 
 
+def test_instance_ids_may_have_gaps_and_be_large():
+    ref, pred = next(cases())
+    for offset in (1000, 1 << 30):  # a lookup table, then sorted ids
+        gapped_ref = np.where(ref > 0, ref * 7 + offset, 0)
+        gapped_pred = np.where(pred > 0, pred * 3 + offset, 0)
+        assert_same(our_scores(gapped_ref, gapped_pred), our_scores(ref, pred), KEYS)
+        labels, n = class_instances(gapped_ref, gapped_ref > 0)
+        assert n == np.unique(ref[ref > 0]).size and np.array_equal(labels > 0, ref > 0)
+
+
 def test_an_iou_of_exactly_the_threshold_is_a_match():
     """Two touching halves of one reference object: IoU exactly 0.5 each; ``>=``: one of them matches."""
     ref = np.zeros((6, 10), np.int64)

@@ -43,11 +43,17 @@ def class_instances(instances: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray
     """(ids 1..n of the objects of an instance map that lie in ``mask``, 0 elsewhere; n), as
     :func:`label_components` gives them: the objects of one class when ``mask`` is that class (every object lies
     in one class, so it is kept whole). Ids are renumbered in the order of the map's ids."""
-    kept = np.where(np.asarray(mask, bool), np.asarray(instances), 0)
-    ids, inverse = np.unique(kept, return_inverse=True)
-    offset = 1 if ids.size and ids[0] == 0 else 0
-    labels = (inverse.reshape(kept.shape) + (1 - offset)).astype(np.int64)  # the background stays 0
-    return labels, int(ids.size - offset)
+    kept = np.where(np.asarray(mask, bool), np.asarray(instances), 0).astype(np.int64)
+    if kept.min(initial=0) < 0:
+        raise ValueError("instance ids must be >= 0 (0: no object)")
+    largest = int(kept.max(initial=0))
+    if largest < 1 << 24:  # a lookup table from the ids present to 1..n
+        ids = np.flatnonzero(np.bincount(kept.ravel(), minlength=1)[1:]) + 1
+        lookup = np.zeros(largest + 1, np.int64)
+        lookup[ids] = np.arange(1, ids.size + 1)
+        return lookup[kept], int(ids.size)
+    ids = np.unique(kept[kept > 0])
+    return np.where(kept > 0, np.searchsorted(ids, kept) + 1, 0), int(ids.size)
 
 
 def overlap_detection(ref_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
