@@ -22,6 +22,7 @@ Augmentation: :func:`seg_grid_sample_options`, :func:`spatial_grid`, :func:`spat
 Data loading: :data:`LOADER_SEG_DTYPE`, :func:`drawn_location` (``get_bbox``), :func:`load_case`,
 :func:`dataset_identifiers`, :func:`dataset_class_for`, :func:`identifiers_in_folder`, :func:`blosc2_block_and_chunk`.
 Evaluation: :func:`tp_fp_fn_tn`, :func:`label_or_region_mask`, :func:`label_or_region_key`.
+Writing label files: :func:`largest_writable_label` (the dtype ``write_seg`` of nnU-Net's readers/writers casts to).
 """
 from __future__ import annotations
 
@@ -324,3 +325,17 @@ def label_or_region_key(label_or_region) -> str:
     from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
 
     return label_or_region_to_key(label_or_region)
+
+
+# ---- writing label files -----------------------------------------------------------------------------------------
+
+
+def largest_writable_label(reader_writer) -> int:
+    """The largest label value nnU-Net's ``write_seg`` of this reader/writer (class or instance) stores unchanged.
+
+    The writers cast without a check: ``uint8`` if the largest value is below 255, else ``uint16`` (NaturalImage2DIO,
+    SimpleITKIO, Tiff3DIO, NibabelIO, NibabelIOWithReorient), and SimpleITKIOWithReorient always ``uint8``; a larger
+    value (an instance id of a map with many instances) wraps around silently.
+    """
+    name = reader_writer.__name__ if isinstance(reader_writer, type) else type(reader_writer).__name__
+    return 255 if name == "SimpleITKIOWithReorient" else 65535

@@ -31,6 +31,8 @@ ALLOWED = {
     "trainers": {"losses", "instances", "preprocessing", "evaluation", "io", "nnunet_internals", "workers"},
     # a dotted entry allows one module of a part: decisions reads where the data is, not the instance maps
     "decisions": {"instances", "evaluation", "io", "nnunet_internals", "preprocessing.locate", "workers"},
+    # border-core conversion reads label files as evaluation does and runs cases in the worker pool
+    "border_core": {"instances", "evaluation", "io", "nnunet_internals", "workers"},
     "demo": {"io", "synthetic", "instances", "losses", "preprocessing", "evaluation", "trainers", "nnunet_internals",
              "decisions", "cli", "workers"},
 }
