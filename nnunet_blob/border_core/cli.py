@@ -5,7 +5,7 @@ from __future__ import annotations
 from nnunet_blob.border_core.representation import BorderCoreError
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
 from nnunet_blob.io import reports
-from nnunet_blob.preprocessing.errors import InstanceMapError  # a worker that dies (WorkerDied) is one
+from nnunet_blob.workers import WorkerDied
 
 
 def _processes(value: int | None) -> int:
@@ -16,7 +16,7 @@ def _processes(value: int | None) -> int:
     return int(default_num_processes)
 
 
-@reports(BorderCoreError, InstanceMapError, command="border-core-dataset")
+@reports(BorderCoreError, WorkerDied, command="border-core-dataset")
 def run_dataset(args) -> int:
     from nnunet_blob.border_core.dataset import convert_dataset
 
@@ -26,7 +26,7 @@ def run_dataset(args) -> int:
     return 0
 
 
-@reports(BorderCoreError, InstanceMapError, command="instances-from-border-core")
+@reports(BorderCoreError, WorkerDied, command="instances-from-border-core")
 def run_instances(args) -> int:
     from nnunet_blob.border_core.folder import decode_folder
 
@@ -65,7 +65,7 @@ def add_parser(subparsers) -> None:
         description="Each connected core is one instance; every border voxel (and core too small to seed) goes to "
                     "the nearest core of its foreground component, nearest in physical distance (the file's "
                     "spacing); a foreground component without a core is one instance. Writes instance maps with "
-                    "the same names, geometry and file format, for nnunet_blob evaluate --prediction-instances.")
+                    "the same names, geometry and file format, for nnunet_blob evaluate --instance-inputs.")
     parser.add_argument("-i", required=True, help="folder of border-core segmentations (nnUNetv2_predict output)")
     parser.add_argument("-o", required=True, help="output folder of instance maps")
     parser.add_argument("--core-label", type=int, default=1, help="label of the cores (default 1)")

@@ -301,7 +301,7 @@ def convert_dataset(source: str, target: str, border_thickness: float | None = N
     """Write the border-core dataset of ``source`` (module docstring) as ``target``; returns the summary."""
     from tqdm import tqdm
 
-    from nnunet_blob.preprocessing.workers import run_jobs
+    from nnunet_blob.workers import run_jobs
 
     source_path = source_folder(source)
     dataset_json = read_dataset_json(source_path)

@@ -4,7 +4,8 @@ Input: a folder of segmentations as ``nnUNetv2_predict`` writes them (``<case><f
 ``dataset.json``, ``.npz``/``.pkl`` and other ``.json`` files beside them are not cases). Each is decoded with
 :func:`~.representation.instances_from_border_core` (physical distances from the file's spacing) and written under
 the same name with nnU-Net's reader/writer and the file's own properties (spacing, origin, direction), as
-``nnUNetv2_predict`` writes segmentations, ready for ``nnunet_blob evaluate --prediction-instances``.
+``nnUNetv2_predict`` writes segmentations, ready for ``nnunet_blob evaluate --instance-inputs`` (each nucleus spans
+core and border, so it is no object of one of these classes: evaluate the nuclei as one class).
 
 The reader/writer is the one the model predicted with (``plans.json``'s ``image_reader_writer``), else the
 dataset.json's choice for its ``file_ending``, else nnU-Net's choice for the files' ending.
@@ -112,7 +113,7 @@ def decode_folder(input_folder: str | Path, output_folder: str | Path, core_labe
     """Instance maps of every segmentation of ``input_folder`` in ``output_folder``; returns the written files."""
     from tqdm import tqdm
 
-    from nnunet_blob.preprocessing.workers import run_jobs
+    from nnunet_blob.workers import run_jobs
 
     source, target = Path(input_folder), Path(output_folder)
     ending, files = segmentation_files(source)

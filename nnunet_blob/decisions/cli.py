@@ -7,8 +7,9 @@ from nnunet_blob.decisions.significance import CROSS_VALIDATED, RULES
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
 from nnunet_blob.io import reports
 from nnunet_blob.preprocessing.locate import InstanceMapError
+from nnunet_blob.workers import WorkerDied
 
-_ERRORS = (ValueError, FileNotFoundError, InstanceMapError)
+_ERRORS = (ValueError, FileNotFoundError, InstanceMapError, WorkerDied)
 
 
 def _folds(values):

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnunet_blob.decisions.cases import CaseFiles, Predictions, load_case, reader_writer_class
-from nnunet_blob.decisions.parallel import Workers
 from nnunet_blob.decisions.rules import (
     LabelLayout,
     Setting,
@@ -53,8 +52,10 @@ from nnunet_blob.decisions.significance import (
 )
 from nnunet_blob.decisions.tables import TABLE_METRICS, component_table, grid_counts, metrics_of_counts
 from nnunet_blob.evaluation.compare import paired_wilcoxon
+from nnunet_blob.evaluation.metric_facts import METRICS
 from nnunet_blob.evaluation.metrics import label_metrics, spatial_view
 from nnunet_blob.nnunet_internals import label_or_region_key
+from nnunet_blob.workers import Workers
 
 #: thresholds tried besides nnU-Net's own rule (None)
 DEFAULT_THRESHOLDS = (0.3, 0.6, 0.75, 0.9)
@@ -62,11 +63,9 @@ DEFAULT_THRESHOLDS = (0.3, 0.6, 0.75, 0.9)
 DEFAULT_VOLUME_COUNT = 7
 #: metrics printed next to the tuned one
 REPORTED = ("F1", "IS", "IP", "Dice")
-#: metrics of ``nnunet_blob evaluate`` by direction
-HIGHER_IS_BETTER = frozenset({"Dice", "IoU", "TP", "TN", "sensitivity", "precision", "SurfaceDice",
-                              "TP_ref_instances", "TP_pred_instances", "IS", "IP", "F1"})
-LOWER_IS_BETTER = frozenset({"FP", "FN", "FN_instances", "FP_instances", "lesion_count_difference",
-                             "absolute_volume_difference_ml"})
+#: metrics of ``nnunet_blob evaluate`` that every evaluation computes, by direction
+HIGHER_IS_BETTER = frozenset(f.name for f in METRICS if f.always and f.higher_is_better is True)
+LOWER_IS_BETTER = frozenset(f.name for f in METRICS if f.always and f.higher_is_better is False)
 
 
 @dataclass(frozen=True)
@@ -144,6 +143,11 @@ def _pass_segmentations(job: CaseJob, loaded):
                 prediction = remove_small_components(prediction, setting.label_or_region, setting.min_volume_mm3,
                                                      spacing, job.connectivity)
         yield t, reference, prediction, spacing
+
+
+def _case_name(job: CaseJob) -> str:
+    """A job as the pool's errors name it."""
+    return f"case {job.case.name}"
 
 
 def case_tables(job: CaseJob) -> dict:
@@ -401,13 +405,14 @@ def tune(predictions: Predictions, metric: Metric, *, thresholds: Sequence[float
         for keys_of_pass in passes:
             jobs = [CaseJob(case, predictions.reader_writer, layout, keys_of_pass, threshold_grid, tuple(fixed),
                             connectivity) for case in predictions.cases]
-            tables = workers.map(case_tables, jobs, (), f"labelling components ({len(threshold_grid)} thresholds)")
+            tables = workers.map(case_tables, jobs, (), f"labelling components ({len(threshold_grid)} thresholds)",
+                                 _case_name)
             grids = {key: volume_grid or _data_volumes(tables, key) for key in keys_of_pass}
             if metric.from_tables:
                 values = {key: _table_values(tables, key, grids[key], metric.name) for key in keys_of_pass}
             else:
                 grids_per_case = workers.map(case_metric_grid, jobs, (grids, metric.name, tolerance_mm),
-                                             f"{metric.name} on the postprocessed masks")
+                                             f"{metric.name} on the postprocessed masks", _case_name)
                 values = {key: np.stack([g[key] for g in grids_per_case]) for key in keys_of_pass}
             for key in keys_of_pass:
                 decision = (decide_cross_validated(values[key], case_folds, metric.higher_is_better, alpha)
@@ -418,11 +423,11 @@ def tune(predictions: Predictions, metric: Metric, *, thresholds: Sequence[float
         settings = tuple(c.setting for c in classes)
         jobs = [CaseJob(case, predictions.reader_writer, layout, tuple(keys), (None,), (), connectivity)
                 for case in predictions.cases]
-        before = _scores(workers.map(case_scores, jobs, ((), metric.name, tolerance_mm), "scoring the predictions"),
-                         keys)
+        before = _scores(workers.map(case_scores, jobs, ((), metric.name, tolerance_mm), "scoring the predictions",
+                                     _case_name), keys)
         after = before if all(s.changes_nothing for s in settings) else \
             _scores(workers.map(case_scores, jobs, (settings, metric.name, tolerance_mm),
-                                "scoring the postprocessed predictions"), keys)
+                                "scoring the postprocessed predictions", _case_name), keys)
     return TuningResult(predictions, metric, alpha, connectivity, classes, before, after, notes, rule)
 
 
