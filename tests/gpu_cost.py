@@ -5,12 +5,13 @@ Three machine-independent numbers, seen by a ``TorchDispatchMode`` (every aten o
 * ``kernels``: aten ops dispatched, leaving out views and metadata-only ops, which launch no kernel: every op
   whose schema says it returns a view of an input (``OpOverload.is_view``: ``view``, ``_unsafe_view``,
   ``expand``, ``as_strided``, ``slice``, ``select``, ``unsqueeze``, ``squeeze``, ``permute``, ``transpose``,
-  ``alias``, ``unbind``, ``split``, ...) and :data:`METADATA_OPS` (``detach``, allocations without a fill such as
-  ``empty``/``empty_strided``/``empty_like``, ``lift_fresh``, size and stride queries). Each other op counts as one
-  kernel launch (a fused op is one kernel, a composite op that decomposes shows its parts).
+  ``alias``, ``unbind``, ``split``, ...) and :data:`METADATA_OPS` (``detach``, ``_unsafe_view``, allocations
+  without a fill such as ``empty``/``empty_strided``/``empty_like``, ``lift_fresh``, size and stride queries). Each
+  other op counts as one kernel launch (a fused op is one kernel, a composite op that decomposes shows its parts).
 * ``bytes``: for each counted op, the bytes of every tensor it reads (its tensor inputs) plus every tensor it
   writes (its tensor outputs); a tensor's bytes are those of the memory it addresses (a broadcast input, stride 0,
-  counts once along the broadcast axis). An in-place op counts its destination as read and written. This is the
+  counts once along the broadcast axis). An in-place op counts its destination as read and written; the
+  :data:`FACTORY_OPS` (``new_zeros``, ``zeros_like``, ...) read nothing, their tensor argument only gives a shape. This is the
   memory traffic an eager GPU pays when every kernel streams its operands once.
 * ``pile``: for every accumulating scatter (``index_add``, ``scatter_add``, ``scatter_reduce``,
   ``index_put``/``_index_put_impl_`` with ``accumulate=True``, ``put_`` with ``accumulate=True``,
@@ -35,7 +36,12 @@ from torch.utils._pytree import tree_flatten
 METADATA_OPS = frozenset({
     "detach", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh",
     "lift_fresh_copy", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size",
-    "_has_compatible_shallow_copy_type", "set_", "resize_", "_local_scalar_dense",
+    "_has_compatible_shallow_copy_type", "set_", "resize_", "_local_scalar_dense", "_unsafe_view",
+})
+#: ops whose tensor argument only gives the shape, dtype and device of what they write
+FACTORY_OPS = frozenset({
+    "new_zeros", "new_ones", "new_full", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like",
+    "randint_like",
 })
 #: accumulating scatters whose same-slot piles are counted (see the module docstring)
 ACCUMULATING_OPS = frozenset({
@@ -108,7 +114,8 @@ class _CostMode(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if func.is_view or name in METADATA_OPS:
             return out
-        tensors = [t for t in tree_flatten((args, kwargs))[0] + tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        inputs = [] if name in FACTORY_OPS else tree_flatten((args, kwargs))[0]
+        tensors = [t for t in inputs + tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         c = self.counter
         c.kernels += 1
         c.ops[name] += 1
