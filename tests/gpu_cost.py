@@ -5,7 +5,7 @@ Three machine-independent numbers, seen by a ``TorchDispatchMode`` (every aten o
 * ``kernels``: aten ops dispatched, leaving out views and metadata-only ops, which launch no kernel: every op
   whose schema says it returns a view of an input (``OpOverload.is_view``: ``view``, ``_unsafe_view``,
   ``expand``, ``as_strided``, ``slice``, ``select``, ``unsqueeze``, ``squeeze``, ``permute``, ``transpose``,
-  ``alias``, ``unbind``, ``split``, ...) and :data:`METADATA_OPS` (``detach``, ``_unsafe_view``, allocations
+  ``alias``, ``unbind``, ``split``, ...) and :data:`METADATA_OPS` (``detach``, ``_unsafe_view``, dtype queries, allocations
   without a fill such as ``empty``/``empty_strided``/``empty_like``, ``lift_fresh``, size and stride queries). Each
   other op counts as one kernel launch (a fused op is one kernel, a composite op that decomposes shows its parts).
 * ``bytes``: for each counted op, the bytes of every tensor it reads (its tensor inputs) plus every tensor it
@@ -37,6 +37,7 @@ METADATA_OPS = frozenset({
     "detach", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh",
     "lift_fresh_copy", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size",
     "_has_compatible_shallow_copy_type", "set_", "resize_", "_local_scalar_dense", "_unsafe_view",
+    "promote_types", "result_type", "can_cast",
 })
 #: ops whose tensor argument only gives the shape, dtype and device of what they write
 FACTORY_OPS = frozenset({

@@ -50,6 +50,7 @@ from nnunet_blob.losses._common import (
     dense_sum,
     entry_positions,
     float32_math,
+    host_reads_are_free,
     mean_over_present,
     mean_over_samples,
     numbered_ids,
@@ -193,8 +194,7 @@ def _label_entries(probs, target, instances, loss_mask, max_id) -> _Entries:
     valid = None if valid is None else valid.reshape(batch, 1, -1)
     ids, id_space = numbered_ids(instances.reshape(-1), instances.dtype, max_id, batch * num_classes)
     num_slots = batch * num_classes * id_space
-    labelled = t > 0 if valid is None else (t > 0) & valid
-    keep = entry_positions(labelled)
+    keep = entry_positions(t > 0 if valid is None else (t > 0) & valid) if host_reads_are_free(t) else None
     if keep is None:  # every voxel: unlabelled or masked ones count for the background channel, which has no term
         spread = spread_factor(num_voxels, p)  # a slot holds voxels of one sample
         dtype = slot_dtype(num_slots * spread)
@@ -285,14 +285,21 @@ def _blob_from_entries(
     else:
         columns = [x, x * x] if squared else [x]
     sums = _SegmentSums.apply(e.slot, e.keys, e.spread, e.num_slots, *columns)
-    table = torch.cat((count.to(sums.dtype).unsqueeze(1), sums), 1)[:batch * channels * e.id_space]
-    table = table.reshape(batch, channels, e.id_space, -1)[:, first:].reshape(num_groups, e.id_space, -1)
-    labelled_sums = table.sum(1)  # (G, k): sums over the voxels labelled with each group's class
-    instance_sums = table[:, 1:]  # (G, S - 1, k): sums over each instance
-    size = instance_sums[..., 0]
+
+    def per_group(table: torch.Tensor) -> torch.Tensor:  # (G, S, ...) without the rows no term reads
+        rows = table[:batch * channels * e.id_space].reshape(batch, channels, e.id_space, *table.shape[1:])
+        return rows[:, first:].reshape(num_groups, e.id_space, *table.shape[1:])
+
+    count = per_group(count).to(sums.dtype)
+    sums = per_group(sums)
+    labelled_sums = sums.sum(1)  # (G, k): sums over the voxels labelled with each group's class
+    instance_sums = sums[:, 1:]  # (G, S - 1, k): sums over each instance
+    size = count[:, 1:]
 
     def rest(total: torch.Tensor, column: int) -> torch.Tensor:
-        """Sum over each instance's domain without the instance itself."""
+        """Sum over each instance's domain without the instance itself (column -1: the voxel count)."""
+        if column < 0:
+            return (total - count.sum(1)).unsqueeze(1) if masking else total.unsqueeze(1) - size
         if masking:
             return (total - labelled_sums[:, column]).unsqueeze(1)
         return total.unsqueeze(1) - instance_sums[..., column]
@@ -300,20 +307,20 @@ def _blob_from_entries(
     if inner == "bce":  # -(sum of log p over the instance + sum of log(1 - p) over the rest) / |domain|
         voxels = total_p.new_full((batch, 1), num_voxels) if valid is None \
             else valid.sum(-1).to(total_p.dtype)
-        domain_size = size + rest(voxels.expand(batch, terms).reshape(num_groups), 0)
+        domain_size = size + rest(voxels.expand(batch, terms).reshape(num_groups), -1)
         # the sum over the unlabelled voxels is taken directly: as a total minus the labelled voxels' sum, the
         # gradients of both (1 / (1 - p), large where p -> 1) would cancel in float32 on the labelled voxels
         unlabelled_log = totals(clamped_log(1 - p) * e.unlabelled()[:, first:])
         neg_log = unlabelled_log.unsqueeze(1) if masking \
-            else (unlabelled_log + labelled_sums[:, 2]).unsqueeze(1) - instance_sums[..., 2]
-        losses = -(instance_sums[..., 1] + neg_log) / domain_size.clamp_min(1)
+            else (unlabelled_log + labelled_sums[:, 1]).unsqueeze(1) - instance_sums[..., 1]
+        losses = -(instance_sums[..., 0] + neg_log) / domain_size.clamp_min(1)
     else:
-        tp = instance_sums[..., 1]
-        fp = rest(total_p, 1)
+        tp = instance_sums[..., 0]
+        fp = rest(total_p, 0)
         if inner == "tversky":
             losses = 1 - tversky_score(tp, fp, size - tp, tversky_alpha, tversky_beta, smooth)
         elif squared:
-            sum_sq = instance_sums[..., 2] + rest(totals(p * p), 2)
+            sum_sq = instance_sums[..., 1] + rest(totals(p * p), 1)
             losses = 1 - soft_dice_score(tp, size, sum_sq, smooth)
         else:
             losses = 1 - soft_dice_score(tp, size, tp + fp, smooth)
