@@ -290,19 +290,21 @@ def _blob_from_entries(
         rows = table[:batch * channels * e.id_space].reshape(batch, channels, e.id_space, *table.shape[1:])
         return rows[:, first:].reshape(num_groups, e.id_space, *table.shape[1:])
 
-    count = per_group(count).to(sums.dtype)
+    # differences of large sums in float64; then the per-instance arithmetic in p's dtype
+    dtype = e.p.dtype
+    count = per_group(count)
     sums = per_group(sums)
     labelled_sums = sums.sum(1)  # (G, k): sums over the voxels labelled with each group's class
-    instance_sums = sums[:, 1:]  # (G, S - 1, k): sums over each instance
-    size = count[:, 1:]
+    instance_sums = sums[:, 1:].to(dtype)  # (G, S - 1, k): sums over each instance
+    size = count[:, 1:].to(dtype)
 
     def rest(total: torch.Tensor, column: int) -> torch.Tensor:
         """Sum over each instance's domain without the instance itself (column -1: the voxel count)."""
         if column < 0:
-            return (total - count.sum(1)).unsqueeze(1) if masking else total.unsqueeze(1) - size
-        if masking:
-            return (total - labelled_sums[:, column]).unsqueeze(1)
-        return total.unsqueeze(1) - instance_sums[..., column]
+            part = count.sum(1, keepdim=True) if masking else count[:, 1:]
+        else:
+            part = labelled_sums[:, column].unsqueeze(1) if masking else sums[:, 1:, column]
+        return (total.unsqueeze(1) - part).to(dtype)
 
     if inner == "bce":  # -(sum of log p over the instance + sum of log(1 - p) over the rest) / |domain|
         voxels = total_p.new_full((batch, 1), num_voxels) if valid is None \
@@ -311,8 +313,8 @@ def _blob_from_entries(
         # the sum over the unlabelled voxels is taken directly: as a total minus the labelled voxels' sum, the
         # gradients of both (1 / (1 - p), large where p -> 1) would cancel in float32 on the labelled voxels
         unlabelled_log = totals(clamped_log(1 - p) * e.unlabelled()[:, first:])
-        neg_log = unlabelled_log.unsqueeze(1) if masking \
-            else (unlabelled_log + labelled_sums[:, 1]).unsqueeze(1) - instance_sums[..., 1]
+        neg_log = unlabelled_log.unsqueeze(1).to(dtype) if masking \
+            else ((unlabelled_log + labelled_sums[:, 1]).unsqueeze(1) - sums[:, 1:, 1]).to(dtype)
         losses = -(instance_sums[..., 0] + neg_log) / domain_size.clamp_min(1)
     else:
         tp = instance_sums[..., 0]
@@ -324,7 +326,7 @@ def _blob_from_entries(
             losses = 1 - soft_dice_score(tp, size, sum_sq, smooth)
         else:
             losses = 1 - soft_dice_score(tp, size, tp + fp, smooth)
-    return _mean_over_instances_and_classes(losses.to(e.p.dtype), size > 0, batch, terms)
+    return _mean_over_instances_and_classes(losses, size > 0, batch, terms)
 
 
 class _SegmentSums(torch.autograd.Function):

@@ -33,7 +33,6 @@ from typing import Literal
 import torch
 
 from nnunet_blob.losses._common import (
-    accumulation_dtype,
     as_label_map,
     as_mask,
     check_label_range,
@@ -128,13 +127,14 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     slot = _cell_keys(ids.reshape(y.shape), y, id_space)
     spread = spread_factor(y.shape[-1], p)  # a slot holds voxels of one sample
     keys = spread_keys(slot, spread).reshape(-1)
-    count = _slot_counts(keys, spread, num_keys, accumulation_dtype(p)).reshape(groups, id_space, 2)[:, 1:]
+    # accumulated in float64, then rounded to p's dtype: no difference of large sums follows
+    count = _slot_counts(keys, spread, num_keys, p.dtype).reshape(groups, id_space, 2)[:, 1:]
     sums = _CellSums.apply(p, y, slot, keys, spread, num_keys).reshape(groups, id_space, 2, 2)[:, 1:]
     slot_p, slot_log_q = sums.unbind(-1)  # (B * classes, cells, y); cell id 0 is no cell
     size, sum_y, tp, sum_p = count.sum(-1), count[..., 1], slot_p[..., 1], slot_p.sum(-1)
     dice = 1 - (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(EPS)
     cell_losses = dice - slot_log_q.sum(-1) / size.clamp_min(1)
-    class_mean, class_has = mean_over_present(cell_losses.to(p.dtype), size > 0, dim=1)
+    class_mean, class_has = mean_over_present(cell_losses, size > 0, dim=1)
     per_sample, sample_has = mean_over_present(class_mean.reshape(batch, num_classes),
                                                class_has.reshape(batch, num_classes), dim=1)
     if empty_samples == "skip":
@@ -164,9 +164,9 @@ def _slot_counts(keys: torch.Tensor, spread: int, num_keys: int, dtype: torch.dt
 
 class _CellSums(torch.autograd.Function):
     r"""Per slot (cell and :math:`y`, :func:`_cell_keys`) the sums of :math:`p` and :math:`\log \max(q, 10^{-7})`,
-    :math:`q = p` where :math:`y = 1`, :math:`1 - p` where :math:`y = 0`: a (num_keys, 2) table in
-    :func:`~._common.accumulation_dtype` from two ``index_add`` passes over the voxels into sub-slots
-    (:func:`~._common.segment_sums`; ``keys`` spread ``slot`` by position).
+    :math:`q = p` where :math:`y = 1`, :math:`1 - p` where :math:`y = 0`: a (num_keys, 2) table from two
+    ``index_add`` passes over the voxels into sub-slots accumulated in :func:`~._common.accumulation_dtype`
+    (:func:`~._common.segment_sums`; ``keys`` spread ``slot`` by position), returned in p's dtype.
 
     Backward in one pass: :math:`\partial/\partial p_v = G_p[k_v] + s_v G_{\log}[k_v] / q_v` with :math:`s_v = +1`
     where :math:`y = 1` and :math:`-1` where :math:`y = 0` (folded into the per-slot gradients: a slot's parity is
@@ -179,13 +179,13 @@ class _CellSums(torch.autograd.Function):
         sum_p = segment_sums(keys, spread, num_keys, p)
         sum_log_q = segment_sums(keys, spread, num_keys, q.clamp_min(EPS).log_())
         ctx.save_for_backward(q, slot)
-        return torch.stack((sum_p, sum_log_q), -1)
+        return torch.stack((sum_p, sum_log_q), -1).to(p.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         q, slot = ctx.saved_tensors
         sign = grad.new_tensor([[1.0, -1.0], [1.0, 1.0]]).repeat(grad.shape[0] // 2, 1)  # slot parity = y
-        per_voxel = (grad * sign).to(q.dtype).index_select(0, slot.reshape(-1))
+        per_voxel = (grad * sign).index_select(0, slot.reshape(-1))
         inverse = q.reciprocal().masked_fill_(q < EPS, 0)
         return torch.addcmul(per_voxel[:, 0].reshape(q.shape), per_voxel[:, 1].reshape(q.shape), inverse), \
             None, None, None, None, None
