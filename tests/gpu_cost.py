@@ -57,11 +57,15 @@ def addressed_bytes(t: torch.Tensor) -> int:
     return numel * t.element_size()
 
 
-def _largest_pile(keys: torch.Tensor) -> int:
-    keys = keys.reshape(-1).long()
+def _largest_pile(keys: torch.Tensor) -> tuple[int, int]:
+    """(largest number of equal keys, number of keys)."""
+    keys = keys.reshape(-1).long().cpu()
     if keys.numel() == 0:
-        return 0
-    return int(torch.unique(keys, return_counts=True)[1].max())
+        return 0, 0
+    low, high = keys.aminmax()
+    if high - low < 1 << 27:
+        return int(torch.bincount(keys - low).max()), keys.numel()
+    return int(torch.unique(keys, return_counts=True)[1].max()), keys.numel()
 
 
 def _scatter_slots(self_shape, dim: int, index: torch.Tensor) -> torch.Tensor:
@@ -75,14 +79,15 @@ def _scatter_slots(self_shape, dim: int, index: torch.Tensor) -> torch.Tensor:
     return slot
 
 
-def _pile(name: str, args: tuple, kwargs: dict) -> int | None:
-    """Largest number of entries one accumulating call adds into one destination slot (None: not accumulating)."""
+def _pile(name: str, args: tuple, kwargs: dict) -> tuple[int, int] | None:
+    """(largest number of entries one accumulating call adds into one destination slot, entries); None where the
+    call does not accumulate."""
     def arg(i, key, default=None):
         return args[i] if len(args) > i else kwargs.get(key, default)
 
     if name in ("index_add", "index_add_"):
         # entry i adds a whole slice of the source into slice index[i]: every slot of a slice gets the same pile
-        return _largest_pile(arg(2, "index").cpu())
+        return _largest_pile(arg(2, "index"))
     if name in ("scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_"):
         return _largest_pile(_scatter_slots(arg(0, "self").shape, arg(1, "dim"), arg(2, "index")))
     if name in ("index_put", "index_put_", "_index_put_impl_"):
@@ -98,9 +103,9 @@ def _pile(name: str, args: tuple, kwargs: dict) -> int | None:
             slot = index.long().cpu() if slot is None else slot * target.shape[axis] + index.long().cpu()
         return None if slot is None else _largest_pile(slot)
     if name in ("put", "put_"):
-        return _largest_pile(arg(1, "index").cpu()) if arg(3, "accumulate", False) else None
+        return _largest_pile(arg(1, "index")) if arg(3, "accumulate", False) else None
     if name == "bincount":
-        return _largest_pile(arg(0, "self").cpu())
+        return _largest_pile(arg(0, "self"))
     return None
 
 
@@ -126,18 +131,8 @@ class _CostMode(TorchDispatchMode):
         if name in ACCUMULATING_OPS:
             pile = _pile(name, args, kwargs)
             if pile is not None:
-                c.piles.append((name, pile, _entries(name, args, kwargs)))
+                c.piles.append((name, *pile))
         return out
-
-
-def _entries(name: str, args: tuple, kwargs: dict) -> int:
-    index = args[2] if name.startswith("index_add") else args[0] if name == "bincount" else \
-        args[1] if name.startswith("put") else None
-    if name.startswith(("scatter",)):
-        index = args[2]
-    if name.endswith(("index_put", "index_put_", "_index_put_impl_")):
-        index = next((i for i in args[1] if i is not None), None)
-    return 0 if index is None else index.numel()
 
 
 class GpuCostCounter:
@@ -169,8 +164,9 @@ NUM_SCALES = 5
 
 
 def lesion_batch(classes: int, size: int, batch: int = 2, lesions: int = 20, seed: int = 0):
-    """(target, instances) int16 (B, 1, S, S, S): per sample one large ball (radius 0.3 S, class 1, instance 1)
-    and ``lesions`` small boxes of 2 to 4 voxels a side, classes drawn from 1..C-1, each its own instance."""
+    """(target, instances) int16 (B, 1, S, S, S): per sample one large ball (radius 0.3 S, centred at
+    (0.35 S, 0.35 S, 0.35 S), class 1, instance 1) and ``lesions`` small boxes of 2 to 4 voxels a side towards the
+    far corner, classes drawn from 1..C-1, each its own instance."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -178,8 +174,7 @@ def lesion_batch(classes: int, size: int, batch: int = 2, lesions: int = 20, see
     target = np.zeros((batch, 1, size, size, size), dtype=np.int16)
     instances = np.zeros_like(target)
     for b in range(batch):
-        centre = size * 0.35
-        ball = ((grid - centre) ** 2).sum(0) <= (0.3 * size) ** 2
+        ball = ((grid - 0.35 * size) ** 2).sum(0) <= (0.3 * size) ** 2
         target[b, 0][ball], instances[b, 0][ball] = 1, 1
         for n in range(2, lesions + 2):
             lo = rng.integers(int(size * 0.7), size - 4, size=3)
