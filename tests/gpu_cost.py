@@ -3,16 +3,16 @@
 Three machine-independent numbers, seen by a ``TorchDispatchMode`` (every aten op that reaches a kernel):
 
 * ``kernels``: aten ops dispatched, leaving out views and metadata-only ops, which launch no kernel: every op
-  whose schema says it returns a view of an input (``OpOverload.is_view``: ``view``, ``_unsafe_view``,
-  ``expand``, ``as_strided``, ``slice``, ``select``, ``unsqueeze``, ``squeeze``, ``permute``, ``transpose``,
-  ``alias``, ``unbind``, ``split``, ...) and :data:`METADATA_OPS` (``detach``, ``_unsafe_view``, dtype queries, allocations
-  without a fill such as ``empty``/``empty_strided``/``empty_like``, ``lift_fresh``, size and stride queries). Each
-  other op counts as one kernel launch (a fused op is one kernel, a composite op that decomposes shows its parts).
+  whose schema says it returns a view of an input (``OpOverload.is_view``: ``view``, ``expand``, ``as_strided``,
+  ``slice``, ``select``, ``unsqueeze``, ``squeeze``, ``permute``, ``transpose``, ``alias``, ``unbind``, ``split``,
+  ...) and :data:`METADATA_OPS` (``detach``, ``_unsafe_view``, dtype queries, allocations without a fill such as
+  ``empty``/``empty_strided``/``empty_like``, ``lift_fresh``, size and stride queries). Each other op counts as
+  one kernel launch (a fused op is one kernel, a composite op that decomposes shows its parts).
 * ``bytes``: for each counted op, the bytes of every tensor it reads (its tensor inputs) plus every tensor it
   writes (its tensor outputs); a tensor's bytes are those of the memory it addresses (a broadcast input, stride 0,
   counts once along the broadcast axis). An in-place op counts its destination as read and written; the
-  :data:`FACTORY_OPS` (``new_zeros``, ``zeros_like``, ...) read nothing, their tensor argument only gives a shape. This is the
-  memory traffic an eager GPU pays when every kernel streams its operands once.
+  :data:`FACTORY_OPS` (``new_zeros``, ``zeros_like``, ...) read nothing, their tensor argument only gives a
+  shape. This is the memory traffic an eager GPU pays when every kernel streams its operands once.
 * ``pile``: for every accumulating scatter (``index_add``, ``scatter_add``, ``scatter_reduce``,
   ``index_put``/``_index_put_impl_`` with ``accumulate=True``, ``put_`` with ``accumulate=True``,
   ``bincount``), the histogram of the destination slots its entries land in (from the index tensor, with the

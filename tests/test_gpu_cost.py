@@ -6,8 +6,8 @@ trainers' loader delivers them), forward and backward, on the accelerator's path
 stock nnU-Net's ``DC_and_CE_loss`` counted in the same test. Budgets (counting is machine-independent, so they are
 exact): no accumulating scatter adds more than :data:`MAX_PILE` entries into one slot (a GPU serialises atomic
 additions into one address; one slot per instance, cell or group without sub-slots piles 100,063 (blob),
-1,568,152 (TopK-Dice group sizes) and 634,155 (CC-DiceCE) entries here); bytes read and written and eager kernels at most
-the multiples of stock's given in :data:`BYTES_BUDGET` and :data:`KERNEL_BUDGET`.
+1,568,152 (TopK-Dice group sizes) and 634,155 (CC-DiceCE) entries here); bytes read and written and eager kernels
+at most the multiples of stock's given in :data:`BYTES_BUDGET` and :data:`KERNEL_BUDGET`.
 
 The targets are 2x stock's bytes (2.5x for TopK-Dice, which sorts) and 3x its kernels. TopK-Dice meets both. The
 blob and CC-DiceCE terms do not yet: their segment-sum tables have a row of 32768 slots (every id an int16 map can

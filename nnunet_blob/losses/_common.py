@@ -151,9 +151,10 @@ ID_SPACE = {torch.bool: 2, torch.uint8: 256, torch.int8: 128, torch.int16: 32768
 
 def numbered_ids(ids: torch.Tensor, dtype: torch.dtype, max_id: int | None, num_groups: int,
                  name: str = "instances") -> tuple[torch.Tensor, int]:
-    """Ids for a segment-sum table (:func:`segment_sums`) and the number of id slots per group: ``max_id + 1``; else every id
-    ``dtype`` can hold (uint8, int16: nothing is read from the device); else the largest id present + 1, read from
-    the data (one wait for the device), with very sparse ids first numbered densely (``unique``, 0 stays 0)."""
+    """Ids for a segment-sum table (:func:`segment_sums`) and the number of id slots per group: ``max_id + 1``;
+    else every id ``dtype`` can hold (uint8, int16: nothing is read from the device); else the largest id present
+    + 1, read from the data (one wait for the device), with very sparse ids first numbered densely (``unique``, 0
+    stays 0)."""
     if max_id is not None:
         require((ids <= max_id).all(), f"{name} hold ids above the given maximum {max_id}")
         return ids, int(max_id) + 1

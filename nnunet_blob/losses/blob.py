@@ -20,12 +20,15 @@ With :math:`T_f` the sum of f(p^c) over all (unmasked) voxels, :math:`L_f` the s
 :math:`T_f - L_f` (masking) or :math:`T_f - I_f` (``masking=False``, supplement 6.4: the other instances stay in
 the domain as negatives; BCE takes the sum over the voxels not labelled c directly, as its gradients 1/(1 - p)
 would cancel in float32). :math:`T_f` is a dense reduction in float32 blocks added in float64
-(:func:`~._common.dense_sum`) and all :math:`I_f` and :math:`L_f` come from one segment sum (``index_add``,
-accumulated in float64) into a table
+(:func:`~._common.dense_sum`) and all :math:`I_f` and :math:`L_f` come from segment sums (``index_add``,
+accumulated in float64; voxel counts in int32) into a table
 with a slot per (sample, class, id) over the id range (256 for uint8 ids, 32768 for the loader's int16 ids), so
 the cost does not depend on the number of instances, there is no Python loop over instances or classes, and
-nothing waits for the device (no host synchronisation on an accelerator). Then TP = :math:`I_p`, FP = rest sum of
-p, FN = :math:`G_n - I_p`.
+nothing waits for the device (no host synchronisation on an accelerator). On an accelerator every voxel is an entry
+(of its own class's channel; background and masked voxels add to the background channel's rows, which no term
+reads), and each slot is spread over sub-slots by voxel position (:func:`~._common.spread_keys`) so that no
+address collects more than :data:`~._common.MAX_PILE` atomic additions. Then TP = :math:`I_p`, FP = rest sum of
+p, FN = :math:`G_n - I_p`; the per-instance arithmetic after the float64 sums and differences runs in float32.
 
 Instances are read where the target has a foreground class: a voxel's instance belongs to the class its target
 label says (an id spanning two classes counts as one instance per class); ids on background voxels and id 0 are
