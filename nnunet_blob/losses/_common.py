@@ -7,6 +7,7 @@ term, that term keeps nnU-Net's convention. The two differ by a constant, which 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import torch
@@ -80,6 +81,49 @@ def accumulation_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.float32 if tensor.device.type == "mps" and tensor.dtype != torch.float64 else torch.float64
 
 
+#: most entries an accumulating scatter (``index_add``) may add into one slot on an accelerator: atomic additions
+#: into one address serialise, so a slot that collects millions of voxels costs milliseconds
+MAX_PILE = 1 << 16
+
+
+def spread_factor(entries_per_slot: int, tensor: torch.Tensor) -> int:
+    """Sub-slots per slot of a segment-sum table so that at most :data:`MAX_PILE` of ``entries_per_slot`` entries
+    land in one address (a power of two; see :func:`spread_keys`). 1 where the host path runs
+    (:func:`host_reads_are_free`: a CPU adds one entry after the other anyway)."""
+    if host_reads_are_free(tensor) or entries_per_slot <= MAX_PILE:
+        return 1
+    return 1 << math.ceil(math.log2(entries_per_slot / MAX_PILE))
+
+
+def slot_dtype(num_slots: int) -> torch.dtype:
+    """int32 slot keys where the table fits (half the bytes of int64 to read), else int64."""
+    return torch.int32 if num_slots < 2 ** 31 else torch.int64
+
+
+def spread_keys(slot: torch.Tensor, spread: int) -> torch.Tensor:
+    """``slot * spread + (i % spread)`` with i the position along the last axis: the entries of one slot go to
+    ``spread`` sub-slots in turn, so a slot of n entries gets n / spread additions per address. Add the sub-slots up
+    with :func:`spread_sum`."""
+    if spread == 1:
+        return slot
+    phase = torch.arange(slot.shape[-1], device=slot.device, dtype=slot.dtype).bitwise_and_(spread - 1)
+    return torch.add(phase, slot, alpha=spread)
+
+
+def spread_sum(table: torch.Tensor, spread: int) -> torch.Tensor:
+    """(S * spread, ...) table of sub-slots -> (S, ...) sums (see :func:`spread_keys`)."""
+    return table if spread == 1 else table.reshape(-1, spread, *table.shape[1:]).sum(1)
+
+
+def segment_sums(keys: torch.Tensor, spread: int, num_slots: int, source: torch.Tensor) -> torch.Tensor:
+    """(num_slots,) sums of ``source`` over the entries of each slot, in :func:`accumulation_dtype` (int32 stays
+    int32): ``index_add`` of the flattened ``source`` into ``num_slots * spread`` sub-slots (flat ``keys`` from
+    :func:`spread_keys`), then added up."""
+    dtype = source.dtype if source.dtype == torch.int32 else accumulation_dtype(source)
+    table = source.new_zeros(num_slots * spread, dtype=dtype).index_add_(0, keys, source.to(dtype).reshape(-1))
+    return spread_sum(table, spread)
+
+
 #: voxels per float32 partial sum in :func:`dense_sum`
 DENSE_SUM_BLOCK = 4096
 
@@ -101,35 +145,16 @@ def dense_sum(x: torch.Tensor) -> torch.Tensor:
     return total + x[..., blocks * DENSE_SUM_BLOCK:].sum(-1).to(accumulate)
 
 
-def segment_table(columns: list[torch.Tensor], group: torch.Tensor, ids: torch.Tensor, active: torch.Tensor | None,
-                  position: torch.Tensor, num_groups: int, id_space: int) -> torch.Tensor:
-    """Sums of each column over the entries of every (group, id): one ``index_add`` into a dense table.
-
-    ``columns`` are (M,) values per entry; entry e adds to slot ``group[e] * id_space + ids[e]``. Entries with
-    ``active`` False (None: all are active) go to a spare row, spread over its slots by ``position`` so that no
-    single slot collects them all (atomic adds on one address serialise on a GPU). Returns (G, id_space, k) in
-    :func:`accumulation_dtype`. The
-    cost is one pass over the entries plus the table, whatever the number of distinct ids; nothing waits for the
-    device.
-    """
-    slot = group * id_space + ids
-    if active is not None:
-        slot = torch.where(active, slot, num_groups * id_space + position.remainder(id_space))
-    values = torch.stack(columns, 1)
-    values = values.to(accumulation_dtype(values))
-    table = values.new_zeros((num_groups + 1) * id_space, len(columns)).index_add(0, slot, values)
-    return table.reshape(num_groups + 1, id_space, len(columns))[:num_groups]
-
-
 #: id slots of a segment-sum table per group for each id dtype: every id the dtype can hold
 ID_SPACE = {torch.bool: 2, torch.uint8: 256, torch.int8: 128, torch.int16: 32768}
 
 
 def numbered_ids(ids: torch.Tensor, dtype: torch.dtype, max_id: int | None, num_groups: int,
                  name: str = "instances") -> tuple[torch.Tensor, int]:
-    """Ids (int64) for :func:`segment_table` and the number of id slots per group: ``max_id + 1``; else every id
-    ``dtype`` can hold (uint8, int16: nothing is read from the device); else the largest id present + 1, read from
-    the data (one wait for the device), with very sparse ids first numbered densely (``unique``, 0 stays 0)."""
+    """Ids for a segment-sum table (:func:`segment_sums`) and the number of id slots per group: ``max_id + 1``;
+    else every id ``dtype`` can hold (uint8, int16: nothing is read from the device); else the largest id present
+    + 1, read from the data (one wait for the device), with very sparse ids first numbered densely (``unique``, 0
+    stays 0)."""
     if max_id is not None:
         require((ids <= max_id).all(), f"{name} hold ids above the given maximum {max_id}")
         return ids, int(max_id) + 1

@@ -20,12 +20,15 @@ With :math:`T_f` the sum of f(p^c) over all (unmasked) voxels, :math:`L_f` the s
 :math:`T_f - L_f` (masking) or :math:`T_f - I_f` (``masking=False``, supplement 6.4: the other instances stay in
 the domain as negatives; BCE takes the sum over the voxels not labelled c directly, as its gradients 1/(1 - p)
 would cancel in float32). :math:`T_f` is a dense reduction in float32 blocks added in float64
-(:func:`~._common.dense_sum`) and all :math:`I_f` and :math:`L_f` come from one segment sum (``index_add``,
-accumulated in float64) into a table
+(:func:`~._common.dense_sum`) and all :math:`I_f` and :math:`L_f` come from segment sums (``index_add``,
+accumulated in float64; voxel counts in int32) into a table
 with a slot per (sample, class, id) over the id range (256 for uint8 ids, 32768 for the loader's int16 ids), so
 the cost does not depend on the number of instances, there is no Python loop over instances or classes, and
-nothing waits for the device (no host synchronisation on an accelerator). Then TP = :math:`I_p`, FP = rest sum of
-p, FN = :math:`G_n - I_p`.
+nothing waits for the device (no host synchronisation on an accelerator). On an accelerator every voxel is an entry
+(of its own class's channel; background and masked voxels add to the background channel's rows, which no term
+reads), and each slot is spread over sub-slots by voxel position (:func:`~._common.spread_keys`) so that no
+address collects more than :data:`~._common.MAX_PILE` atomic additions. Then TP = :math:`I_p`, FP = rest sum of
+p, FN = :math:`G_n - I_p`; the per-instance arithmetic after the float64 sums and differences runs in float32.
 
 Instances are read where the target has a foreground class: a voxel's instance belongs to the class its target
 label says (an id spanning two classes counts as one instance per class); ids on background voxels and id 0 are
@@ -34,6 +37,7 @@ instance nor background.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,11 +53,15 @@ from nnunet_blob.losses._common import (
     dense_sum,
     entry_positions,
     float32_math,
+    host_reads_are_free,
     mean_over_present,
     mean_over_samples,
     numbered_ids,
-    segment_table,
+    segment_sums,
+    slot_dtype,
     soft_dice_score,
+    spread_factor,
+    spread_keys,
     tversky_score,
 )
 
@@ -138,32 +146,32 @@ def blob_loss_per_sample(probs: torch.Tensor, target: torch.Tensor, instances: t
     """
     if inner not in INNER_LOSSES:
         raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
-    entries = (_region_entries if regions else _label_entries)(probs, target, instances, loss_mask)
-    ids, id_space = numbered_ids(entries.ids, instances.dtype, max_id, entries.num_groups)
-    return _blob_from_entries(entries, ids, id_space, inner=inner, **options)
+    entries = (_region_entries if regions else _label_entries)(probs, target, instances, loss_mask, max_id)
+    return _blob_from_entries(entries, inner=inner, **options)
 
 
 @dataclass
 class _Entries:
-    """The (sample, channel, voxel) entries a blob term reads, as flat (M,) arrays.
+    """The (sample, channel, voxel) entries a blob term reads, and where each one adds up.
 
-    ``p`` is (B, K, N) and ``valid`` (B, 1, N) or None. Entry e reads ``p.reshape(-1)[position[e]]``, belongs to
-    group ``group[e]`` = sample * K + channel and has instance id ``ids[e]``; ``labelled[e]`` says whether the voxel
-    carries the channel's class (None: all entries do, the others were dropped, see
-    :func:`~._common.entry_positions`).
+    ``p`` is (B, K, N) and ``valid`` (B, 1, N) or None. Entry e adds to slot ``slot[e]`` of a segment-sum table
+    with ``id_space`` slots per group (group = sample * K + channel, slot = group * id_space + instance id); entries
+    that carry no label add to rows no term reads (the background channel's rows, or a spare row after the
+    groups). ``keys`` spread the slots over ``spread`` sub-slots by position (:func:`~._common.spread_keys`).
+    ``values()`` gives the sum of p over the unmasked voxels per (sample, channel) (float64) and p at each entry,
+    both differentiable. Channels below ``first`` have no term (softmax: the background).
     """
 
     p: torch.Tensor
     valid: torch.Tensor | None
-    position: torch.Tensor
-    group: torch.Tensor
-    ids: torch.Tensor
-    labelled: torch.Tensor | None
+    slot: torch.Tensor
+    keys: torch.Tensor
+    spread: int
+    num_slots: int
+    id_space: int
+    first: int
+    values: Callable[[], tuple[torch.Tensor, torch.Tensor]]
     target: torch.Tensor  # (B, 1, N) integer class labels (softmax form) or (B, K, N) bool region masks (sigmoid)
-
-    @property
-    def num_groups(self) -> int:
-        return self.p.shape[0] * self.p.shape[1]
 
     def unlabelled(self) -> torch.Tensor:
         """(B, K, N) bool: the voxel does not carry the channel's class (is outside the region)."""
@@ -173,35 +181,47 @@ class _Entries:
         return self.target != channels
 
 
-def _label_entries(probs, target, instances, loss_mask) -> _Entries:
+def _label_entries(probs, target, instances, loss_mask, max_id) -> _Entries:
     """Softmax form: every voxel is an entry of the channel of its target class; labelled where that is > 0."""
     check_probs(probs, min_channels=2)
     batch, num_classes = probs.shape[:2]
-    target = as_label_map("target", target, probs)
+    target = as_label_map("target", target, probs, to_long=False)
     instances = as_label_map("instances", instances, probs, to_long=False)
     valid = as_mask(loss_mask, probs)
     check_label_range(target, num_classes, valid)
     check_nonnegative_ids(instances, "instances must be >= 0 (0 = no instance)")
 
-    t = target.reshape(batch, -1)
-    num_voxels = t.shape[1]
-    labelled = t > 0 if valid is None else (t > 0) & valid.reshape(batch, -1)
-    ids = instances.reshape(-1)
-    keep = entry_positions(labelled)
-    if keep is None:
-        voxel, flags = torch.arange(batch * num_voxels, device=t.device), labelled.reshape(-1)
-        sample, channel = voxel.div(num_voxels, rounding_mode="floor"), torch.where(flags, t.reshape(-1), 0)
-    else:
-        voxel, ids = keep, ids[keep]
-        sample, channel, flags = keep.div(num_voxels, rounding_mode="floor"), t.reshape(-1)[keep], None
-    group = sample * num_classes + channel
-    position = group * num_voxels + voxel.remainder(num_voxels)
+    p = probs.reshape(batch, num_classes, -1)
+    t = target.reshape(batch, 1, -1)
+    num_voxels = t.shape[2]
     valid = None if valid is None else valid.reshape(batch, 1, -1)
-    return _Entries(probs.reshape(batch, num_classes, -1), valid, position, group, ids.long(), flags,
-                    t.reshape(batch, 1, -1))
+    ids, id_space = numbered_ids(instances.reshape(-1), instances.dtype, max_id, batch * num_classes)
+    num_slots = batch * num_classes * id_space
+    keep = entry_positions(t > 0 if valid is None else (t > 0) & valid) if host_reads_are_free(t) else None
+    if keep is None:  # every voxel: unlabelled or masked ones count for the background channel, which has no term
+        spread = spread_factor(num_voxels, p)  # a slot holds voxels of one sample
+        dtype = slot_dtype(num_slots * spread)
+        if t.is_floating_point() or torch.promote_types(t.dtype, dtype) != dtype:
+            t = t.to(dtype)
+        if valid is not None:
+            t = torch.where(valid, t, 0)
+        ids = ids.reshape(t.shape)
+        if torch.promote_types(ids.dtype, dtype) != dtype:
+            ids = ids.to(dtype)
+        samples = torch.arange(0, num_slots, num_classes * id_space, device=p.device, dtype=dtype)
+        slot = torch.add(samples.reshape(batch, 1, 1), t, alpha=id_space).add_(ids)
+        return _Entries(p, valid, slot, spread_keys(slot, spread).reshape(-1), spread, num_slots, id_space, 1,
+                        lambda: _TotalsAndClassEntries.apply(p, t, valid), t)
+    sample = keep.div(num_voxels, rounding_mode="floor")
+    channel = t.reshape(-1)[keep].long()
+    group = sample * num_classes + channel
+    position = group * num_voxels + keep.remainder(num_voxels)
+    slot = group * id_space + ids[keep]
+    return _Entries(p, valid, slot, slot, 1, num_slots, id_space, 1,
+                    lambda: _TotalsAndEntries.apply(p, valid, position), t)
 
 
-def _region_entries(probs, target, instances, loss_mask) -> _Entries:
+def _region_entries(probs, target, instances, loss_mask, max_id) -> _Entries:
     """Sigmoid form: every (sample, region, voxel) is an entry; labelled where the voxel is inside the region."""
     check_probs(probs, min_channels=1)
     batch, num_regions = probs.shape[:2]
@@ -215,19 +235,26 @@ def _region_entries(probs, target, instances, loss_mask) -> _Entries:
     inside = target.reshape(p.shape) != 0
     if valid is not None:
         inside = inside & valid
-    ids = instances.reshape(-1)
+    num_groups = batch * num_regions
+    ids, id_space = numbered_ids(instances.reshape(-1), instances.dtype, max_id, num_groups)
+    num_slots = (num_groups + 1) * id_space  # a spare row for the entries outside the regions
     keep = entry_positions(inside)
     if keep is None:
-        position, flags = torch.arange(inside.numel(), device=p.device), inside.reshape(-1)
+        position = torch.arange(inside.numel(), device=p.device)
+        slot = position.div(p.shape[2], rounding_mode="floor") * id_space + ids.long()
+        # outside the regions: the spare row, spread over its slots so that no single slot collects them all
+        slot = torch.where(inside.reshape(-1), slot, num_groups * id_space + position.remainder(id_space))
+        spread = spread_factor(p.shape[2], p)
+        keys = spread_keys(slot.reshape(p.shape), spread).reshape(-1)
     else:
-        position, ids, flags = keep, ids[keep], None
-    return _Entries(p, valid, position, position.div(p.shape[2], rounding_mode="floor"), ids.long(), flags, inside)
+        position, spread = keep, 1
+        slot = keys = position.div(p.shape[2], rounding_mode="floor") * id_space + ids[keep].long()
+    return _Entries(p, valid, slot, keys, spread, num_slots, id_space, 0,
+                    lambda: _TotalsAndEntries.apply(p, valid, position), inside)
 
 
 def _blob_from_entries(
     e: _Entries,
-    ids: torch.Tensor,
-    id_space: int,
     *,
     inner: str,
     smooth: float = 1e-5,
@@ -236,55 +263,114 @@ def _blob_from_entries(
     squared: bool = False,
     masking: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blob term of every instance from one segment sum over the entries (see the module docstring).
+    """Blob term of every instance from segment sums over the entries (see the module docstring).
 
     Slot ``group * id_space + id`` of the table collects the entries of instance ``id`` of a group (id 0: labelled
-    voxels without an instance); entries that carry no label go to a spare row that is dropped.
+    voxels without an instance); the rows no term reads are dropped.
     """
     batch, channels, num_voxels = e.p.shape
-    num_groups = e.num_groups
-    total_p, x = _TotalsAndEntries.apply(e.p, e.valid, e.position)
+    first = e.first
+    terms = channels - first  # channels with a term
+    num_groups = batch * terms
+    total_p, x = e.values()
+    total_p = total_p[:, first:].reshape(num_groups)
+    p = e.p[:, first:]
+    valid = e.valid
 
     def totals(f: torch.Tensor) -> torch.Tensor:  # sum of f over every unmasked voxel, per group
-        return dense_sum(f if e.valid is None else f * e.valid).reshape(num_groups)
+        return dense_sum(f if valid is None else f * valid).reshape(num_groups)
 
-    columns: list[torch.Tensor] = [torch.ones_like(x)]  # per slot: voxel count, then the sums the inner loss needs
+    # per slot: voxel count, then the sums the inner loss needs
+    one = torch.ones(1, device=x.device, dtype=torch.int32)
+    count = segment_sums(e.keys, e.spread, e.num_slots, one.expand(e.keys.numel()))
     if inner == "bce":
-        columns += [clamped_log(x), clamped_log(1 - x)]
+        columns = [clamped_log(x), clamped_log(1 - x)]
     else:
-        columns += [x, x * x] if squared else [x]
-    table = segment_table(columns, e.group, ids, e.labelled, e.position, num_groups, id_space)
-    labelled_sums = table.sum(1)  # (G, k): sums over the voxels labelled with each group's class
-    instance_sums = table[:, 1:]  # (G, S - 1, k): sums over each instance
-    size = instance_sums[..., 0]
+        columns = [x, x * x] if squared else [x]
+    sums = _SegmentSums.apply(e.slot, e.keys, e.spread, e.num_slots, *columns)
+
+    def per_group(table: torch.Tensor) -> torch.Tensor:  # (G, S, ...) without the rows no term reads
+        rows = table[:batch * channels * e.id_space].reshape(batch, channels, e.id_space, *table.shape[1:])
+        return rows[:, first:].reshape(num_groups, e.id_space, *table.shape[1:])
+
+    # differences of large sums in float64; then the per-instance arithmetic in p's dtype
+    dtype = e.p.dtype
+    count = per_group(count)
+    sums = per_group(sums)
+    labelled_sums = sums.sum(1)  # (G, k): sums over the voxels labelled with each group's class
+    instance_sums = sums[:, 1:].to(dtype)  # (G, S - 1, k): sums over each instance
+    size = count[:, 1:].to(dtype)
 
     def rest(total: torch.Tensor, column: int) -> torch.Tensor:
-        """Sum over each instance's domain without the instance itself."""
-        if masking:
-            return (total - labelled_sums[:, column]).unsqueeze(1)
-        return total.unsqueeze(1) - instance_sums[..., column]
+        """Sum over each instance's domain without the instance itself (column -1: the voxel count)."""
+        if column < 0:
+            part = count.sum(1, keepdim=True) if masking else count[:, 1:]
+        else:
+            part = labelled_sums[:, column].unsqueeze(1) if masking else sums[:, 1:, column]
+        return (total.unsqueeze(1) - part).to(dtype)
 
     if inner == "bce":  # -(sum of log p over the instance + sum of log(1 - p) over the rest) / |domain|
-        voxels = total_p.new_full((batch, 1), num_voxels) if e.valid is None \
-            else e.valid.sum(-1).to(total_p.dtype)
-        domain_size = size + rest(voxels.expand(batch, channels).reshape(num_groups), 0)
+        voxels = total_p.new_full((batch, 1), num_voxels) if valid is None \
+            else valid.sum(-1).to(total_p.dtype)
+        domain_size = size + rest(voxels.expand(batch, terms).reshape(num_groups), -1)
         # the sum over the unlabelled voxels is taken directly: as a total minus the labelled voxels' sum, the
         # gradients of both (1 / (1 - p), large where p -> 1) would cancel in float32 on the labelled voxels
-        unlabelled_log = totals(clamped_log(1 - e.p) * e.unlabelled())
-        neg_log = unlabelled_log.unsqueeze(1) if masking \
-            else (unlabelled_log + labelled_sums[:, 2]).unsqueeze(1) - instance_sums[..., 2]
-        losses = -(instance_sums[..., 1] + neg_log) / domain_size.clamp_min(1)
+        unlabelled_log = totals(clamped_log(1 - p) * e.unlabelled()[:, first:])
+        neg_log = unlabelled_log.unsqueeze(1).to(dtype) if masking \
+            else ((unlabelled_log + labelled_sums[:, 1]).unsqueeze(1) - sums[:, 1:, 1]).to(dtype)
+        losses = -(instance_sums[..., 0] + neg_log) / domain_size.clamp_min(1)
     else:
-        tp = instance_sums[..., 1]
-        fp = rest(total_p.reshape(num_groups), 1)
+        tp = instance_sums[..., 0]
+        fp = rest(total_p, 0)
         if inner == "tversky":
             losses = 1 - tversky_score(tp, fp, size - tp, tversky_alpha, tversky_beta, smooth)
         elif squared:
-            sum_sq = instance_sums[..., 2] + rest(totals(e.p * e.p), 2)
+            sum_sq = instance_sums[..., 1] + rest(totals(p * p), 1)
             losses = 1 - soft_dice_score(tp, size, sum_sq, smooth)
         else:
             losses = 1 - soft_dice_score(tp, size, tp + fp, smooth)
-    return _mean_over_instances_and_classes(losses.to(e.p.dtype), size > 0, batch, channels)
+    return _mean_over_instances_and_classes(losses, size > 0, batch, terms)
+
+
+class _SegmentSums(torch.autograd.Function):
+    """(num_slots, k) sums of k columns (M,) over the entries of each slot (:func:`~._common.segment_sums`, float64),
+    from ``keys`` spread over sub-slots. Backward: each entry gets its slot's gradient, one ``index_select`` by
+    ``slot`` for all columns."""
+
+    @staticmethod
+    def forward(ctx, slot, keys, spread, num_slots, *columns):
+        ctx.save_for_backward(slot)
+        ctx.dtype = columns[0].dtype
+        return torch.stack([segment_sums(keys, spread, num_slots, c) for c in columns], 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (slot,) = ctx.saved_tensors
+        per_entry = grad.to(ctx.dtype).index_select(0, slot.reshape(-1))
+        return (None, None, None, None, *per_entry.unbind(1))
+
+
+class _TotalsAndClassEntries(torch.autograd.Function):
+    """Softmax form, every voxel an entry: (sum of p over the unmasked voxels per (sample, channel),
+    :func:`~._common.dense_sum`; p of each voxel's own class, ``t`` (B, 1, N)).
+
+    Backward: the broadcast total gradient plus each voxel's entry gradient in its class's channel (one
+    ``scatter_add`` with one entry per address)."""
+
+    @staticmethod
+    def forward(ctx, p, t, valid):
+        index = t.long()
+        ctx.save_for_backward(index, valid)
+        ctx.shape = p.shape
+        totals = dense_sum(p if valid is None else p * valid)
+        return totals, p.gather(1, index).reshape(-1)
+
+    @staticmethod
+    def backward(ctx, grad_totals, grad_entries):
+        index, valid = ctx.saved_tensors
+        grad = grad_totals.to(grad_entries.dtype).unsqueeze(-1).expand(ctx.shape)
+        grad = grad.clone(memory_format=torch.contiguous_format) if valid is None else grad * valid
+        return grad.scatter_add_(1, index, grad_entries.reshape(index.shape)), None, None
 
 
 class _TotalsAndEntries(torch.autograd.Function):

@@ -20,9 +20,11 @@ a sample as one region, ``1 + its mean cross-entropy``, and averages over every 
 foreground class.
 
 **Cost.** All cell sums come from three segment sums keyed by (sample, class, cell, y) over a fixed id range
-(:func:`_cell_keys`): the voxel counts (:func:`_slot_counts`) and the sums of p and log q (:class:`_CellSums`, whose
-backward is one pass over the voxels), accumulated in float64, as a cell can hold millions of voxels. No loop over
-components or classes, and nothing waits for the device.
+(:func:`_cell_keys`): the voxel counts (:func:`_slot_counts`, int32) and the sums of p and log q (:class:`_CellSums`,
+whose backward is one pass over the voxels), accumulated in float64, as a cell can hold millions of voxels. On an
+accelerator each slot is spread over sub-slots by voxel position (:func:`~._common.spread_keys`), so that no address
+collects more than :data:`~._common.MAX_PILE` atomic additions. No loop over components or classes, and nothing
+waits for the device.
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ from typing import Literal
 import torch
 
 from nnunet_blob.losses._common import (
-    accumulation_dtype,
     as_label_map,
     as_mask,
     check_label_range,
@@ -42,6 +43,10 @@ from nnunet_blob.losses._common import (
     mean_over_present,
     mean_over_samples,
     numbered_ids,
+    segment_sums,
+    slot_dtype,
+    spread_factor,
+    spread_keys,
 )
 
 #: floor of the Dice denominator and of the probability inside the log, as in the published code
@@ -118,15 +123,18 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     ids, id_space = numbered_ids(cells.reshape(-1), cells.dtype, max_cell, groups, name="cells")
     p = probs[:, first:].reshape(batch, num_classes, -1)
     y = labels.reshape(batch, num_classes, -1)
-    key = _cell_keys(ids.reshape(y.shape), y, id_space)
     num_keys = groups * id_space * 2
-    count = _slot_counts(key, num_keys, accumulation_dtype(p)).reshape(groups, id_space, 2)[:, 1:]
-    sums = _CellSums.apply(p, y, key, num_keys).reshape(groups, id_space, 2, 2)[:, 1:]
+    slot = _cell_keys(ids.reshape(y.shape), y, id_space)
+    spread = spread_factor(y.shape[-1], p)  # a slot holds voxels of one sample
+    keys = spread_keys(slot, spread).reshape(-1)
+    # accumulated in float64, then rounded to p's dtype: no difference of large sums follows
+    count = _slot_counts(keys, spread, num_keys, p.dtype).reshape(groups, id_space, 2)[:, 1:]
+    sums = _CellSums.apply(p, y, slot, keys, spread, num_keys).reshape(groups, id_space, 2, 2)[:, 1:]
     slot_p, slot_log_q = sums.unbind(-1)  # (B * classes, cells, y); cell id 0 is no cell
     size, sum_y, tp, sum_p = count.sum(-1), count[..., 1], slot_p[..., 1], slot_p.sum(-1)
     dice = 1 - (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(EPS)
     cell_losses = dice - slot_log_q.sum(-1) / size.clamp_min(1)
-    class_mean, class_has = mean_over_present(cell_losses.to(p.dtype), size > 0, dim=1)
+    class_mean, class_has = mean_over_present(cell_losses, size > 0, dim=1)
     per_sample, sample_has = mean_over_present(class_mean.reshape(batch, num_classes),
                                                class_has.reshape(batch, num_classes), dim=1)
     if empty_samples == "skip":
@@ -139,26 +147,26 @@ def _cell_keys(ids: torch.Tensor, y: torch.Tensor, id_space: int) -> torch.Tenso
     """(B, K, N) slot of every voxel in the sums table: ``((b * K + k) * id_space + cell) * 2 + y`` (int32 where
     the table fits, as the index reads are the bulk of the cost)."""
     batch, num_classes = y.shape[:2]
-    dtype = torch.int32 if batch * num_classes * id_space * 2 < 2 ** 31 else torch.int64
+    dtype = slot_dtype(batch * num_classes * id_space * 2 * spread_factor(y.shape[-1], y))
     group = torch.arange(0, batch * num_classes * id_space * 2, id_space * 2, device=y.device, dtype=dtype)
     return torch.add(group.reshape(batch, num_classes, 1), ids, alpha=2).add_(y)
 
 
-def _slot_counts(key: torch.Tensor, num_keys: int, dtype: torch.dtype) -> torch.Tensor:
-    """Voxels per slot of the sums table (float). ``bincount`` where the host may size its output (CPU,
-    :func:`~._common.host_reads_are_free`), else one ``index_add`` of a broadcast 1 (``bincount`` on an accelerator
-    waits for the device to size its output)."""
-    flat = key.reshape(-1)
-    if host_reads_are_free(flat):
-        return torch.bincount(flat, minlength=num_keys).to(dtype)
-    one = torch.ones(1, device=flat.device, dtype=dtype)
-    return torch.zeros(num_keys, device=flat.device, dtype=dtype).index_add_(0, flat, one.expand(flat.numel()))
+def _slot_counts(keys: torch.Tensor, spread: int, num_keys: int, dtype: torch.dtype) -> torch.Tensor:
+    """Voxels per slot of the sums table (float); ``keys`` are the spread slots (:func:`~._common.spread_keys`).
+    ``bincount`` where the host may size its output (CPU, :func:`~._common.host_reads_are_free`), else one int32
+    ``index_add`` of a broadcast 1 (``bincount`` on an accelerator waits for the device to size its output)."""
+    if host_reads_are_free(keys):
+        return torch.bincount(keys, minlength=num_keys * spread).reshape(-1, spread).sum(1).to(dtype)
+    one = torch.ones(1, device=keys.device, dtype=torch.int32)
+    return segment_sums(keys, spread, num_keys, one.expand(keys.numel())).to(dtype)
 
 
 class _CellSums(torch.autograd.Function):
     r"""Per slot (cell and :math:`y`, :func:`_cell_keys`) the sums of :math:`p` and :math:`\log \max(q, 10^{-7})`,
-    :math:`q = p` where :math:`y = 1`, :math:`1 - p` where :math:`y = 0`: a (num_keys, 2) table in
-    :func:`~._common.accumulation_dtype` from two ``index_add`` passes over the voxels.
+    :math:`q = p` where :math:`y = 1`, :math:`1 - p` where :math:`y = 0`: a (num_keys, 2) table from two
+    ``index_add`` passes over the voxels into sub-slots accumulated in :func:`~._common.accumulation_dtype`
+    (:func:`~._common.segment_sums`; ``keys`` spread ``slot`` by position), returned in p's dtype.
 
     Backward in one pass: :math:`\partial/\partial p_v = G_p[k_v] + s_v G_{\log}[k_v] / q_v` with :math:`s_v = +1`
     where :math:`y = 1` and :math:`-1` where :math:`y = 0` (folded into the per-slot gradients: a slot's parity is
@@ -166,25 +174,21 @@ class _CellSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, p, y, key, num_keys):
+    def forward(ctx, p, y, slot, keys, spread, num_keys):
         q = torch.where(y, p, 1 - p)
-        flat, accumulate = key.reshape(-1), accumulation_dtype(p)
-        sum_p = p.new_zeros(num_keys, dtype=accumulate).index_add_(0, flat, p.reshape(-1).to(accumulate))
-        sum_log_q = p.new_zeros(num_keys, dtype=accumulate).index_add_(
-            0, flat, q.clamp_min(EPS).log_().reshape(-1).to(accumulate))
-        ctx.save_for_backward(q, key)
-        return torch.stack((sum_p, sum_log_q), -1)
+        sum_p = segment_sums(keys, spread, num_keys, p)
+        sum_log_q = segment_sums(keys, spread, num_keys, q.clamp_min(EPS).log_())
+        ctx.save_for_backward(q, slot)
+        return torch.stack((sum_p, sum_log_q), -1).to(p.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        q, key = ctx.saved_tensors
-        grad = grad.to(q.dtype)
-        sign = grad.new_tensor([-1.0, 1.0]).repeat(grad.shape[0] // 2)  # slot parity = y
-        flat = key.reshape(-1)
-        grad_p = grad[:, 0].index_select(0, flat).reshape(q.shape)
-        grad_log_q = (grad[:, 1] * sign).index_select(0, flat).reshape(q.shape)
+        q, slot = ctx.saved_tensors
+        sign = grad.new_tensor([[1.0, -1.0], [1.0, 1.0]]).repeat(grad.shape[0] // 2, 1)  # slot parity = y
+        per_voxel = (grad * sign).index_select(0, slot.reshape(-1))
         inverse = q.reciprocal().masked_fill_(q < EPS, 0)
-        return torch.addcmul(grad_p, grad_log_q, inverse), None, None, None
+        return torch.addcmul(per_voxel[:, 0].reshape(q.shape), per_voxel[:, 1].reshape(q.shape), inverse), \
+            None, None, None, None, None
 
 
 def _mean_cross_entropy(probs: torch.Tensor, labels: torch.Tensor, regions: bool,

@@ -16,10 +16,12 @@ scores ``s / (sum P^2 + s)``. Background voxels are never ignored. Under multi-G
 
 **Selection.** Exactly :math:`D_c` voxels are removed even with tied probabilities: the paper adds a fixed random
 perturbation for this; here, among voxels with equal probability the first ones in memory order are removed, which
-is exact and deterministic. All (sample, class) groups are selected at once: one sort of the foreground voxels by
-(probability descending, position) and a stable sort by group give each voxel its rank in its group; the
-:math:`D_c` first of each group are removed. No Python loop over classes or samples, and nothing waits for the
-device. The selection carries no gradient; removed voxels get none.
+is exact and deterministic. All (sample, class) groups are selected at once, with no Python loop over classes or
+samples and nothing waiting for the device. Where the host can list the foreground voxels (CPU), one sort of them by
+(probability descending, position) and a stable sort by group give each voxel its rank in its group; on an
+accelerator every voxel is kept: each group is a row holding p on its foreground voxels and -1 elsewhere, one stable
+descending sort of the rows ranks them, and the sums are dense reductions (no atomic additions). The :math:`D_c`
+first of each group are removed. The selection carries no gradient; removed voxels get none.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from nnunet_blob.losses._common import (
     dense_sum,
     entry_positions,
     float32_math,
+    host_reads_are_free,
     mean_over_present,
     soft_dice_score,
 )
@@ -120,11 +123,15 @@ def topk_dice_loss(
 
     p = probs.reshape(batch, num_classes, -1)
     valid = None if valid is None else valid.reshape(batch, 1, -1)
-    fg = _Foreground.of(p, target.reshape(batch, -1), valid)
-    removed = fg.removed(p.detach(), k, batch_dice)
-    tp, sum_pred, num_fg, num_removed = _KeptSums.apply(p, fg.position, fg.channel, fg.labelled, removed, valid,
-                                                        squared)
-    num_kept = num_fg - num_removed
+    labels = target.reshape(batch, -1)
+    if host_reads_are_free(labels):
+        fg = _Foreground.of(p, labels, valid)
+        removed = fg.removed(p.detach(), k, batch_dice)
+        tp, sum_pred, num_fg, num_removed = _KeptSums.apply(p, fg.position, fg.channel, fg.labelled, removed, valid,
+                                                            squared)
+        num_kept = num_fg - num_removed
+    else:
+        tp, sum_pred, num_kept = _dense_kept_sums(p, labels.unsqueeze(1), valid, k, batch_dice, squared)
     if batch_dice:  # one score per class over the whole batch
         tp, sum_pred, num_kept = tp.sum(0, keepdim=True), sum_pred.sum(0, keepdim=True), num_kept.sum(0, keepdim=True)
         if ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -135,6 +142,60 @@ def topk_dice_loss(
     per_sample, sample_has = mean_over_present(dice, num_kept > 0, dim=1)
     mean_dice, any_present = mean_over_present(per_sample, sample_has, dim=0)
     return (1 - mean_dice) * any_present  # 0, with a graph, when no class is present
+
+
+def _dense_kept_sums(p: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None, k: float, batch_dice: bool,
+                     squared: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The accelerator's path: TP, sum of p^2 (or p) and kept voxels per (sample, class >= 1), every voxel kept.
+
+    Each selection group is a row of the foreground channels (a (sample, class), or a class over the batch with
+    ``batch_dice``) holding p where the voxel carries the class and -1 elsewhere; one stable descending sort of the
+    rows orders every group at once (ties by position), and the first D of each row are removed. Then every sum is
+    a dense reduction over the rows (:func:`~._common.dense_sum`): no atomics, nothing waits for the device.
+    """
+    batch, num_classes, num_voxels = p.shape
+    classes = torch.arange(1, num_classes, device=p.device).reshape(1, -1, 1)
+    fg = labels == classes  # (B, C - 1, N)
+    if valid is not None:
+        fg = fg & valid
+    rows = torch.where(fg, p[:, 1:].detach(), -1.0)
+    num_fg = fg.sum(-1)
+    if batch_dice:
+        rows, num_fg = rows.transpose(0, 1).reshape(num_classes - 1, -1), num_fg.sum(0)
+    order = torch.sort(rows.reshape(-1, rows.shape[-1]), dim=-1, descending=True, stable=True).indices
+    first = torch.arange(order.shape[-1], device=p.device) < removed_counts(num_fg, k).reshape(-1, 1)
+    removed = torch.empty_like(first).scatter_(-1, order, first)
+    if batch_dice:
+        removed = removed.reshape(num_classes - 1, batch, num_voxels).transpose(0, 1)
+    removed = removed.reshape(fg.shape)
+    kept = fg & ~removed
+    domain = ~removed if valid is None else valid & ~removed
+    tp, sum_pred = _DenseKeptSums.apply(p, kept, domain, squared)
+    return tp, sum_pred, kept.sum(-1)
+
+
+class _DenseKeptSums(torch.autograd.Function):
+    r"""Per (sample, class >= 1): :math:`TP = \sum_{kept} p` and :math:`\sum_{domain} p^2` (or :math:`p`), dense
+    reductions in float32 blocks added in float64. Backward: ``2 p`` (or 1) times the second sum's gradient on the
+    domain plus TP's gradient on the kept voxels; 0 in the background channel."""
+
+    @staticmethod
+    def forward(ctx, p, kept, domain, squared):
+        fg_p = p[:, 1:]
+        in_domain = torch.where(domain, fg_p, 0)
+        tp = dense_sum(torch.where(kept, fg_p, 0))
+        sum_pred = dense_sum(in_domain * in_domain if squared else in_domain)
+        ctx.save_for_backward(in_domain if squared else domain, kept)
+        ctx.squared = squared
+        return tp.to(p.dtype), sum_pred.to(p.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_tp, grad_sum):
+        saved, kept = ctx.saved_tensors
+        grad_sum = grad_sum.unsqueeze(-1)
+        base = saved * (2 * grad_sum) if ctx.squared else torch.where(saved, grad_sum, 0)
+        grad = torch.where(kept, base + grad_tp.unsqueeze(-1), base)
+        return torch.nn.functional.pad(grad, (0, 0, 1, 0)), None, None, None
 
 
 def _sum_over_workers(tp: torch.Tensor, sum_pred: torch.Tensor, num_kept: torch.Tensor):
