@@ -30,8 +30,9 @@ ALLOWED = {
     "trainers": {"losses", "instances", "preprocessing", "evaluation", "io", "nnunet_internals"},
     # a dotted entry allows one module of a part: decisions reads where the data is, not the instance maps
     "decisions": {"instances", "evaluation", "io", "nnunet_internals", "preprocessing.locate"},
+    "benchmark": {"io", "trainers", "preprocessing.locate", "preprocessing.errors"},
     "demo": {"io", "synthetic", "instances", "losses", "preprocessing", "evaluation", "trainers", "nnunet_internals",
-             "decisions", "cli"},
+             "decisions", "cli", "benchmark"},
 }
 
 
