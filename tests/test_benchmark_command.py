@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
 
 import nnunet_blob
+from conftest import build_trainer, run_cli
 from nnunet_blob.synthetic import make_dataset
 
 TRAINERS = ["nnUNetTrainer", "nnUNetTrainerBlobDice"]
@@ -25,6 +25,8 @@ def dataset(preprocessed):
 
 def run_benchmark(dataset: str, results: Path, *extra, device: str = "cpu", epochs: int = 2, iterations: int = 1):
     env = {**os.environ, "nnUNet_results": str(results)}
+    if device == "cpu":  # nnU-Net's loader in the process of each run, without starting workers (another test
+        env["nnUNet_n_proc_DA"] = "0"  # stops real ones)
     output = results / "benchmark.json"
     done = run_cli("nnunet_blob", "benchmark", "-d", dataset, "-c", "3d_fullres", "-tr", "nnUNetTrainerBlobDice",
                    "--epochs", epochs, "--iterations", iterations, "-device", device, "-o", output, *extra, env=env,
@@ -57,7 +59,7 @@ def check_report(report: dict, dataset: str, epochs: int, iterations: int) -> No
             assert len(times) == epochs and all(t > 0 for t in times), times
             assert run["fastest_epoch"] == min(times)
             assert run["ratio_to_stock"] == pytest.approx(run["fastest_epoch"] / stock["fastest_epoch"], rel=1e-12)
-            assert Path(run["log"]).is_file()
+            assert Path(run["log"]).is_file() and run["benchmark_trainer"].startswith(name + "_benchmark")
 
 
 def test_benchmark_on_the_cpu_times_stock_and_blob_dice_with_and_without_data_loading(dataset, tmp_path):
@@ -84,6 +86,23 @@ def test_benchmark_on_the_cpu_times_stock_and_blob_dice_with_and_without_data_lo
             assert not list(fold.glob("*.pth")) and not (fold / "validation").exists()
 
 
+def test_without_data_loading_every_step_reuses_one_batch_of_the_trainers_own_loaders(dataset):
+    from nnunet_blob.trainers.benchmarking import nnUNetTrainerBlobDice_benchmark_noDataLoading
+
+    trainer = build_trainer(nnUNetTrainerBlobDice_benchmark_noDataLoading, dataset)
+    made = []
+    get_dataloaders = trainer.get_dataloaders
+    trainer.get_dataloaders = lambda: made.extend(get_dataloaders()) or tuple(made)
+    trainer.on_train_start()
+    assert len(made) == 2 and all(loader.initialized is False for loader in made)  # drawn from, then stopped
+    batch, val_batch = next(trainer.dataloader_train), next(trainer.dataloader_val)
+    assert next(trainer.dataloader_train) is batch and next(trainer.dataloader_val) is val_batch
+    assert val_batch is not batch
+    target = batch["target"][0]
+    assert target.shape[1] == 2 and target[:, 1].max() > 0  # the segmentation and the instance map it packed
+    assert torch.isfinite(torch.as_tensor(trainer.train_step(batch)["loss"]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_benchmark_on_cuda_reports_the_gpu_and_peak_memory(dataset, tmp_path):
     done, report = run_benchmark(dataset, tmp_path, device="cuda", epochs=2, iterations=2)
@@ -100,8 +119,8 @@ def test_benchmark_on_cuda_reports_the_gpu_and_peak_memory(dataset, tmp_path):
 
 
 def test_benchmark_refuses_an_unknown_trainer_and_names_the_known_ones():
-    done = run_cli("nnunet_blob", "benchmark", "-d", "601", "-c", "3d_fullres", "-tr", "nnUNetTrainerBlobDice_benchmark",
-                   "-device", "cpu", check=False)
+    done = run_cli("nnunet_blob", "benchmark", "-d", "601", "-c", "3d_fullres", "-tr",
+                   "nnUNetTrainerBlobDice_benchmark", "-device", "cpu", check=False)
     assert done.returncode == 1 and not done.stdout
     assert done.stderr.startswith("nnunet_blob benchmark: error: unknown trainer nnUNetTrainerBlobDice_benchmark.")
     assert "nnUNetTrainerBlobDice, " in done.stderr and "Name the trainer itself" in done.stderr

@@ -44,7 +44,8 @@ class Budget:
     val_iterations: int
 
     def environment(self, seed: int = 0) -> dict:
-        """The variables the benchmark trainers read (:data:`~nnunet_blob.trainers.benchmarking.BENCHMARK_VARIABLES`)."""
+        """The variables the benchmark trainers read (``BENCHMARK_VARIABLES`` of
+        :mod:`nnunet_blob.trainers.benchmarking`)."""
         return {"NNUNET_BLOB_BENCHMARK_EPOCHS": str(self.epochs),
                 "NNUNET_BLOB_BENCHMARK_ITERATIONS": str(self.iterations),
                 "NNUNET_BLOB_BENCHMARK_VAL_ITERATIONS": str(self.val_iterations),
@@ -134,8 +135,8 @@ def run_benchmark(dataset: str, configuration: str, plans: str, trainers: list[s
             continue
         for field in SHARED_FIELDS:
             shared.setdefault(field, result.pop(field, None))
-        for field in (*SHARED_FIELDS, "trainer", "data_loading", "epochs", "iterations", "val_iterations",
-                      "num_gpus"):
+        result["benchmark_trainer"] = result.pop("trainer")
+        for field in (*SHARED_FIELDS, "data_loading", "epochs", "iterations", "val_iterations", "num_gpus"):
             result.pop(field, None)
         memory = result["peak_memory_bytes"]
         say(f"    fastest epoch {result['fastest_epoch']:.3f} s"
@@ -188,7 +189,7 @@ def _run_one(dataset_name: str, configuration: str, fold: int, plans: str, train
                     if match:
                         epoch += 1
                         say(f"    epoch {epoch}/{budget.epochs}: {float(match.group(1)):.2f} s")
-                    elif text.startswith("nnunet_blob:") and "written to" not in text:
+                    elif text.startswith("nnunet_blob:") and "computing instance maps" in text:  # before the epochs
                         say("    " + text)
                 code = process.wait()
             except KeyboardInterrupt:

@@ -144,7 +144,7 @@ def benchmark_trainer(base: type, data_loading: bool) -> type:
             handover = os.environ.get(RECORD_VARIABLE)
             if handover:
                 atomic_write_json(handover, {**record, "num_gpus": world})
-            self.print_to_log_file(f"nnunet_blob: fastest epoch {record['fastest_epoch']:.3f} s; written to {path}")
+            self.print_to_log_file(f"nnunet_blob: fastest epoch {record['fastest_epoch']} s; written to {path}")
 
     suffix = WITH_DATA_LOADING_SUFFIX if data_loading else NO_DATA_LOADING_SUFFIX
     BenchmarkTrainer.__name__ = BenchmarkTrainer.__qualname__ = base.__name__ + suffix
