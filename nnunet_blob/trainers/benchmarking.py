@@ -31,6 +31,7 @@ import os
 import platform
 import random
 from os.path import join
+from typing import Any
 
 import torch
 
@@ -120,12 +121,13 @@ def benchmark_trainer(base: type, data_loading: bool) -> type:
         def _reuse_first_batches(self) -> None:
             """Replace the loaders by one batch each, taken from them and moved to the device; stop their
             workers (they would compete for the CPU while the steps are timed)."""
-            loaders = (self.dataloader_train, self.dataloader_val)
+            trainer: Any = self  # its base class is known at run time only
+            loaders = (trainer.dataloader_train, trainer.dataloader_val)
             train, val = (to_device(next(loader), self.device) for loader in loaders)
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # as nnU-Net's on_train_end
                 for loader in loaders:
                     stop_loader(loader)
-            self.dataloader_train, self.dataloader_val = itertools.repeat(train), itertools.repeat(val)
+            trainer.dataloader_train, trainer.dataloader_val = itertools.repeat(train), itertools.repeat(val)
 
         def on_train_end(self):
             super().on_train_end()
