@@ -30,9 +30,10 @@ import json
 import os
 import platform
 import random
-from os.path import join
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nnunet_blob.io import atomic_write_json
@@ -94,10 +95,8 @@ def benchmark_trainer(base: type, data_loading: bool) -> type:
                      device: torch.device = torch.device("cuda")):
             seed = _setting("NNUNET_BLOB_BENCHMARK_SEED")
             random.seed(seed)
-            torch.manual_seed(seed)
-            import numpy as np
-
             np.random.seed(seed)
+            torch.manual_seed(seed)
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_epochs = _setting("NNUNET_BLOB_BENCHMARK_EPOCHS")
             self.num_iterations_per_epoch = _setting("NNUNET_BLOB_BENCHMARK_ITERATIONS")
@@ -139,8 +138,8 @@ def benchmark_trainer(base: type, data_loading: bool) -> type:
             world = torch.distributed.get_world_size() if self.is_ddp else 1
             key = (f"{record['hostname']}__{record['cudnn_version']}__{record['torch_version'].replace(' ', '')}__"
                    f"{str(record['gpu_name']).replace(' ', '')}__num_gpus_{world}")
-            path = join(self.output_folder, RESULT_FILE)
-            results = json.loads(open(path).read()) if os.path.isfile(path) else {}
+            path = Path(self.output_folder, RESULT_FILE)
+            results = json.loads(path.read_text()) if path.is_file() else {}  # other machines' results stay
             results[key] = {**record, "num_gpus": world}
             atomic_write_json(path, results)
             handover = os.environ.get(RECORD_VARIABLE)
