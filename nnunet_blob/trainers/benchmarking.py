@@ -5,9 +5,9 @@ For each trainer ``T`` of :func:`~nnunet_blob.trainers.variants.comparable_train
 
 * ``T_benchmark``: ``T`` with its own data loading and augmentation;
 * ``T_benchmark_noDataLoading``: ``T`` on one training batch and one validation batch that ``T``'s own loaders
-  produced at the start (moved to the device once) and that every step reuses. nnU-Net's benchmark uses random
-  tensors instead; our trainers need the instance maps their loaders pack into the target, and a real batch keeps
-  the instance counts of the user's data, so both trainers of a comparison are fed this way.
+  produced at the start and that every step reuses (the training batch moved to the device once). nnU-Net's
+  benchmark uses random tensors instead; our trainers need the instance maps their loaders pack into the target,
+  and a real batch keeps the instance counts of the user's data, so both trainers of a comparison are fed this way.
 
 nnU-Net's CLI finds them (``nnUNetv2_train 501 3d_fullres 0 -tr nnUNetTrainerBlobDice_benchmark``), as the folder of
 our trainers lists them (``nnunet_ext/nnunet_blob_benchmark_trainers.py``). As in nnU-Net's benchmark, nothing is
@@ -118,11 +118,13 @@ def benchmark_trainer(base: type, data_loading: bool) -> type:
                 torch.cuda.reset_peak_memory_stats(self.device)
 
         def _reuse_first_batches(self) -> None:
-            """Replace the loaders by one batch each, taken from them and moved to the device; stop their
-            workers (they would compete for the CPU while the steps are timed)."""
+            """Replace the loaders by one batch each, taken from them: the training batch moved to the device,
+            the validation batch left where the loader delivers it (the validation steps move it, and the
+            online instance F1 reads its host copy, as with the loader); stop the loaders' workers (they would
+            compete for the CPU while the steps are timed)."""
             trainer: Any = self  # its base class is known at run time only
             loaders = (trainer.dataloader_train, trainer.dataloader_val)
-            train, val = (to_device(next(loader), self.device) for loader in loaders)
+            train, val = to_device(next(loaders[0]), self.device), next(loaders[1])
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # as nnU-Net's on_train_end
                 for loader in loaders:
                     stop_loader(loader)
