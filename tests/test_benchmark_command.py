@@ -126,6 +126,16 @@ def test_benchmark_refuses_an_unknown_trainer_and_names_the_known_ones():
     assert "nnUNetTrainerBlobDice, " in done.stderr and "Name the trainer itself" in done.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a CUDA GPU")
+def test_benchmark_on_cuda_without_a_gpu_says_so_before_running_anything(tmp_path):
+    env = {**os.environ, "nnUNet_results": str(tmp_path)}
+    done = run_cli("nnunet_blob", "benchmark", "-d", "601", "-c", "3d_fullres", "-tr", "nnUNetTrainerBlobDice",
+                   env=env, check=False)  # the device is checked before the dataset
+    assert done.returncode == 1 and not done.stdout and not list(tmp_path.iterdir())
+    assert done.stderr.startswith("nnunet_blob benchmark: error: -device cuda: torch finds no cuda device")
+    assert "use -device cpu" in done.stderr
+
+
 def test_benchmark_of_a_dataset_not_preprocessed_says_what_to_run(tmp_path):
     env = {**os.environ, "nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
            "nnUNet_results": str(tmp_path / "results")}

@@ -88,6 +88,17 @@ def locate_dataset(dataset: str, plans: str, configuration: str):
     return location, Path(results) / location.dataset_name
 
 
+def check_device(device: str) -> None:
+    """The device the runs ask for exists here (else every ``nnUNetv2_train`` would fail the same way)."""
+    import torch
+
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if not available[device]:
+        raise BenchmarkError(f"-device {device}: torch finds no {device} device on this machine (torch "
+                             f"{torch.__version__}, built for CUDA {torch.version.cuda}); use -device cpu, or run "
+                             f"on a machine with one")
+
+
 def ratio(value, stock):
     """``value / stock``, or None where either is missing (or stock is 0)."""
     if value is None or not stock:
@@ -109,6 +120,7 @@ def run_benchmark(dataset: str, configuration: str, plans: str, trainers: list[s
     ...}``; the others go on.
     """
     names = trainers_to_run(trainers)
+    check_device(device)
     location, results_folder = locate_dataset(dataset, plans, configuration)
     path = Path(output) if output else \
         results_folder / f"nnunet_blob_benchmark_{plans}_{configuration}_fold{fold}.json"
