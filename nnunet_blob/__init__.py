@@ -10,6 +10,7 @@ Layout, from the bottom up (a module imports only from the lines above it; ``tes
 * :mod:`nnunet_blob.evaluation`: lesion-wise evaluation of folders and comparison (``nnunet_blob evaluate``,
   ``nnunet_blob compare``);
 * :mod:`nnunet_blob.trainers`: the nnU-Net trainers that nnU-Net's ``-tr`` finds (``nnunet_blob trainers``);
+* :mod:`nnunet_blob.benchmark`: time and memory of trainers next to stock nnU-Net (``nnunet_blob benchmark``);
 * :mod:`nnunet_blob.demo`: the whole pipeline on synthetic data (``nnunet_blob demo``).
 
 :mod:`nnunet_blob.cli` is the ``nnunet_blob`` command, :mod:`nnunet_blob._autoregister` the start-up hook that lists

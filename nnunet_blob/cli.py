@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "nnunet_blob.decisions.cli",
     "nnunet_blob.trainers.cli",
     "nnunet_blob.border_core.cli",
+    "nnunet_blob.benchmark.cli",
     "nnunet_blob.demo.cli",
 )
 

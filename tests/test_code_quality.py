@@ -33,8 +33,9 @@ ALLOWED = {
     "decisions": {"instances", "evaluation", "io", "nnunet_internals", "preprocessing.locate", "workers"},
     # border-core conversion reads label files as evaluation does and runs cases in the worker pool
     "border_core": {"instances", "evaluation", "io", "nnunet_internals", "workers"},
+    "benchmark": {"io", "trainers", "preprocessing.locate", "preprocessing.errors"},
     "demo": {"io", "synthetic", "instances", "losses", "preprocessing", "evaluation", "trainers", "nnunet_internals",
-             "decisions", "cli", "workers"},
+             "decisions", "cli", "workers", "benchmark"},
 }
 
 

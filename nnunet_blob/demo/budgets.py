@@ -63,16 +63,9 @@ BUDGETS = {
 
 def demo_trainer_bases() -> dict:
     """Trainers the demo can run, by name: stock ``nnUNetTrainer`` and every trainer of nnunet_blob."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_blob.trainers.variants import comparable_trainers
 
-    from nnunet_blob.trainers import variants
-
-    bases = {"nnUNetTrainer": nnUNetTrainer}
-    for name in dir(variants):
-        value = getattr(variants, name)
-        if name.startswith("nnUNetTrainer") and isinstance(value, type) and issubclass(value, nnUNetTrainer):
-            bases[name] = value
-    return bases
+    return comparable_trainers()
 
 
 def with_budget(base: type, suffix: str, epochs_variable: str = "NNUNET_BLOB_EPOCHS") -> type:

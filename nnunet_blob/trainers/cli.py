@@ -6,9 +6,10 @@ from nnunet_blob.io import TRAINER_FOLDERS, export_line, is_registered
 DESCRIPTION = (
     "List the nnU-Net trainers of nnunet_blob (use one with nnUNetv2_train DATASET CONFIG FOLD -tr NAME) and say "
     "whether nnU-Net finds them. nnU-Net looks for trainers outside its own package in the folders listed in "
-    "nnUNet_extTrainer; after `pip install` a start-up hook lists ours (the trainers and the demo's <trainer>_demo "
-    "classes) in every Python process. Where the hook cannot run (editable install, NNUNET_BLOB_NO_AUTOREGISTER=1), "
-    "run: eval \"$(nnunet_blob trainers --export)\"")
+    "nnUNet_extTrainer; after `pip install` a start-up hook lists ours (the trainers, their <trainer>_benchmark "
+    "classes of nnunet_blob benchmark and the demo's <trainer>_demo classes) in every Python process. Where the "
+    "hook cannot run (editable install, NNUNET_BLOB_NO_AUTOREGISTER=1), run: "
+    "eval \"$(nnunet_blob trainers --export)\"")
 
 
 def run(args) -> int:

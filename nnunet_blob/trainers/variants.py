@@ -212,3 +212,10 @@ class nnUNetTrainerBlobDice_noMasking(nnUNetTrainerBlobDice):
 
 
 __all__ = [name for name, obj in dict(globals()).items() if name.startswith("nnUNetTrainer") and isinstance(obj, type)]
+
+
+def comparable_trainers() -> dict[str, type]:
+    """Stock ``nnUNetTrainer`` and every nnunet_blob trainer, by name: what the demo and the benchmark compare."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    return {"nnUNetTrainer": nnUNetTrainer, **{name: globals()[name] for name in __all__}}
