@@ -203,6 +203,44 @@ def test_blob_trainer_step_on_annotated_maps(annotated, single_process_loading):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
 
 
+def test_without_the_raw_dataset_annotated_maps_are_kept(annotated, monkeypatch, tmp_path):
+    ensure_instance_maps(DATASET_ID, configuration="3d_fullres", log=lambda _: None, progress=False)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))  # a training machine without the raw data
+    messages: list[str] = []
+    store = ensure_instance_maps(DATASET_ID, configuration="3d_fullres", write=False, log=messages.append)
+    assert "instances: annotated, as the existing maps" in messages[-1] and "all 5 cases up to date" in messages[-1]
+    assert store.manifest["instances"] == "annotated"
+
+
+def test_region_dataset_tables_list_the_annotated_instances_of_each_region(annotated):
+    """The preprocessed data of the annotated dataset under a region-based dataset.json (regions (1, 2) and (2,))."""
+    name, raw = annotated
+    target = f"Dataset{DATASET_ID + 1}_TouchingRegions"
+    labels = {"background": 0, "both": [1, 2], "other": 2}
+    root = Path(os.environ["nnUNet_preprocessed"])
+    shutil.rmtree(root / target, ignore_errors=True)
+    shutil.rmtree(Path(os.environ["nnUNet_raw"]) / target, ignore_errors=True)
+    shutil.copytree(root / name / "nnUNetPlans_3d_fullres", root / target / "nnUNetPlans_3d_fullres")
+    (root / target / "nnUNetPlans.json").write_text((root / name / "nnUNetPlans.json").read_text()
+                                                    .replace(name, target))
+    dataset_json = {**json.loads((raw / "dataset.json").read_text()), "labels": labels, "regions_class_order": [1, 2]}
+    for folder in (root / target, Path(os.environ["nnUNet_raw"]) / target):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    for sub in ("labelsTr", "instancesTr"):
+        shutil.copytree(raw / sub, Path(os.environ["nnUNet_raw"]) / target / sub)
+    store = ensure_instance_maps(target, configuration="3d_fullres", num_processes=1, log=lambda _: None,
+                                 progress=False)
+    assert store.manifest["instances"] == "annotated"
+    for case in store.manifest["cases"]:
+        record = store.record(case)
+        assert record["instances_per_class"] == {"1": 3, "2": 1}
+        table = store.region_table(case)
+        assert sorted(table.classes.tolist()) == [1, 1, 1, 1, 2]  # region 1 = labels 1 and 2: all four instances
+        assert sorted(table.sizes[table.classes == 2].tolist()) == sorted(
+            s for s, c in zip(record["instance_sizes"], record["instance_classes"]) if c == 2)
+
+
 # ---- unit level: the checks of the raw annotation and the reconciliation rule -----------------------------------
 
 def test_reconcile_gives_the_nearest_instance_of_the_class_within_its_region():

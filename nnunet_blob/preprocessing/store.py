@@ -9,10 +9,12 @@ Per case ``<case>`` in the instance folder:
   mask (``region_*`` arrays); format and reader in :mod:`nnunet_blob.instances.tables`;
 * ``<case>.json``: the record: fingerprint of the segmentation it was computed from (shape, sha1 of the labels,
   plus file size and mtime for a fast check), connectivity, instances per class, voxel counts, the case's
-  *identity* and the size, mtime and sha1 of its map and table files.
+  *identity* and the size, mtime and sha1 of its map and table files; for maps made from annotated instances
+  (:mod:`.annotated`) also the annotation file's name, size, mtime and sha1, the annotated id of every stored id and
+  what reconciliation changed.
 
 The identity (:func:`case_identity`: the case, the settings the map depends on, the sha1 of the segmentation's
-labels and of the map's ids) is also stored inside both files (the map's blosc2 metadata, an array of the table), so
+labels, of the map's ids and of the annotation file, if any) is also stored inside both files (the map's blosc2 metadata, an array of the table), so
 a file of another case, dataset or connectivity is recognised whatever its name, size or date.
 
 A case's files are trusted only as far as its record vouches for them (:meth:`InstanceMapStore.check_files`): the
