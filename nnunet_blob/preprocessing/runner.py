@@ -148,9 +148,9 @@ def _choose_instances(store: InstanceMapStore, location: ConfigurationLocation
     return None, "components", "connected components (no raw dataset here to look for annotated instances in)"
 
 
-def _reconciled(records: list[dict]) -> str:
+def _reconciled(records: list[dict | None]) -> str:
     """The log line saying how many voxels reconciliation changed in these newly computed cases."""
-    changes = [r["annotation"]["reconciled_voxels"] for r in records if "annotation" in r]
+    changes = [r["annotation"]["reconciled_voxels"] for r in records if r is not None and "annotation" in r]
     relabelled, cleared, new = (sum(c[k] for c in changes) for k in ("relabelled", "cleared", "new_instances"))
     touched = sum(1 for c in changes if c["relabelled"] or c["cleared"])
     return (f"nnunet_blob: annotated instances reconciled with nnU-Net's segmentation in {touched} of "

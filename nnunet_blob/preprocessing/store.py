@@ -14,8 +14,9 @@ Per case ``<case>`` in the instance folder:
   what reconciliation changed.
 
 The identity (:func:`case_identity`: the case, the settings the map depends on, the sha1 of the segmentation's
-labels, of the map's ids and of the annotation file, if any) is also stored inside both files (the map's blosc2 metadata, an array of the table), so
-a file of another case, dataset or connectivity is recognised whatever its name, size or date.
+labels, of the map's ids and of the annotation file, if any) is also stored inside both files (the map's blosc2
+metadata, an array of the table), so a file of another case, dataset or connectivity is recognised whatever its
+name, size or date.
 
 A case's files are trusted only as far as its record vouches for them (:meth:`InstanceMapStore.check_files`): the
 size of each file must match, its content hash too when its mtime differs from the record's (so an unchanged case
