@@ -186,6 +186,7 @@ def test_blob_trainer_step_on_annotated_maps(annotated, single_process_loading):
     name, _ = annotated
     trainer = build_trainer(nnUNetTrainerBlobDice, name)
     train_loader, val_loader = trainer.get_dataloaders()
+    assert "instances: annotated, from" in open(trainer.log_file).read()  # the trainer's own start-up check
     np.random.seed(0)
     torch.manual_seed(0)
     split = 0

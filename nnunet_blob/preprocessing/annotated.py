@@ -44,12 +44,13 @@ from nnunet_blob.nnunet_internals import (
     raw_reader_writer,
 )
 from nnunet_blob.preprocessing.errors import InstanceMapError
+from nnunet_blob.trainers.instance_data import ID_RADIX
 
 #: the folder of annotated instances in nnU-Net's raw dataset folder, beside ``labelsTr``
 ANNOTATION_FOLDER = "instancesTr"
 #: instances a case can have in the store: the loader carries ids in two 15-bit int16 halves
 #: (:func:`nnunet_blob.trainers.instance_data.split_ids`)
-MAX_INSTANCES = 2**30 - 1
+MAX_INSTANCES = ID_RADIX * ID_RADIX - 1
 #: float32 (what nnU-Net's SimpleITK/nibabel readers return) holds every integer up to this exactly
 FLOAT32_EXACT_IDS = 2**24
 
@@ -279,6 +280,9 @@ def annotated_instances(source: AnnotationSource, case: str, seg: np.ndarray, pr
     annotation_ids = np.concatenate((table[0], np.zeros(changes.new_instances, np.int64)))
     sizes = np.bincount(ids.ravel(), minlength=classes.size + 1)[1:]
     present = np.flatnonzero(sizes > 0)  # instances resampling or reconciliation removed are dropped
+    if present.size > MAX_INSTANCES:
+        raise InstanceMapError(f"case {case}: {present.size} instances after reconciliation with nnU-Net's "
+                               f"segmentation, more than the {MAX_INSTANCES} a case can carry. Split the case.")
     lookup = np.zeros(classes.size + 1, np.int64)
     lookup[present + 1] = np.arange(1, present.size + 1)
     instance_map = lookup[ids].astype(smallest_id_dtype(int(present.size)))[None]
