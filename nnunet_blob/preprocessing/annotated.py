@@ -151,9 +151,9 @@ def read_annotation(source: AnnotationSource, case: str, ignore_label: int | Non
         raise InstanceMapError(f"case {case}: {path} has shape {ids.shape}, its label {label_path} {labels.shape}. "
                                f"The instances must be on the label's voxel grid.")
     if not np.allclose(id_properties["spacing"], label_properties["spacing"], rtol=1e-5, atol=0):
-        raise InstanceMapError(f"case {case}: {path} has spacing {tuple(id_properties['spacing'])}, its label "
-                               f"{tuple(label_properties['spacing'])}. Write the instances with the label's "
-                               f"geometry (copy its header).")
+        spacings = [tuple(float(s) for s in p["spacing"]) for p in (id_properties, label_properties)]
+        raise InstanceMapError(f"case {case}: {path} has spacing {spacings[0]}, its label {spacings[1]}. Write the "
+                               f"instances with the label's geometry (copy its header).")
     return _checked_ids(ids, np.asarray(labels), case, path, ignore_label)
 
 
