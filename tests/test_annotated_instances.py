@@ -282,6 +282,15 @@ def test_raw_annotation_renumbers_in_the_order_of_the_ids():
     assert ids.tolist() == [[0, 3, 2, 2, 1]] and table.tolist() == [[3, 7, 40], [1, 2, 1]]
 
 
+def test_instance_limit_is_what_the_loaders_two_id_channels_carry():
+    from nnunet_blob.preprocessing.annotated import MAX_INSTANCES
+    from nnunet_blob.trainers.instance_data import join_ids, split_ids
+
+    low, high = split_ids(np.array([MAX_INSTANCES]))
+    assert join_ids(low, high) == MAX_INSTANCES and high[0] == low[0] == np.iinfo(np.int16).max
+    assert split_ids(np.array([MAX_INSTANCES + 1]))[1][0] > np.iinfo(np.int16).max  # one more does not fit
+
+
 def test_annotation_files_of_another_geometry_are_refused(tmp_path):
     (tmp_path / "labelsTr").mkdir()
     (tmp_path / "instancesTr").mkdir()

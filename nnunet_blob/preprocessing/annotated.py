@@ -37,6 +37,7 @@ from nnunet_blob.instances.components import CaseInstances, smallest_id_dtype
 from nnunet_blob.instances.connectivity import cc3d_connectivity
 from nnunet_blob.nnunet_internals import (
     CROP_BBOX_KEY,
+    LOADER_SEG_DTYPE,
     SHAPE_AFTER_CROPPING_KEY,
     SHAPE_BEFORE_CROPPING_KEY,
     nearest_resize_indices,
@@ -44,13 +45,12 @@ from nnunet_blob.nnunet_internals import (
     raw_reader_writer,
 )
 from nnunet_blob.preprocessing.errors import InstanceMapError
-from nnunet_blob.trainers.instance_data import ID_RADIX
 
 #: the folder of annotated instances in nnU-Net's raw dataset folder, beside ``labelsTr``
 ANNOTATION_FOLDER = "instancesTr"
-#: instances a case can have in the store: the loader carries ids in two 15-bit int16 halves
-#: (:func:`nnunet_blob.trainers.instance_data.split_ids`)
-MAX_INSTANCES = ID_RADIX * ID_RADIX - 1
+#: instances a case can have in the store: the loader carries ids in two 15-bit halves of its segmentation dtype
+#: (int16; :func:`nnunet_blob.trainers.instance_data.split_ids`, whose radix is ``int16 max + 1``)
+MAX_INSTANCES = (int(np.iinfo(LOADER_SEG_DTYPE).max) + 1) ** 2 - 1
 #: float32 (what nnU-Net's SimpleITK/nibabel readers return) holds every integer up to this exactly
 FLOAT32_EXACT_IDS = 2**24
 
