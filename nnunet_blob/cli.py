@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "nnunet_blob.evaluation.cli",
     "nnunet_blob.decisions.cli",
     "nnunet_blob.trainers.cli",
+    "nnunet_blob.border_core.cli",
     "nnunet_blob.demo.cli",
 )
 

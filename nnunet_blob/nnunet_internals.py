@@ -25,6 +25,7 @@ Preprocessing geometry (annotated instances): :func:`raw_reader_writer`, :func:`
 :data:`CROP_BBOX_KEY`/:data:`SHAPE_BEFORE_CROPPING_KEY`/:data:`SHAPE_AFTER_CROPPING_KEY`, :func:`transpose_forward`,
 :func:`nearest_resize_indices`.
 Evaluation: :func:`tp_fp_fn_tn`, :func:`label_or_region_mask`, :func:`label_or_region_key`.
+Writing label files: :func:`largest_writable_label` (the dtype ``write_seg`` of nnU-Net's readers/writers casts to).
 """
 from __future__ import annotations
 
@@ -380,3 +381,17 @@ def label_or_region_key(label_or_region) -> str:
     from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
 
     return label_or_region_to_key(label_or_region)
+
+
+# ---- writing label files -----------------------------------------------------------------------------------------
+
+
+def largest_writable_label(reader_writer) -> int:
+    """The largest label value nnU-Net's ``write_seg`` of this reader/writer (class or instance) stores unchanged.
+
+    The writers cast without a check: ``uint8`` if the largest value is below 255, else ``uint16`` (NaturalImage2DIO,
+    SimpleITKIO, Tiff3DIO, NibabelIO, NibabelIOWithReorient), and SimpleITKIOWithReorient always ``uint8``; a larger
+    value (an instance id of a map with many instances) wraps around silently.
+    """
+    name = reader_writer.__name__ if isinstance(reader_writer, type) else type(reader_writer).__name__
+    return 255 if name == "SimpleITKIOWithReorient" else 65535

@@ -19,19 +19,22 @@ PACKAGE = ROOT / "nnunet_blob"
 #: Parts: sub-packages and top-level modules. ``demo`` may import anything; nothing but tests imports ``demo``.
 ALLOWED = {
     "io": set(),
+    "workers": set(),  # the one pool of worker processes
     "synthetic": set(),
     "_autoregister": {"io"},
     "cli": {"io"},  # sub-commands are found by name at run time (importlib), not imported
     "instances": {"io"},
     "losses": set(),
-    "preprocessing": {"instances", "io", "nnunet_internals"},
-    "evaluation": {"instances", "io", "nnunet_internals"},
+    "preprocessing": {"instances", "io", "nnunet_internals", "workers"},
+    "evaluation": {"instances", "io", "nnunet_internals", "workers"},
     "nnunet_internals": {"io"},
-    "trainers": {"losses", "instances", "preprocessing", "evaluation", "io", "nnunet_internals"},
+    "trainers": {"losses", "instances", "preprocessing", "evaluation", "io", "nnunet_internals", "workers"},
     # a dotted entry allows one module of a part: decisions reads where the data is, not the instance maps
-    "decisions": {"instances", "evaluation", "io", "nnunet_internals", "preprocessing.locate"},
+    "decisions": {"instances", "evaluation", "io", "nnunet_internals", "preprocessing.locate", "workers"},
+    # border-core conversion reads label files as evaluation does and runs cases in the worker pool
+    "border_core": {"instances", "evaluation", "io", "nnunet_internals", "workers"},
     "demo": {"io", "synthetic", "instances", "losses", "preprocessing", "evaluation", "trainers", "nnunet_internals",
-             "decisions", "cli"},
+             "decisions", "cli", "workers"},
 }
 
 

@@ -1,6 +1,7 @@
-"""The tuning's decision rule on cases made for it: a planted speckle is removed when enough cases show it, random
-small objects that are as often lesions as not keep "no change", few cases keep "no change", thresholds and
-minimum volumes together, metrics the tables do not give, regions; and the time a hundred cases take."""
+"""The tuning with the Bonferroni rule on cases made for it: a planted speckle is removed when enough cases show it,
+random small objects that are as often lesions as not keep "no change", few cases keep "no change", thresholds and
+minimum volumes together, metrics the tables do not give, regions; and the time a hundred cases take. The cases
+here carry no fold, so the default rule (cross-validated, tests/test_decisions_crossval.py) falls back to it."""
 from __future__ import annotations
 
 import time
@@ -13,6 +14,7 @@ from scipy.stats import wilcoxon
 from nnunet_blob.decisions.cases import CaseFiles, Predictions
 from nnunet_blob.decisions.rules import LabelLayout, Setting
 from nnunet_blob.decisions.settings import read_postprocessing
+from nnunet_blob.decisions.significance import BONFERRONI
 from nnunet_blob.decisions.tuning import decide, default_min_volumes, metric_named, tune
 from nnunet_blob.evaluation.folder import evaluate_folder_simple
 
@@ -37,8 +39,9 @@ def lesion_case(rng, shape=(8, 20, 20)):
     return ref, pred
 
 
-def make_predictions(tmp_path, cases, probabilities=None, layout=LabelLayout((1,))) -> Predictions:
-    """A Predictions object over NIfTI files (and .npz probabilities) of (reference, prediction) pairs."""
+def make_predictions(tmp_path, cases, probabilities=None, layout=LabelLayout((1,)), folds=None) -> Predictions:
+    """A Predictions object over NIfTI files (and .npz probabilities) of (reference, prediction) pairs; ``folds``:
+    the fold of each case (default: not known)."""
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
     files = []
@@ -51,8 +54,9 @@ def make_predictions(tmp_path, cases, probabilities=None, layout=LabelLayout((1,
             np.savez_compressed(tmp_path / "pred" / f"{name}.npz", probabilities=probabilities[i])
             npz = (str(tmp_path / "pred" / f"{name}.npz"),)
         files.append(CaseFiles(name, str(tmp_path / "gt" / f"{name}.nii.gz"),
-                               str(tmp_path / "pred" / f"{name}.nii.gz"), npz))
-    return Predictions("Dataset999_Test", "Test__Plans__3d", (0,), files, tmp_path / "out", layout, ".nii.gz",
+                               str(tmp_path / "pred" / f"{name}.nii.gz"), npz, None if folds is None else folds[i]))
+    fold_list = (0,) if folds is None else tuple(sorted(set(folds)))
+    return Predictions("Dataset999_Test", "Test__Plans__3d", fold_list, files, tmp_path / "out", layout, ".nii.gz",
                        "SimpleITKIO", [], None if probabilities is not None else "no .npz")
 
 
@@ -81,7 +85,7 @@ def test_planted_speckles_are_removed_and_the_file_says_why(tmp_path):
         pred[7, 18, rng.integers(10, 19)] = 1  # a one-voxel false positive far from the lesions
         cases.append((ref, pred))
     predictions = make_predictions(tmp_path, cases)
-    result = tune(predictions, metric_named("F1"))
+    result = tune(predictions, metric_named("F1"), rule=BONFERRONI)
     (c,) = result.classes
     assert c.thresholds == (None,) and "probability thresholds not tuned" in result.notes[0]
     assert c.decision.accepted and c.setting.threshold is None
@@ -106,7 +110,7 @@ def test_few_cases_keep_no_change(tmp_path):
         ref, pred = lesion_case(rng)
         pred[7, 18, 15] = 1
         cases.append((ref, pred))
-    result = tune(make_predictions(tmp_path, cases), metric_named("F1"))
+    result = tune(make_predictions(tmp_path, cases), metric_named("F1"), rule=BONFERRONI)
     d = result.classes[0].decision
     assert d.best != (0, 0) and d.mean_best > d.mean_no_change and not d.accepted
     assert result.settings == (Setting(1),)

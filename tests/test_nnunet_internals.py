@@ -443,3 +443,26 @@ def test_stop_loader_ends_nnunets_loader_processes(blobs):
     for loader in (train_loader, val_loader):
         internals.stop_loader(loader)
     assert not any(p.is_alive() for p in workers)
+
+
+@pytest.mark.parametrize("name, ending", [("SimpleITKIO", ".nii.gz"), ("SimpleITKIOWithReorient", ".nii.gz"),
+                                          ("NaturalImage2DIO", ".png"), ("Tiff3DIO", ".tif")])
+def test_largest_writable_label_is_what_the_writer_keeps(tmp_path, name, ending):
+    import SimpleITK as sitk
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+
+    rw = recursive_find_reader_writer_by_name(name)()
+    limit = internals.largest_writable_label(rw)
+    shape = (1, 2, 3) if ending == ".png" else (2, 2, 3)
+    properties = {"spacing": [1.0] * 3}
+    if "SimpleITK" in name:
+        image = sitk.GetImageFromArray(np.zeros(shape, np.uint8))
+        properties["sitk_stuff"] = {"spacing": image.GetSpacing(), "origin": image.GetOrigin(),
+                                    "direction": image.GetDirection(), "original_orientation": "LPS"}
+    for value, kept in ((limit, True), (limit + 1, False)):
+        seg = np.zeros(shape, np.int64)
+        seg.flat[1] = value
+        path = str(tmp_path / f"x{value}{ending}")
+        rw.write_seg(seg, path, properties)
+        back = rw.read_seg(path)[0][0]
+        assert (int(back.max()) == value) == kept, (name, value, int(back.max()))

@@ -15,9 +15,9 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
 from conftest import TESTS, build_trainer, run_cli
 from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
-from nnunet_blob.preprocessing.workers import RemoteTraceback, WorkerDied, run_jobs
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
-from worker_jobs import square_or_die, square_or_raise
+from nnunet_blob.workers import RemoteTraceback, WorkerDied, Workers, run_jobs
+from worker_jobs import power, square_or_die, square_or_raise
 
 #: a run with a dead worker must end within this many seconds (spawning and importing included)
 PROMPTLY = 60
@@ -30,6 +30,19 @@ def no_workers_left() -> bool:
 def test_pool_returns_every_result():
     assert sorted(run_jobs(square_or_raise, [0, 1, 2, 4, 5], 2)) == [0, 1, 4, 16, 25]
     assert no_workers_left()
+
+
+def test_one_pool_serves_several_passes_in_order_and_recovers_after_a_failed_one():
+    with Workers(2) as workers:
+        first = [p.pid for p in multiprocessing.active_children() if p.name == "nnunet_blob-worker"]
+        assert workers.map(power, list(range(7)), (3,)) == [j ** 3 for j in range(7)]
+        started = sorted(p.pid for p in multiprocessing.active_children() if p.name == "nnunet_blob-worker")
+        assert workers.map(power, [5, 4, 3], (2,)) == [25, 16, 9]
+        assert sorted(p.pid for p in multiprocessing.active_children() if p.name == "nnunet_blob-worker") == started
+        with pytest.raises(ValueError, match="job 3 is bad"):
+            workers.map(square_or_raise, list(range(6)))
+        assert workers.map(power, [2, 3], (2,)) == [4, 9]
+    assert not first and len(started) == 2 and no_workers_left()
 
 
 def test_a_worker_killed_mid_job_ends_the_run_naming_the_job():
@@ -103,3 +116,26 @@ def test_trainer_start_with_a_worker_killed_on_a_case_fails_naming_it(blobs, fau
     with pytest.raises(InstanceMapError, match=f"computing case {victim} died \\(killed by SIGKILL\\)"):
         trainer.get_tr_and_val_datasets()
     assert time.monotonic() - start < PROMPTLY and no_workers_left()
+
+
+def test_evaluate_with_a_worker_killed_on_a_case_fails_naming_it(tmp_path, faulty_workers):
+    """``nnunet_blob evaluate -np 2`` (the package's one worker pool, as the postprocessing decisions use it): a
+    worker killed while it reads a case ends the command with an error naming the case, instead of a hang."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    for sub in ("gt", "pred"):
+        (tmp_path / sub).mkdir()
+        for i in range(4):
+            seg = np.zeros((4, 8, 8), np.uint8)
+            seg[1:3, 2:5, 2:5] = 1
+            sitk.WriteImage(sitk.GetImageFromArray(seg), str(tmp_path / sub / f"case_{i}.nii.gz"))
+    env = faulty_workers("kill-on-file:case_2.nii.gz")
+    start = time.monotonic()
+    result = run_cli("nnunet_blob", "evaluate", tmp_path / "gt", tmp_path / "pred", "-l", 1, "-np", 2, env=env,
+                     timeout=PROMPTLY + 60, check=False)
+    assert time.monotonic() - start < PROMPTLY, "the run did not end promptly"
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "nnunet_blob evaluate: error: the worker process computing case case_2 died (killed by SIGKILL)" in \
+        result.stderr, result.stderr
+    assert "out-of-memory killer" in result.stderr

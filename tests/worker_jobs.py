@@ -15,3 +15,8 @@ def square_or_raise(job: int) -> int:
     if job == 3:
         raise ValueError(f"job {job} is bad")
     return job * job
+
+
+def power(job: int, exponent: int) -> int:
+    """``job ** exponent`` (a job with an extra argument)."""
+    return job ** exponent

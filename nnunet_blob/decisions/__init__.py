@@ -6,7 +6,8 @@ applied to new predictions, configuration choice by an instance metric, and mode
 * :mod:`.settings`: the ``postprocessing_instances.json`` file;
 * :mod:`.cases`: the cross-validation predictions of a trained model or an ensemble, case by case;
 * :mod:`.tables`: component tables of a case and the metrics of every minimum volume from them;
-* :mod:`.tuning`: the grid, the decision rule and ``nnunet_blob tune-postprocessing``;
+* :mod:`.significance`: the decision rules (cross-validated selection, Bonferroni) that keep a setting;
+* :mod:`.tuning`: the grid, its scores and ``nnunet_blob tune-postprocessing``;
 * :mod:`.apply`: ``nnunet_blob apply-postprocessing``;
 * :mod:`.selection`: ``nnunet_blob find-best``;
 * :mod:`.export`: ``nnunet_blob export``;

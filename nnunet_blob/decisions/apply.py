@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_blob.decisions.cases import reader_writer_class
-from nnunet_blob.decisions.parallel import run_cases
 from nnunet_blob.decisions.rules import LabelLayout, postprocess
 from nnunet_blob.decisions.settings import DecisionError, PostprocessingFile, read_postprocessing
+from nnunet_blob.workers import run_cases
 
 
 @dataclass(frozen=True)
@@ -114,4 +114,5 @@ def apply_to_folder(input_folder: str | Path, output_folder: str | Path, pp_file
     pp = read_postprocessing(pp_file)
     jobs = apply_jobs(input_folder, output_folder, pp, str(pp_file))
     Path(output_folder).mkdir(parents=True, exist_ok=True)
-    return run_cases(apply_case, jobs, (), num_processes, f"postprocessing {len(jobs)} cases")
+    return run_cases(apply_case, jobs, (), num_processes, f"postprocessing {len(jobs)} cases",
+                     describe=lambda job: f"case {job.case}")

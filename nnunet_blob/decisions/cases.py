@@ -3,9 +3,12 @@
 nnU-Net leaves each fold's predictions of its validation cases in
 ``nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>/fold_<f>/validation/``: ``<case><file_ending>``,
 and with ``nnUNetv2_train --npz`` also ``<case>.npz`` (the probabilities) and ``<case>.pkl`` (nnU-Net's
-properties). Together the folds predict every training case once. The reference is nnU-Net's copy of the labels,
-``nnUNet_preprocessed/DatasetXXX/gt_segmentations/``. An ensemble's prediction of a case is nnU-Net's: the mean of its
-members' probabilities, then nnU-Net's argmax (``nnunetv2.ensembling.ensemble``).
+properties). Together the folds predict every training case once; a case's fold is the fold whose ``validation/``
+holds it (the ``val`` list of that fold in the ``splits_final.json`` the fold was trained with), an ensemble's case
+takes its first member's fold (any split of the cases into groups serves cross-validated selection, whose choices
+never see the cases they are applied to; nnU-Net's models of a dataset share one split). The reference is nnU-Net's
+copy of the labels, ``nnUNet_preprocessed/DatasetXXX/gt_segmentations/``. An ensemble's prediction of a case is
+nnU-Net's: the mean of its members' probabilities, then nnU-Net's argmax (``nnunetv2.ensembling.ensemble``).
 """
 from __future__ import annotations
 
@@ -23,12 +26,14 @@ from nnunet_blob.preprocessing.locate import dataset_name, preprocessed_root
 
 @dataclass(frozen=True)
 class CaseFiles:
-    """One case: its reference, and the prediction's label file and/or probabilities (one .npz per member)."""
+    """One case: its reference, and the prediction's label file and/or probabilities (one .npz per member); the fold
+    whose validation cases it is (None: not known), which cross-validated selection groups the cases by."""
 
     name: str
     reference: str
     segmentation: str | None
     probabilities: tuple[str, ...] = ()
+    fold: int | str | None = None
 
 
 @dataclass
@@ -133,7 +138,8 @@ def cross_validation_predictions(dataset: str, trainer: str, plans: str, configu
             npz = validation / f"{case}.npz"
             if not npz.is_file():
                 missing_npz.append(f"fold {fold} case {case}")
-            cases[case] = CaseFiles(case, str(reference), str(validation / file), (str(npz),) if npz.is_file() else ())
+            cases[case] = CaseFiles(case, str(reference), str(validation / file), (str(npz),) if npz.is_file() else (),
+                                    fold)
     no_probabilities = None
     if missing_npz:
         fold_list = sorted({m.split()[1] for m in missing_npz})
@@ -141,7 +147,7 @@ def cross_validation_predictions(dataset: str, trainer: str, plans: str, configu
                             f"e.g. {missing_npz[0]}; to use them run "
                             + "; ".join(_train_command(dataset, configuration, f, trainer, plans) + " --val --npz"
                                         for f in fold_list))
-        cases = {k: CaseFiles(c.name, c.reference, c.segmentation) for k, c in cases.items()}
+        cases = {k: CaseFiles(c.name, c.reference, c.segmentation, (), c.fold) for k, c in cases.items()}
     return Predictions(name, folder.name, tuple(folds), [cases[k] for k in sorted(cases)],
                        crossval_folder(folder, folds), layout, ending, reader_writer,
                        [{"trainer": trainer, "plans": plans, "configuration": configuration}], no_probabilities)
@@ -162,7 +168,7 @@ def ensemble_predictions(first: Predictions, second: Predictions) -> Predictions
         raise DecisionError(f"{first.identifier} and {second.identifier} predict different cases "
                             f"({sorted(set(names) ^ {c.name for c in second.cases})[:5]}); train the same folds")
     identifier = f"ensemble___{first.identifier}___{second.identifier}___{folds_string(first.folds)}"
-    cases = [CaseFiles(a.name, a.reference, None, a.probabilities + b.probabilities)
+    cases = [CaseFiles(a.name, a.reference, None, a.probabilities + b.probabilities, a.fold)
              for a, b in zip(first.cases, second.cases)]
     return Predictions(first.dataset, identifier, first.folds, cases,
                        results_root() / first.dataset / "ensembles" / identifier, first.layout, first.file_ending,

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from nnunet_blob.decisions.significance import CROSS_VALIDATED, RULES
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
 from nnunet_blob.io import reports
 from nnunet_blob.preprocessing.locate import InstanceMapError
+from nnunet_blob.workers import WorkerDied
 
-_ERRORS = (ValueError, FileNotFoundError, InstanceMapError)
+_ERRORS = (ValueError, FileNotFoundError, InstanceMapError, WorkerDied)
 
 
 def _folds(values):
@@ -28,7 +30,7 @@ def _tune_options(args) -> dict:
 
     return {"thresholds": None if args.no_thresholds else (args.thresholds or DEFAULT_THRESHOLDS),
             "min_volumes": args.min_volumes, "alpha": args.alpha, "connectivity": args.connectivity,
-            "tolerance_mm": args.tolerance_mm}
+            "tolerance_mm": args.tolerance_mm, "rule": args.rule}
 
 
 @reports(*_ERRORS, command="tune-postprocessing")
@@ -87,8 +89,13 @@ def _add_tuning_options(parser: argparse.ArgumentParser) -> None:
                             help="probability thresholds to try besides nnU-Net's rule (default 0.3 0.6 0.75 0.9; "
                                  "needs the probabilities: nnUNetv2_train --npz)")
     thresholds.add_argument("--no-thresholds", action="store_true", help="minimum volumes only")
+    parser.add_argument("--rule", choices=RULES, default=CROSS_VALIDATED,
+                        help="decision rule: cross-validated (default): per fold, the best setting on the other "
+                             "folds' cases applied to the fold's cases, one Wilcoxon test of these out-of-fold scores "
+                             "against no change (needs two or more folds, else bonferroni is used); bonferroni: the "
+                             "best setting's Wilcoxon test on all cases, p times the other settings of the grid")
     parser.add_argument("--alpha", type=float, default=0.05,
-                        help="significance level of the decision rule (Bonferroni-corrected Wilcoxon; default 0.05)")
+                        help="significance level of the decision rule (default 0.05)")
     parser.add_argument("--connectivity", type=int, default=26, choices=CONNECTIVITIES,
                         help="3D connectivity of components (default 26; 2D uses 8, or 4 for 6)")
     parser.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance (default 1 mm)")
@@ -102,7 +109,8 @@ def add_parser(subparsers) -> None:
         description="Per class (or region): the minimum component volume (mm³) and, where the probabilities were "
                     "saved (nnUNetv2_train --npz), the probability threshold that maximise the metric on the folds' "
                     "validation predictions; 'no change' unless the gain is significant (paired Wilcoxon over the "
-                    "cases, Bonferroni-corrected for the grid). Writes postprocessing_instances.json next to "
+                    "cases of the selection's out-of-fold scores, or --rule bonferroni: of the best setting, "
+                    "Bonferroni-corrected for the grid). Writes postprocessing_instances.json next to "
                     "nnU-Net's postprocessing.pkl (crossval_results_folds_*/).")
     tp.add_argument("-d", required=True, help="dataset name or id")
     tp.add_argument("-c", required=True, help="configuration")

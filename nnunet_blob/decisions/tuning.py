@@ -5,14 +5,15 @@ volume that maximise an instance metric on the cross-validation predictions, kep
 volume of the class's reference lesions (``--min-volumes`` to choose them); thresholds: nnU-Net's own rule and
 0.3, 0.6, 0.75, 0.9 where the probabilities were saved (``--thresholds``). 8 x 5 = 40 settings per class.
 
-**Decision rule**: per class, the setting with the best mean of the metric over the cases (means as
-``nnunet_blob evaluate`` takes them: cases where the metric is NaN do not count) replaces "no change" only when it
-is better on average *and* a paired two-sided Wilcoxon signed-rank test over the cases against "no change"
-(:func:`nnunet_blob.evaluation.compare.paired_wilcoxon`: the cases where both are defined, ties dropped) gives
-``p * (number of other settings in the grid) < alpha`` (Bonferroni correction for having picked the best of the
-grid; alpha 0.05). With 39 other settings at least 11 cases must improve, none worsening, before any setting can be
-chosen; with 7 (no probabilities), 9. Ties between settings go to the first threshold of the grid (nnU-Net's rule
-first, then ascending), then to the smaller volume.
+**Decision rule** (:mod:`.significance`, ``rule``): per class, the setting with the best mean of the metric over
+the cases (means as ``nnunet_blob evaluate`` takes them: cases where the metric is NaN do not count) replaces "no
+change" only when a paired two-sided Wilcoxon signed-rank test says the gain is real. ``cross-validated`` (the
+default): for each fold, the best setting on the other folds' cases is applied to the fold's cases, and the
+out-of-fold scores of all cases are tested once against "no change" (``p < alpha``); the setting then applied is the
+best on all cases. ``bonferroni``: the best setting's own test on all cases, ``p * (number of other settings in the
+grid) < alpha``. Cross-validated selection needs cases of at least two folds; with fewer the Bonferroni rule is
+used, and the report and the file say so. The grid (its default volumes come from all cases' reference lesions) is
+the same in every fold.
 
 **Speed**: each case is read once per pass; its components are labelled once per threshold and every minimum
 volume is scored from the component table (:mod:`.tables`), for the metrics the table gives exactly. Other
@@ -20,7 +21,8 @@ metrics of ``nnunet_blob evaluate`` (surface-based ones) are computed on each di
 
 Classes do not interact (:mod:`.rules`), so they are tuned together. Regions do (removing a component of one
 region changes the label map the others are read from): they are tuned one after the other in the dataset's
-order, each on the predictions with the settings chosen before it. The before/after numbers printed and stored
+order, each on the predictions with the settings chosen (on all cases) before it; cross-validated selection judges
+each region's own setting out of fold given those. The before/after numbers printed and stored
 are always those of the chosen file applied to the predictions (:func:`.rules.postprocess`).
 """
 from __future__ import annotations
@@ -31,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnunet_blob.decisions.cases import CaseFiles, Predictions, load_case, reader_writer_class
-from nnunet_blob.decisions.parallel import Workers
 from nnunet_blob.decisions.rules import (
     LabelLayout,
     Setting,
@@ -40,10 +41,21 @@ from nnunet_blob.decisions.rules import (
     segmentation_from_probabilities,
 )
 from nnunet_blob.decisions.settings import DecisionError, PostprocessingFile
+from nnunet_blob.decisions.significance import (
+    BONFERRONI,
+    CROSS_VALIDATED,
+    Decision,
+    check_rule,
+    decide,
+    decide_cross_validated,
+    rule_text,
+)
 from nnunet_blob.decisions.tables import TABLE_METRICS, component_table, grid_counts, metrics_of_counts
 from nnunet_blob.evaluation.compare import paired_wilcoxon
+from nnunet_blob.evaluation.metric_facts import METRICS
 from nnunet_blob.evaluation.metrics import label_metrics, spatial_view
 from nnunet_blob.nnunet_internals import label_or_region_key
+from nnunet_blob.workers import Workers
 
 #: thresholds tried besides nnU-Net's own rule (None)
 DEFAULT_THRESHOLDS = (0.3, 0.6, 0.75, 0.9)
@@ -51,11 +63,9 @@ DEFAULT_THRESHOLDS = (0.3, 0.6, 0.75, 0.9)
 DEFAULT_VOLUME_COUNT = 7
 #: metrics printed next to the tuned one
 REPORTED = ("F1", "IS", "IP", "Dice")
-#: metrics of ``nnunet_blob evaluate`` by direction
-HIGHER_IS_BETTER = frozenset({"Dice", "IoU", "TP", "TN", "sensitivity", "precision", "SurfaceDice",
-                              "TP_ref_instances", "TP_pred_instances", "IS", "IP", "F1"})
-LOWER_IS_BETTER = frozenset({"FP", "FN", "FN_instances", "FP_instances", "lesion_count_difference",
-                             "absolute_volume_difference_ml"})
+#: metrics of ``nnunet_blob evaluate`` that every evaluation computes, by direction
+HIGHER_IS_BETTER = frozenset(f.name for f in METRICS if f.always and f.higher_is_better is True)
+LOWER_IS_BETTER = frozenset(f.name for f in METRICS if f.always and f.higher_is_better is False)
 
 
 @dataclass(frozen=True)
@@ -87,12 +97,6 @@ def metric_named(name: str, direction: str | None = None) -> Metric:
                         f"--lower-is-better (known: {sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER)})")
 
 
-def decision_rule_text(metric: Metric, alpha: float) -> str:
-    return (f"Decision rule: per class, the setting with the best mean {metric.name} over the cases replaces "
-            f"'no change' only if it is better on average and a paired two-sided Wilcoxon signed-rank test over the "
-            f"cases against 'no change', Bonferroni-corrected for the other settings of the grid, gives p < {alpha:g}.")
-
-
 def default_min_volumes(reference_volumes: np.ndarray, voxel_volume_mm3: float,
                         count: int = DEFAULT_VOLUME_COUNT) -> tuple[float, ...]:
     """0 and ``count`` volumes spaced geometrically from two voxels to the median reference lesion volume (3
@@ -101,45 +105,6 @@ def default_min_volumes(reference_volumes: np.ndarray, voxel_volume_mm3: float,
     high = max(float(np.median(reference_volumes)) if reference_volumes.size else low, low)
     values = sorted({float(f"{v:.3g}") for v in np.geomspace(low, high, count)})
     return (0.0, *values)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The outcome of the decision rule for one class: the best setting of the grid and whether it is kept."""
-
-    best: tuple[int, int]  # (threshold index, volume index) of the best mean
-    accepted: bool
-    mean_no_change: float
-    mean_best: float
-    p_value: float
-    p_corrected: float
-    other_settings: int
-    paired_cases: int
-
-    @property
-    def chosen(self) -> tuple[int, int]:
-        return self.best if self.accepted else (0, 0)
-
-
-def decide(values: np.ndarray, higher_is_better: bool, alpha: float = 0.05) -> Decision:
-    """The decision rule (module docstring) on ``values`` (cases, thresholds, volumes), "no change" at [:, 0, 0]."""
-    values = np.asarray(values, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        counts = (~np.isnan(values)).sum(0)
-        means = np.where(counts > 0, np.nansum(values, 0) / np.maximum(counts, 1), np.nan)
-    sign = 1.0 if higher_is_better else -1.0
-    scored = np.where(np.isnan(means), -np.inf, sign * means)
-    t_best, v_best = np.unravel_index(int(np.argmax(scored)), scored.shape)
-    best = (int(t_best), int(v_best))
-    before, after = values[:, 0, 0], values[:, best[0], best[1]]
-    p = paired_wilcoxon(after, before) if best != (0, 0) else 1.0
-    others = values.shape[1] * values.shape[2] - 1
-    p_corrected = min(1.0, p * max(others, 1))
-    gain = sign * (means[best] - means[0, 0])
-    accepted = bool(best != (0, 0) and np.isfinite(gain) and gain > 0 and p_corrected < alpha)
-    paired = int((~np.isnan(before) & ~np.isnan(after)).sum())
-    return Decision(best, accepted, float(means[0, 0]), float(means[best]), float(p), float(p_corrected), others,
-                    paired)
 
 
 # ---- per case (worker processes) ----------------------------------------------------------------------------------
@@ -178,6 +143,11 @@ def _pass_segmentations(job: CaseJob, loaded):
                 prediction = remove_small_components(prediction, setting.label_or_region, setting.min_volume_mm3,
                                                      spacing, job.connectivity)
         yield t, reference, prediction, spacing
+
+
+def _case_name(job: CaseJob) -> str:
+    """A job as the pool's errors name it."""
+    return f"case {job.case.name}"
 
 
 def case_tables(job: CaseJob) -> dict:
@@ -257,8 +227,20 @@ class ClassTuning:
 
     @property
     def best_setting(self) -> Setting:
-        t, v = self.decision.best
+        return self.setting_at(self.decision.best)
+
+    def setting_at(self, index: tuple[int, int]) -> Setting:
+        """The setting at (threshold index, volume index) of the grid."""
+        t, v = index
         return Setting(self.label_or_region, float(self.min_volumes[v]), self.thresholds[t])
+
+    def fold_choices(self) -> list[tuple]:
+        """Cross-validated rule: (fold, its number of cases, the setting chosen on the other folds' cases)."""
+        oof = self.decision.out_of_fold
+        if oof is None:
+            return []
+        return [(fold, sum(f == fold for f in oof.case_folds), self.setting_at(choice))
+                for fold, choice in zip(oof.folds, oof.choices)]
 
 
 @dataclass
@@ -271,6 +253,7 @@ class TuningResult:
     before: dict  # {metric name: (cases, keys) array} with nothing changed
     after: dict  # the same with the chosen settings applied
     notes: list[str]
+    rule: str = CROSS_VALIDATED  # the decision rule used (:mod:`.significance`)
 
     @property
     def settings(self) -> tuple[Setting, ...]:
@@ -295,10 +278,11 @@ class TuningResult:
         p = self.predictions
         record = {
             "metric": self.metric.name, "higher_is_better": self.metric.higher_is_better,
-            "decision_rule": decision_rule_text(self.metric, self.alpha), "alpha": self.alpha,
+            "decision_rule": rule_text(self.rule, self.metric.name, self.alpha), "rule": self.rule,
+            "alpha": self.alpha,
             "source": {"dataset": p.dataset, "model": p.identifier, "members": p.members, "folds": list(p.folds),
                        "cases": len(p.cases), "probabilities": p.has_probabilities},
-            "tuning": [_class_record(c) for c in self.classes],
+            "tuning": [_class_record(c, [case.name for case in p.cases]) for c in self.classes],
             "cross_validation": {which: {name: {label_or_region_key(k): _number(np.nanmean(values[:, i]))
                                                 if not np.isnan(values[:, i]).all() else None
                                                 for i, k in enumerate(p.layout.labels_or_regions)}
@@ -311,7 +295,8 @@ class TuningResult:
     def report(self) -> str:
         p = self.predictions
         lines = [f"{p.identifier}: {len(p.cases)} cross-validation cases of folds {list(p.folds)}, "
-                 f"metric {self.metric.name} ({self.metric.direction})", decision_rule_text(self.metric, self.alpha)]
+                 f"metric {self.metric.name} ({self.metric.direction})",
+                 rule_text(self.rule, self.metric.name, self.alpha)]
         lines += [f"note: {n}" for n in self.notes]
         names = list(dict.fromkeys((self.metric.name, *REPORTED)))
         for index, c in enumerate(self.classes):
@@ -322,12 +307,20 @@ class TuningResult:
                          f"{', '.join('nnU-Net' if t is None else f'{t:g}' for t in c.thresholds)}")
             lines.append(f"  no change: mean {self.metric.name} {d.mean_no_change:.4f}; best of the grid "
                          f"({c.best_setting.describe()}): {d.mean_best:.4f}")
+            if d.out_of_fold is not None:
+                lines.append("  per fold, the best on the other folds' cases: " + "; ".join(
+                    f"fold {fold} ({n} cases): {setting.describe()}" for fold, n, setting in c.fold_choices()))
+                lines.append(f"  out of fold: mean {self.metric.name} {d.out_of_fold.mean:.4f} vs no change "
+                             f"{d.mean_no_change:.4f}")
             if d.best == (0, 0):
                 lines.append("  no setting of the grid is better than no change")
             else:
                 verdict = "chosen" if d.accepted else "kept no change"
-                lines.append(f"  Wilcoxon p = {d.p_value:.3g}, x {d.other_settings} = {d.p_corrected:.3g} "
-                             f"{'<' if d.p_corrected < self.alpha else '>='} {self.alpha:g}: {verdict}")
+                test = (f"Wilcoxon p (out of fold vs no change) = {d.p_value:.3g}" if d.rule == CROSS_VALIDATED
+                        else f"Wilcoxon p = {d.p_value:.3g}, x {d.other_settings} = {d.p_corrected:.3g}")
+                lines.append(f"  {test} {'<' if d.p_corrected < self.alpha else '>='} {self.alpha:g}"
+                             + (", out-of-fold mean not better" if d.p_corrected < self.alpha and not d.accepted
+                                else "") + f": {verdict}")
             lines.append(f"  -> {c.setting.describe()}")
             for name in names:
                 before, after = self.before[name][:, index], self.after[name][:, index]
@@ -351,26 +344,47 @@ def _number(value) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _class_record(c: ClassTuning) -> dict:
+def _setting_record(setting: Setting) -> dict:
+    return {"threshold": setting.threshold, "min_volume_mm3": setting.min_volume_mm3,
+            "description": setting.describe()}
+
+
+def _class_record(c: ClassTuning, case_names: list[str]) -> dict:
     d = c.decision
     with np.errstate(all="ignore"):
         means = np.nanmean(c.values, 0) if c.values.size else np.zeros((len(c.thresholds), len(c.min_volumes)))
-    return {"label_or_region": label_or_region_key(c.label_or_region), "min_volumes_mm3": list(c.min_volumes),
-            "thresholds": list(c.thresholds), "mean": [[_number(v) for v in row] for row in means],
-            "no_change": _number(d.mean_no_change), "best": c.best_setting.describe(),
-            "best_mean": _number(d.mean_best),
-            "p_value": d.p_value, "p_corrected": d.p_corrected, "other_settings": d.other_settings,
-            "paired_cases": d.paired_cases, "chosen": c.setting.describe(), "changed": d.accepted}
+    record: dict = {
+        "label_or_region": label_or_region_key(c.label_or_region), "min_volumes_mm3": list(c.min_volumes),
+        "thresholds": list(c.thresholds), "mean": [[_number(v) for v in row] for row in means],
+        "no_change": _number(d.mean_no_change), "best": c.best_setting.describe(), "best_mean": _number(d.mean_best),
+        "rule": d.rule, "p_value": d.p_value}
+    if d.out_of_fold is None:
+        record.update({"p_corrected": d.p_corrected, "other_settings": d.other_settings})
+    else:
+        oof = d.out_of_fold
+        record["out_of_fold"] = {
+            "mean": _number(oof.mean),
+            "folds": [{"fold": fold, "cases": n, "chosen_on_other_folds": _setting_record(setting)}
+                      for fold, n, setting in c.fold_choices()],
+            "cases": {name: {"fold": fold, "no_change": _number(c.values[i, 0, 0]),
+                             "out_of_fold": _number(oof.values[i])}
+                      for i, (name, fold) in enumerate(zip(case_names, oof.case_folds))},
+        }
+    record.update({"paired_cases": d.paired_cases, "chosen": c.setting.describe(), "changed": d.accepted})
+    return record
 
 
 def tune(predictions: Predictions, metric: Metric, *, thresholds: Sequence[float] | None = DEFAULT_THRESHOLDS,
          min_volumes: Sequence[float] | None = None, alpha: float = 0.05, connectivity: int = 26,
-         tolerance_mm: float = 1.0, num_processes: int = 1) -> TuningResult:
+         tolerance_mm: float = 1.0, num_processes: int = 1, rule: str = CROSS_VALIDATED) -> TuningResult:
     """Tune the postprocessing of ``predictions`` (see the module docstring). ``thresholds=None`` or no
-    probabilities: minimum volumes only. ``min_volumes``: the grid in mm³ (0 is added), default from the data."""
+    probabilities: minimum volumes only. ``min_volumes``: the grid in mm³ (0 is added), default from the data.
+    ``rule``: the decision rule (:data:`.significance.RULES`)."""
     if not predictions.cases:
         raise DecisionError(f"{predictions.identifier}: no cases to tune on")
-    notes = []
+    notes: list[str] = []
+    rule = _usable_rule(check_rule(rule), predictions, notes)
+    case_folds = [case.fold for case in predictions.cases]
     threshold_grid: tuple = (None,)
     if thresholds:
         if predictions.has_probabilities:
@@ -391,28 +405,46 @@ def tune(predictions: Predictions, metric: Metric, *, thresholds: Sequence[float
         for keys_of_pass in passes:
             jobs = [CaseJob(case, predictions.reader_writer, layout, keys_of_pass, threshold_grid, tuple(fixed),
                             connectivity) for case in predictions.cases]
-            tables = workers.map(case_tables, jobs, (), f"labelling components ({len(threshold_grid)} thresholds)")
+            tables = workers.map(case_tables, jobs, (), f"labelling components ({len(threshold_grid)} thresholds)",
+                                 _case_name)
             grids = {key: volume_grid or _data_volumes(tables, key) for key in keys_of_pass}
             if metric.from_tables:
                 values = {key: _table_values(tables, key, grids[key], metric.name) for key in keys_of_pass}
             else:
                 grids_per_case = workers.map(case_metric_grid, jobs, (grids, metric.name, tolerance_mm),
-                                             f"{metric.name} on the postprocessed masks")
+                                             f"{metric.name} on the postprocessed masks", _case_name)
                 values = {key: np.stack([g[key] for g in grids_per_case]) for key in keys_of_pass}
             for key in keys_of_pass:
-                tuning = ClassTuning(key, threshold_grid, grids[key], values[key],
-                                     decide(values[key], metric.higher_is_better, alpha))
+                decision = (decide_cross_validated(values[key], case_folds, metric.higher_is_better, alpha)
+                            if rule == CROSS_VALIDATED else decide(values[key], metric.higher_is_better, alpha))
+                tuning = ClassTuning(key, threshold_grid, grids[key], values[key], decision)
                 classes.append(tuning)
                 fixed.append(tuning.setting)
         settings = tuple(c.setting for c in classes)
         jobs = [CaseJob(case, predictions.reader_writer, layout, tuple(keys), (None,), (), connectivity)
                 for case in predictions.cases]
-        before = _scores(workers.map(case_scores, jobs, ((), metric.name, tolerance_mm), "scoring the predictions"),
-                         keys)
+        before = _scores(workers.map(case_scores, jobs, ((), metric.name, tolerance_mm), "scoring the predictions",
+                                     _case_name), keys)
         after = before if all(s.changes_nothing for s in settings) else \
             _scores(workers.map(case_scores, jobs, (settings, metric.name, tolerance_mm),
-                                "scoring the postprocessed predictions"), keys)
-    return TuningResult(predictions, metric, alpha, connectivity, classes, before, after, notes)
+                                "scoring the postprocessed predictions", _case_name), keys)
+    return TuningResult(predictions, metric, alpha, connectivity, classes, before, after, notes, rule)
+
+
+def _usable_rule(rule: str, predictions: Predictions, notes: list[str]) -> str:
+    """``rule``, or the Bonferroni rule (with a note saying why) when the cases do not span two folds."""
+    if rule != CROSS_VALIDATED:
+        return rule
+    unknown = [case.name for case in predictions.cases if case.fold is None]
+    folds = sorted({str(case.fold) for case in predictions.cases if case.fold is not None})
+    if not unknown and len(folds) >= 2:
+        return rule
+    why = (f"the fold of {len(unknown)} cases is not known (e.g. {unknown[0]})" if unknown else
+           f"all {len(predictions.cases)} cases are validation cases of fold {folds[0]}")
+    notes.append(f"decision rule {BONFERRONI} used instead of {CROSS_VALIDATED}: cross-validated selection needs the "
+                 f"validation cases of at least two folds, and {why}; tune on more folds (e.g. -f 0 1 2 3 4) to "
+                 f"use it")
+    return BONFERRONI
 
 
 def _data_volumes(tables: list, key) -> tuple[float, ...]:

@@ -117,7 +117,9 @@ def check_labels(path: str, seg: np.ndarray, allowed: Iterable[int]) -> None:
     unknown = sorted(set(present.tolist()) - set(allowed))
     if unknown:
         raise ValueError(f"{path}: labels {unknown[:10]} are not among the declared labels {allowed} (dataset.json "
-                         f"labels or -l/-il); fix the file or declare the labels")
+                         f"labels or -l/-il); fix the file or declare the labels (an instance map, ids 1, 2, 3, ...? "
+                         f"give it with --reference-instances/--prediction-instances beside the label files, or "
+                         f"evaluate instance maps of one class with --instance-inputs -l 1)")
 
 
 def read_pair(reader_writer, ref_file: str, pred_file: str, allowed_labels: Iterable[int] | None,
@@ -155,3 +157,53 @@ def read_probabilities(npz_file: str, case: str, spatial_shape: tuple[int, ...])
         raise ValueError(f"case {case}: probabilities of shape {probabilities.shape} do not match the "
                          f"segmentation's {tuple(spatial_shape)}; use the .npz written with this prediction")
     return probabilities
+
+
+def read_instances(reader_writer, path: str, case: str, option: str, seg: np.ndarray, seg_file: str,
+                   props: dict, ignore_label: int | None, allow_geometry_mismatch: bool = False) -> np.ndarray:
+    """The instance map of a case (``--reference-instances``/``--prediction-instances``), checked against the
+    case's label map ``seg`` (read from ``seg_file`` with ``props``): readable, same grid, integer ids >= 0 (0: no
+    object), and every object inside one foreground label of ``seg`` (not the background, not the ignore label).
+    Every fault is a ValueError (FileNotFoundError for a missing file) naming the case, the option and the fix."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"case {case}: no instance map {path} ({option}); give one instance map per case, "
+                                f"with the label file's name ({os.path.basename(seg_file)})")
+    instances, props_instances = read_segmentation(reader_writer, path)
+    if instances.shape != seg.shape:
+        raise ValueError(f"case {case}: the instance map {path} ({option}) has shape {instances.shape}, its label "
+                         f"file {seg_file} {seg.shape}; instance maps must lie on the label file's grid")
+    if not allow_geometry_mismatch:
+        check_geometry(path, seg_file, props_instances, props)
+    instances = instance_ids(instances, path, case, option)
+    inside = instances > 0
+    ids, labels = instances[inside], np.asarray(seg)[inside].astype(np.int64)
+    outside = (labels == 0) | ((labels == ignore_label) if ignore_label is not None else False)
+    if outside.any():
+        bad = np.unique(ids[outside])
+        raise ValueError(f"case {case}: objects {bad[:10].tolist()} of the instance map {path} ({option}) cover "
+                         f"{int(outside.sum())} voxels that are background or ignore label in {seg_file}; every "
+                         f"object must lie inside one foreground label of its label file")
+    base = int(labels.max(initial=0)) + 1
+    pairs = np.unique(ids * base + labels)  # one entry per (object, label) pair
+    object_ids, count = np.unique(pairs // base, return_counts=True)
+    if (count > 1).any():
+        split = object_ids[count > 1]
+        raise ValueError(f"case {case}: objects {split[:10].tolist()} of the instance map {path} ({option}) span "
+                         f"several labels of {seg_file}; every object must lie inside one foreground label (give "
+                         f"each class's objects their own ids)")
+    return instances
+
+
+def instance_ids(instances: np.ndarray, path: str, case: str, option: str) -> np.ndarray:
+    """An instance map as int64 ids; ValueError naming the case when it holds non-integer or negative values."""
+    if instances.dtype.kind == "f":
+        if not np.isfinite(instances).all() or np.any(instances != np.round(instances)):
+            raise ValueError(f"case {case}: the instance map {path} ({option}) holds non-integer values; instance "
+                             f"maps hold object ids (integers > 0, 0 for no object)")
+    elif instances.dtype.kind not in "iub":
+        raise ValueError(f"case {case}: the instance map {path} ({option}) holds values of type {instances.dtype}, "
+                         f"not integer object ids")
+    if instances.min(initial=0) < 0:
+        raise ValueError(f"case {case}: the instance map {path} ({option}) holds negative ids; object ids are > 0 "
+                         f"and 0 is no object")
+    return instances.astype(np.int64)

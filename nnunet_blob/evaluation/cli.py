@@ -7,9 +7,10 @@ import sys
 from nnunet_blob.evaluation.options import BRATS_PRESETS
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
 from nnunet_blob.io import reports
+from nnunet_blob.workers import WorkerDied
 
 
-@reports(FileNotFoundError, ValueError, command="evaluate")
+@reports(FileNotFoundError, ValueError, WorkerDied, command="evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
     import os
 
@@ -29,7 +30,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         matching=args.matching, match_metric=args.match_metric, match_threshold=args.match_threshold,
         confidence=args.confidence, detection_iou=args.detection_iou, size_bins=args.size_bins,
         tolerance_mm=args.tolerance_mm, connectivity=args.connectivity, empty_case=args.empty_case,
-        cc_dice=args.cc_dice, allow_geometry_mismatch=args.allow_geometry_mismatch)
+        cc_dice=args.cc_dice, allow_geometry_mismatch=args.allow_geometry_mismatch, cell_scores=args.cell_scores,
+        reference_instances=args.reference_instances, prediction_instances=args.prediction_instances,
+        instance_inputs=args.instance_inputs)
     output = args.o or os.path.join(args.pred_folder, "summary_instances.json")
     common = dict(num_processes=args.np, chill=args.chill, png_dir=args.png, images_dir=args.images,
                   options=options)
@@ -62,7 +65,8 @@ def add_parser(subparsers) -> None:
               "[LABEL ...] [-il IGNORE]) [options]",
         description="Voxel metrics as nnU-Net, surface Dice, instance sensitivity/precision/F1 (blob loss paper), "
                     "one-to-one matching with panoptic quality (panoptica), BraTS lesion-wise Dice/HD95, "
-                    "sensitivity by lesion volume, CC-Dice and FROC/AP from nnU-Net's probabilities. "
+                    "sensitivity by lesion volume, CC-Dice, FROC/AP from nnU-Net's probabilities, and with instance "
+                    "maps of touching objects (cells, nuclei) the 2018 Data Science Bowl's AP over IoU thresholds. "
                     "Required: -djfile and -pfile, or -l.")
     ev.add_argument("gt_folder", metavar="GT_FOLDER", help="folder with reference segmentations")
     ev.add_argument("pred_folder", metavar="PRED_FOLDER", help="folder with predicted segmentations")
@@ -86,14 +90,28 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--empty-case", choices=("nan", "one"), default="nan",
                     help="a case with empty reference and prediction: metrics NaN (default, nnU-Net) or 1.0 (WMH)")
     lesions = ev.add_argument_group("lesion matching and lesion-wise scores")
-    lesions.add_argument("--matching", choices=("overlap", "one-to-one"), default="overlap",
-                         help="overlap (default): a component is found when touched by >= 1 voxel; one-to-one: "
-                              "pairs above --match-threshold, each component in at most one pair (panoptica); adds "
-                              "n_matched, RQ, SQ, PQ, SQ_Dice")
+    lesions.add_argument("--matching", choices=("overlap", "one-to-one"), default=None,
+                         help="overlap (default without instance maps): a component is found when touched by >= 1 "
+                              "voxel; one-to-one (default with instance maps): pairs above --match-threshold, each "
+                              "object in at most one pair (panoptica); adds n_matched, RQ, SQ, PQ, SQ_Dice")
     lesions.add_argument("--match-metric", choices=("iou", "dice"), default=None,
                          help="pair score of --matching one-to-one (default iou)")
     lesions.add_argument("--match-threshold", type=float, default=None,
                          help="a pair is eligible when its score is >= this (default 0.5)")
+    lesions.add_argument("--cell-scores", action=argparse.BooleanOptionalAction, default=None,
+                         help="the cell field's scores: DSB_AP, the 2018 Data Science Bowl's mean over IoU thresholds "
+                              "0.5:0.05:0.95 of TP/(TP+FP+FN) with one-to-one matches at IoU >= t, AP@t per "
+                              "threshold, F1@0.5, precision@0.5, recall@0.5 (default: on with instance maps)")
+    lesions.add_argument("--reference-instances", default=None, metavar="DIR",
+                         help="instance maps of the reference cases (file names and grid of GT_FOLDER's labels; ids "
+                              "> 0, 0 = none; each object inside one foreground label): the objects instead of "
+                              "the connected components, so touching objects count apart")
+    lesions.add_argument("--prediction-instances", default=None, metavar="DIR",
+                         help="instance maps of the predicted cases (as --reference-instances, for PRED_FOLDER), "
+                              "e.g. from your own postprocessing (default: connected components of the prediction)")
+    lesions.add_argument("--instance-inputs", action="store_true",
+                         help="GT_FOLDER and PRED_FOLDER hold instance maps of one class (0 = background, ids > 0): "
+                              "evaluated as label 1 (-l 1) with their objects")
     lesions.add_argument("--size-bins", type=float, nargs="+", default=None, metavar="ML",
                          help="edges in ml of the reference-lesion volume bins of the sensitivity by size "
                               "(default 0.01 0.1 1 10)")
@@ -122,6 +140,6 @@ def add_parser(subparsers) -> None:
     cp.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     cp.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
                     help="per-case metrics to compare (default: Dice, SurfaceDice, F1, IS, IP and, when evaluated, "
-                         "RQ, SQ, PQ, SQ_Dice, CC_Dice, lesion_wise_Dice, lesion_wise_HD95), e.g. FP_instances or a "
-                         "size bin's IS_0.01-0.1ml")
+                         "RQ, SQ, PQ, SQ_Dice, DSB_AP, F1@0.5, CC_Dice, lesion_wise_Dice, lesion_wise_HD95), e.g. "
+                         "FP_instances, AP@0.75 or a size bin's IS_0.01-0.1ml")
     cp.set_defaults(func=_compare)

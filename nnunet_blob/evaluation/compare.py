@@ -15,27 +15,20 @@ import os
 import numpy as np
 from scipy.stats import wilcoxon
 
-# metric -> True when higher is better; compared by default when the summaries have them (the last ones only
-# exist when evaluate was asked for them)
-DEFAULT_METRICS = {"Dice": True, "SurfaceDice": True, "F1": True, "IS": True, "IP": True,
-                   "RQ": True, "SQ": True, "PQ": True, "SQ_Dice": True, "CC_Dice": True,
-                   "lesion_wise_Dice": True, "lesion_wise_HD95": False}
-#: the direction of every other per-case metric ``--metrics`` can name
-OTHER_METRICS = {"IoU": True, "sensitivity": True, "precision": True, "FP_instances": False,
-                 "FN_instances": False, "lesion_count_difference": False, "absolute_volume_difference_ml": False,
-                 "n_matched": True, "lesion_wise_TP": True, "lesion_wise_FN": False, "lesion_wise_FP": False}
-#: prefix of the sensitivity of a lesion-volume bin (``IS_<bin>``, higher is better)
-SIZE_BIN_PREFIX = "IS_"
+from nnunet_blob.evaluation.metric_facts import COMPARED, DIRECTIONS, SIZE_BIN_PREFIX, direction
+
+#: metric -> True when higher is better; compared by default when the summaries have them (most only exist when
+#: evaluate was asked for them)
+DEFAULT_METRICS = COMPARED
 
 
 def metric_directions(names) -> dict[str, bool]:
     """``{metric: higher is better}`` for metric names given on the command line; ValueError for an unknown one."""
-    known = DEFAULT_METRICS | OTHER_METRICS
-    unknown = [n for n in names if n not in known and not n.startswith(SIZE_BIN_PREFIX)]
+    unknown = [n for n in names if direction(n) is None]
     if unknown:
-        raise ValueError(f"--metrics: no known direction for {unknown}; choose from {sorted(known)} or IS_<bin> "
-                         f"(the size bins' sensitivities, e.g. IS_0.01-0.1ml)")
-    return {n: known.get(n, True) for n in names}
+        raise ValueError(f"--metrics: no known direction for {unknown}; choose from {sorted(DIRECTIONS)} or "
+                         f"{SIZE_BIN_PREFIX}<bin> (the size bins' sensitivities, e.g. IS_0.01-0.1ml)")
+    return {n: bool(direction(n)) for n in names}
 
 
 def load_summary(path: str) -> dict:

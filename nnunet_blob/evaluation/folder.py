@@ -7,7 +7,6 @@ through nnU-Net's own functions; cases are paired by the prediction folder's fil
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -18,36 +17,53 @@ from nnunetv2.imageio.reader_writer_registry import (
     determine_reader_writer_from_file_ending,
 )
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-from tqdm import tqdm
 
-from nnunet_blob.evaluation.checks import read_pair, read_probabilities
+from nnunet_blob.evaluation.checks import instance_ids, read_instances, read_pair, read_probabilities
 from nnunet_blob.evaluation.confidence import average_precision, froc
+from nnunet_blob.evaluation.lesions import pooled_cell_scores
+from nnunet_blob.evaluation.metric_facts import SUMMED
 from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_evaluation, spatial_view
 from nnunet_blob.evaluation.options import EvaluationOptions
 from nnunet_blob.instances.detection import instance_scores
 from nnunet_blob.io import atomic_write_json
 from nnunet_blob.nnunet_internals import label_or_region_key
-
-#: instance counts added over the cases in ``pooled_instances``
-POOLED = ("n_ref_instances", "n_pred_instances", "TP_ref_instances", "TP_pred_instances", "FN_instances",
-          "FP_instances")
+from nnunet_blob.workers import run_cases
 
 
 def evaluate_case(ref_file: str, pred_file: str, reader_writer, labels_or_regions, ignore_label=None,
                   tolerance_mm: float = 1.0, connectivity: int = 26, png_file: str | None = None,
                   image_file: str | None = None, options: EvaluationOptions | None = None,
-                  allowed_labels=None, probabilities_file: str | None = None) -> dict:
+                  allowed_labels=None, probabilities_file: str | None = None,
+                  ref_instances_file: str | None = None, pred_instances_file: str | None = None) -> dict:
     """Metrics of one case, keyed like nnU-Net's ``compute_metrics`` result; optionally writes its PNG.
 
     ``options`` default to ``tolerance_mm`` and ``connectivity`` with everything else at its default. The pair is
     read with :func:`~nnunet_blob.evaluation.checks.read_pair` (``allowed_labels``: the declared labels, None to
     skip that check). With ``probabilities_file`` (nnU-Net's ``.npz``) the result also holds ``detections``, the
-    entries of every label or region (:mod:`nnunet_blob.evaluation.confidence`).
+    entries of every label or region (:mod:`nnunet_blob.evaluation.confidence`). ``ref_instances_file`` and
+    ``pred_instances_file`` are the case's instance maps (checked by
+    :func:`~nnunet_blob.evaluation.checks.read_instances`); with ``options.instance_inputs`` the two files are
+    instance maps of one class (label 1 = every object).
     """
     if options is None:
         options = EvaluationOptions(tolerance_mm=tolerance_mm, connectivity=connectivity)
-    seg_ref, seg_pred, props = read_pair(reader_writer, ref_file, pred_file, allowed_labels,
+    seg_ref, seg_pred, props = read_pair(reader_writer, ref_file, pred_file,
+                                         None if options.instance_inputs else allowed_labels,
                                          options.allow_geometry_mismatch)
+    case = _case_name(pred_file, reader_writer)
+    instance_maps = []
+    for path, option, seg, seg_file in ((ref_instances_file, "--reference-instances", seg_ref, ref_file),
+                                        (pred_instances_file, "--prediction-instances", seg_pred, pred_file)):
+        if options.instance_inputs:
+            instances = instance_ids(seg, seg_file, case, "--instance-inputs")
+        elif path is not None:
+            instances = read_instances(reader_writer, path, case, option, seg, seg_file, props, ignore_label,
+                                       options.allow_geometry_mismatch)
+        else:
+            instances = None
+        instance_maps.append(None if instances is None else spatial_view(instances, props["spacing"])[0])
+    if options.instance_inputs:
+        seg_ref, seg_pred = (seg_ref != 0).astype(np.uint8), (seg_pred != 0).astype(np.uint8)
     ref, spacing = spatial_view(seg_ref, props["spacing"])
     pred, _ = spatial_view(seg_pred, props["spacing"])
     probabilities = None
@@ -62,7 +78,7 @@ def evaluate_case(ref_file: str, pred_file: str, reader_writer, labels_or_region
             channel = _probability_channel(probabilities, r, index, probabilities_file)
             channel = spatial_view(channel[None], props["spacing"])[0]
         result["metrics"][r], comps[r], detections[r] = label_evaluation(ref, pred, r, spacing, ignore_label, options,
-                                                                          channel)
+                                                                          channel, *instance_maps)
     if probabilities is not None:
         result["detections"] = detections
     if png_file is not None:
@@ -72,6 +88,13 @@ def evaluate_case(ref_file: str, pred_file: str, reader_writer, labels_or_region
             if image_file else None
         case_png(png_file, image, comps, result["metrics"], title=os.path.basename(ref_file))
     return result
+
+
+def _case_name(path: str, reader_writer) -> str:
+    """A file's case identifier: its name without the reader's file ending."""
+    name = os.path.basename(path)
+    endings = getattr(reader_writer, "supported_file_endings", ())
+    return next((name[:-len(e)] for e in sorted(endings, key=len, reverse=True) if name.endswith(e)), name)
 
 
 def _probability_channel(probabilities: np.ndarray, label_or_region, index: int, path) -> np.ndarray:
@@ -107,6 +130,8 @@ def _pooled_lesions(results: list[dict], r, options: EvaluationOptions) -> dict:
             float("nan")
         sq = iou_sum / matched if matched else (float("nan") if n_ref + n_pred == 0 else 0.0)
         out.update({"n_matched": matched, "RQ": rq, "SQ": sq, "PQ": sq * rq})
+    if options.cell_scores:
+        out.update(pooled_cell_scores(cases))
     if options.brats:
         for key in ("lesion_wise_TP", "lesion_wise_FN", "lesion_wise_FP"):
             out[key] = int(sum(m[key] for m in cases))
@@ -130,7 +155,7 @@ def summarize(results: list[dict], labels_or_regions, tolerance_mm: float = 1.0,
         means[r] = {m: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for m, v in values.items()}
         nan_cases[r] = {m: int(np.isnan(v).sum()) for m, v in values.items()}
         counts = np.array([[c["metrics"][r][key] for key in COUNT_METRICS] for c in results], np.int64)
-        pooled[r] = {m: int(values[m].sum()) for m in POOLED} | instance_scores(counts) | \
+        pooled[r] = {m: int(values[m].sum()) for m in SUMMED} | instance_scores(counts) | \
             _pooled_lesions(results, r, options)
     foreground_mean = {m: float(np.mean([means[r][m] for r in labels_or_regions if r not in (0, "0")]))
                        for m in metric_names}
@@ -196,6 +221,14 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
     """
     if options is None:
         options = EvaluationOptions(tolerance_mm=tolerance_mm, connectivity=connectivity)
+    if options.instance_inputs and list(labels_or_regions) != [1]:
+        raise ValueError(f"--instance-inputs: the files are instance maps of one class, evaluated as label 1; give "
+                         f"-l 1 (got {list(labels_or_regions)})")
+    for folder, option in ((options.reference_instances, "--reference-instances"),
+                           (options.prediction_instances, "--prediction-instances")):
+        if folder is not None and not os.path.isdir(folder):
+            raise FileNotFoundError(f"{option} {folder} is not a folder; give the folder of the instance maps (one "
+                                    f"per case, named as its label file)")
     pairs = pair_cases(folder_ref, folder_pred, file_ending, chill)
     jobs = []
     for ref_file, pred_file in pairs:
@@ -209,17 +242,22 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
         if probabilities is not None and not os.path.isfile(probabilities):
             raise FileNotFoundError(f"case {case}: no probabilities {probabilities}; --confidence needs "
                                     f"nnUNetv2_predict ... --save_probabilities (or drop --confidence)")
+        instance_files = {}
+        for key, folder, option in (("ref_instances_file", options.reference_instances, "--reference-instances"),
+                                    ("pred_instances_file", options.prediction_instances, "--prediction-instances")):
+            if folder is not None:
+                instance_files[key] = os.path.join(folder, case + file_ending)
+                if not os.path.isfile(instance_files[key]):
+                    raise FileNotFoundError(f"case {case}: no instance map {instance_files[key]} in {option} "
+                                            f"{folder}; give one instance map per case, named as its label file")
         jobs.append((ref_file, pred_file, reader_writer, list(labels_or_regions), ignore_label,
                      options.tolerance_mm, options.connectivity, png, image,
-                     dict(options=options, allowed_labels=allowed_labels, probabilities_file=probabilities)))
+                     dict(options=options, allowed_labels=allowed_labels, probabilities_file=probabilities,
+                          **instance_files)))
     if png_dir:
         os.makedirs(png_dir, exist_ok=True)
-    desc = f"evaluating {len(jobs)} cases"
-    if num_processes <= 1:
-        results = [_evaluate_case_star(j) for j in tqdm(jobs, desc=desc)]
-    else:
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-            results = list(tqdm(pool.imap(_evaluate_case_star, jobs), total=len(jobs), desc=desc))
+    results = run_cases(_evaluate_case_star, jobs, (), num_processes, f"evaluating {len(jobs)} cases",
+                        describe=lambda job: f"case {os.path.basename(job[0])[:-len(file_ending)]}")
     summary = summarize(results, list(labels_or_regions), options=options)
     if output_file is not None:
         Path(output_file).parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,16 @@ volume, CC-Dice, and the empty-case rule.
   segmentation quality ``SQ`` = mean IoU of the matched pairs, ``PQ = SQ * RQ`` (A. Kirillov et al., "Panoptic
   Segmentation", CVPR 2019), and ``SQ_Dice`` = mean Dice of the matched pairs (panoptica's ``sq_dsc``). With
   TP = 0 they are 0, or NaN when the case has no component at all (panoptica's edge cases).
+* **Cell scores** (``--cell-scores``; the 2018 Data Science Bowl's score, J. C. Caicedo et al., "Nucleus
+  segmentation across imaging experiments: the 2018 Data Science Bowl", Nature Methods 16, 2019): per IoU
+  threshold t in 0.5, 0.55, ..., 0.95 the one-to-one matching of pairs with ``IoU >= t`` (the matching of
+  :mod:`nnunet_blob.instances.matching`; ``>=`` as StarDist's ``matching`` and Cellpose's ``average_precision``
+  compare, where the challenge's text says "greater than": the two differ only for a pair whose IoU is exactly t)
+  gives TP(t), ``FP = n_pred - TP``, ``FN = n_ref - TP`` and ``AP@t = TP / (TP + FP + FN)``; ``DSB_AP`` is the
+  mean of AP@t over the ten thresholds. At t = 0.5 also ``F1@0.5 = 2 TP / (2 TP + FP + FN)``,
+  ``precision@0.5 = TP / n_pred`` and ``recall@0.5 = TP / n_ref``. A ratio whose denominator is 0 is NaN (StarDist
+  writes 0): without reference and prediction all are NaN (1 with ``--empty-case one``), without a prediction
+  precision is NaN and AP, F1 and recall are 0. The per-threshold counts ``TP@t`` are kept for pooling.
 * **Size bins**: the reference components are binned by volume (ml); per bin the number of components, the
   number found (touched with ``--matching overlap``, matched with ``one-to-one``) and their ratio IS.
 * **CC-Dice** (A. Jaus et al., "Every Component Counts: Rethinking the Measure of Success for Medical Semantic
@@ -22,13 +32,11 @@ import math
 
 import numpy as np
 
-from nnunet_blob.instances.matching import Matching
+from nnunet_blob.evaluation.metric_facts import CELL_REPORTED_THRESHOLD, CELL_THRESHOLDS, EMPTY_CASE_METRICS, at
+from nnunet_blob.instances.matching import Matching, OverlapTable, match_components
 from nnunet_blob.instances.voronoi import component_cells
 
 NAN = float("nan")
-#: the metrics a case without reference and prediction leaves undefined (NaN), scored 1 by ``--empty-case one``
-EMPTY_CASE_METRICS = ("Dice", "IoU", "sensitivity", "precision", "SurfaceDice", "IS", "IP", "F1", "RQ", "SQ", "PQ",
-                      "SQ_Dice", "CC_Dice")
 
 
 def panoptic_quality(matching: Matching, n_ref: int, n_pred: int) -> dict:
@@ -40,6 +48,54 @@ def panoptic_quality(matching: Matching, n_ref: int, n_pred: int) -> dict:
     rq = tp / (tp + 0.5 * (n_pred - tp) + 0.5 * (n_ref - tp))
     sq = float(np.mean(matching.iou))
     return {"n_matched": tp, "RQ": rq, "SQ": sq, "PQ": sq * rq, "SQ_Dice": float(np.mean(matching.dice))}
+
+
+def cell_scores(table: OverlapTable, thresholds=CELL_THRESHOLDS) -> dict:
+    """``TP@t``, ``AP@t``, ``DSB_AP`` and ``F1``/``precision``/``recall`` at 0.5 of a case's overlap table (module
+    docstring)."""
+    n_ref, n_pred = table.n_ref, table.n_pred
+    out: dict = {}
+    for t in thresholds:
+        tp = match_components(table, "iou", t).n_matched
+        out[at("TP", t)] = tp
+        out.update(_cell_ratios(tp, n_ref, n_pred, t))
+    out["DSB_AP"] = NAN if n_ref + n_pred == 0 else float(np.mean([out[at("AP", t)] for t in thresholds]))
+    return out
+
+
+def _cell_ratios(tp: int, n_ref: int, n_pred: int, t: float) -> dict:
+    """``AP@t`` (and at the reported threshold ``F1``, ``precision``, ``recall``) from the counts."""
+    fp, fn = n_pred - tp, n_ref - tp
+    out = {at("AP", t): _ratio(tp, tp + fp + fn)}
+    if t == CELL_REPORTED_THRESHOLD:
+        out |= {at("F1", t): _ratio(2 * tp, 2 * tp + fp + fn), at("precision", t): _ratio(tp, n_pred),
+                at("recall", t): _ratio(tp, n_ref)}
+    return out
+
+
+def pooled_cell_scores(cases: list[dict], thresholds=CELL_THRESHOLDS) -> dict:
+    """The cell scores of the counts added over the cases (as StarDist's ``matching_dataset(by_image=False)``):
+    ``TP@t``, ``AP@t``, ``DSB_AP`` (mean of the pooled AP@t), and ``F1``, ``precision``, ``recall`` at every
+    threshold (``cell_scores``: ``{metric: [value per threshold]}``)."""
+    n_ref = int(sum(m["n_ref_instances"] for m in cases))
+    n_pred = int(sum(m["n_pred_instances"] for m in cases))
+    out: dict = {}
+    table: dict = {"thresholds": list(thresholds), "TP": [], "AP": [], "F1": [], "precision": [], "recall": []}
+    for t in thresholds:
+        tp = int(sum(m[at("TP", t)] for m in cases))
+        fp, fn = n_pred - tp, n_ref - tp
+        out[at("TP", t)] = tp
+        out.update(_cell_ratios(tp, n_ref, n_pred, t))
+        for name, value in (("TP", tp), ("AP", _ratio(tp, tp + fp + fn)), ("F1", _ratio(2 * tp, 2 * tp + fp + fn)),
+                            ("precision", _ratio(tp, n_pred)), ("recall", _ratio(tp, n_ref))):
+            table[name].append(value)
+    out["DSB_AP"] = NAN if n_ref + n_pred == 0 else float(np.mean(table["AP"]))
+    out["cell_scores"] = table
+    return out
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den > 0 else NAN
 
 
 def size_bin_counts(ref_sizes: np.ndarray, found: np.ndarray, voxel_ml: float, edges_ml, names) -> dict:

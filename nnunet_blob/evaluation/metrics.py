@@ -9,6 +9,7 @@
   segmentation" (IPMI 2023), section 2.5, defined once in :mod:`nnunet_blob.instances.detection`: connected
   components, a component counts as detected when it overlaps the other mask by at least one voxel;
 * with the :class:`~nnunet_blob.evaluation.options.EvaluationOptions`: one-to-one matching and panoptic quality,
+  the cell scores (average precision over IoU thresholds of the 2018 Data Science Bowl, F1 at IoU 0.5),
   sensitivity by lesion volume, CC-Dice and the empty-case rule (:mod:`~nnunet_blob.evaluation.lesions`), BraTS
   lesion-wise scores (:mod:`~nnunet_blob.evaluation.brats`) and detection entries from confidences
   (:mod:`~nnunet_blob.evaluation.confidence`).
@@ -28,10 +29,10 @@ import numpy as np
 
 from nnunet_blob.evaluation.brats import brats_lesion_wise
 from nnunet_blob.evaluation.confidence import candidate_confidences, case_detections
-from nnunet_blob.evaluation.lesions import apply_empty_case, cc_dice, panoptic_quality, size_bin_counts
+from nnunet_blob.evaluation.lesions import apply_empty_case, cc_dice, cell_scores, panoptic_quality, size_bin_counts
 from nnunet_blob.evaluation.options import EvaluationOptions
 from nnunet_blob.evaluation.surface import surface_dice
-from nnunet_blob.instances.detection import instance_scores, label_components, overlap_detection
+from nnunet_blob.instances.detection import class_instances, instance_scores, label_components, overlap_detection
 from nnunet_blob.instances.matching import match_components, overlap_table
 from nnunet_blob.nnunet_internals import label_or_region_mask, tp_fp_fn_tn
 
@@ -74,11 +75,15 @@ class Components:
         return np.array([self.n_ref, self.ref_detected.size, self.n_pred, self.pred_true.size], dtype=np.int64)
 
 
-def components(mask_ref: np.ndarray, mask_pred: np.ndarray, connectivity: int = 26) -> Components:
+def components(mask_ref: np.ndarray, mask_pred: np.ndarray, connectivity: int = 26,
+               ref_instances: np.ndarray | None = None, pred_instances: np.ndarray | None = None) -> Components:
     """Label both masks and find the components overlapping the other mask by >= 1 voxel
-    (:mod:`nnunet_blob.instances.detection`)."""
-    ref_labels, n_ref = label_components(mask_ref, connectivity)
-    pred_labels, n_pred = label_components(mask_pred, connectivity)
+    (:mod:`nnunet_blob.instances.detection`). With an instance map of the case (``ref_instances``,
+    ``pred_instances``) a mask's objects are the instances inside it instead of its connected components."""
+    ref_labels, n_ref = label_components(mask_ref, connectivity) if ref_instances is None else \
+        class_instances(ref_instances, mask_ref)
+    pred_labels, n_pred = label_components(mask_pred, connectivity) if pred_instances is None else \
+        class_instances(pred_instances, mask_pred)
     ref_detected, pred_true = overlap_detection(ref_labels, pred_labels)
     return Components(ref_labels, pred_labels, n_ref, n_pred, ref_detected, pred_true)
 
@@ -116,14 +121,17 @@ def label_metrics(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region, sp
 
 def label_evaluation(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region, spacing: Sequence[float],
                      ignore_label: int | None, options: EvaluationOptions,
-                     probabilities: np.ndarray | None = None) -> tuple[dict, Components, list | None]:
+                     probabilities: np.ndarray | None = None, ref_instances: np.ndarray | None = None,
+                     pred_instances: np.ndarray | None = None) -> tuple[dict, Components, list | None]:
     """(metrics, components, detection entries) of one label (or region) of one case.
 
     ``seg_ref``/``seg_pred`` are label maps (2D or 3D, no channel axis) with ``spacing`` in mm per axis. The
     volumetric numbers use nnU-Net's functions with its ignore mask, so they equal ``compute_metrics``. For the
     other metrics ignore-label voxels are set to background in both masks first. ``probabilities`` (same shape,
     this label's or region's probability) gives the detection entries
-    (:func:`~nnunet_blob.evaluation.confidence.case_detections`), else they are None.
+    (:func:`~nnunet_blob.evaluation.confidence.case_detections`), else they are None. ``ref_instances`` and
+    ``pred_instances`` (instance maps of the case, same shape; every object inside one label) replace the
+    connected components of the reference or the prediction by the objects of these maps.
     """
     if seg_ref.shape != seg_pred.shape:
         raise ValueError(f"reference shape {seg_ref.shape} != prediction shape {seg_pred.shape}")
@@ -139,9 +147,10 @@ def label_evaluation(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region,
     if ignore is not None:
         mask_ref, mask_pred = mask_ref & ~ignore, mask_pred & ~ignore
     out["SurfaceDice"] = surface_dice(mask_ref, mask_pred, spacing, options.tolerance_mm)
-    comps = components(mask_ref, mask_pred, options.connectivity)
-    if options.matching == "one-to-one":
+    comps = components(mask_ref, mask_pred, options.connectivity, ref_instances, pred_instances)
+    if options.matching == "one-to-one" or options.cell_scores:
         table = overlap_table(comps.ref_labels, comps.pred_labels, comps.n_ref, comps.n_pred)
+    if options.matching == "one-to-one":
         matching = match_components(table, options.match_metric, options.match_threshold)
         comps = replace(comps, ref_detected=matching.ref, pred_true=np.sort(matching.pred))
     out.update(instance_metrics(comps.counts()))
@@ -149,6 +158,8 @@ def label_evaluation(seg_ref: np.ndarray, seg_pred: np.ndarray, label_or_region,
     out["absolute_volume_difference_ml"] = abs(int(mask_pred.sum()) - int(mask_ref.sum())) * voxel_ml
     if options.matching == "one-to-one":
         out.update(panoptic_quality(matching, comps.n_ref, comps.n_pred))
+    if options.cell_scores:
+        out.update(cell_scores(table))
     ref_sizes = np.bincount(comps.ref_labels.ravel(), minlength=comps.n_ref + 1)[1:]
     found = np.zeros(comps.n_ref + 1, bool)
     found[comps.ref_detected] = True

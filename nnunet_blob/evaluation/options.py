@@ -39,6 +39,10 @@ class EvaluationOptions:
     confidence: bool = False  # candidates' confidences from nnU-Net's probabilities (PRED_FOLDER/<case>.npz)
     detection_iou: float = 0.1
     allow_geometry_mismatch: bool = False
+    cell_scores: bool = False  # AP over IoU 0.5:0.05:0.95 (2018 Data Science Bowl), F1/precision/recall at 0.5
+    reference_instances: str | None = None  # folder of the reference cases' instance maps (else components)
+    prediction_instances: str | None = None  # folder of the predicted cases' instance maps (else components)
+    instance_inputs: bool = False  # the reference and prediction files are instance maps of one class (label 1)
     froc_fp_per_case: tuple[float, ...] = field(default=FROC_FP_PER_CASE)
 
     def __post_init__(self):
@@ -69,6 +73,9 @@ class EvaluationOptions:
                              "(0 for none) or a --preset")
         if not 0.0 < self.detection_iou <= 1.0:
             raise ValueError(f"--detection-iou must be in (0, 1], got {self.detection_iou}")
+        if self.instance_inputs and (self.reference_instances or self.prediction_instances):
+            raise ValueError("--instance-inputs: the reference and prediction files are the instance maps already; "
+                             "drop --reference-instances and --prediction-instances")
 
     @property
     def brats(self) -> bool:
@@ -89,11 +96,22 @@ class EvaluationOptions:
 
 
 def options_from_arguments(*, preset: str | None = None, gt_dilation: int | None = None,
-                           min_lesion_volume: float | None = None, matching: str = "overlap",
+                           min_lesion_volume: float | None = None, matching: str | None = None,
                            match_metric: str | None = None, match_threshold: float | None = None,
                            confidence: bool = False, detection_iou: float | None = None,
-                           size_bins: list[float] | None = None, **kwargs) -> EvaluationOptions:
-    """Options from the command line's values (None: not given), refusing combinations that cannot apply."""
+                           size_bins: list[float] | None = None, cell_scores: bool | None = None,
+                           **kwargs) -> EvaluationOptions:
+    """Options from the command line's values (None: not given), refusing combinations that cannot apply.
+
+    With instance maps (``reference_instances``, ``prediction_instances`` or ``instance_inputs``) the matching
+    defaults to one-to-one and the cell scores are computed; otherwise overlap detection without them.
+    """
+    instances = bool(kwargs.get("reference_instances") or kwargs.get("prediction_instances")
+                     or kwargs.get("instance_inputs"))
+    if matching is None:
+        matching = "one-to-one" if instances else "overlap"
+    if cell_scores is None:
+        cell_scores = instances
     if preset is not None:
         if preset not in BRATS_PRESETS:
             raise ValueError(f"--preset must be one of {sorted(BRATS_PRESETS)}, got {preset!r}")
@@ -117,4 +135,4 @@ def options_from_arguments(*, preset: str | None = None, gt_dilation: int | None
         extra["size_bins_ml"] = tuple(size_bins)
     return EvaluationOptions(matching=matching, gt_dilation=gt_dilation,
                              min_lesion_volume_mm3=0.0 if min_lesion_volume is None else min_lesion_volume,
-                             confidence=confidence, **extra, **kwargs)
+                             confidence=confidence, cell_scores=cell_scores, **extra, **kwargs)

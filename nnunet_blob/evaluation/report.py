@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 
-#: (summary key, column title) of the case means shown, when the summary has them
-MEAN_COLUMNS = (("Dice", "DSC"), ("F1", "F1"), ("IS", "IS"), ("IP", "IP"), ("PQ", "PQ"), ("CC_Dice", "CC-Dice"),
-                ("lesion_wise_Dice", "LW-DSC"), ("lesion_wise_HD95", "LW-HD95"))
+from nnunet_blob.evaluation.metric_facts import COLUMNS as MEAN_COLUMNS
 
 
 def _number(value) -> str:
@@ -26,6 +24,10 @@ def format_summary(summary: dict, output_file) -> str:
                   f"{pooled['FP_instances']} false positive ({_number(pooled['FP_per_case'])} per case); pooled "
                   f"IS {_number(pooled['IS'])} IP {_number(pooled['IP'])} F1 {_number(pooled['F1'])}")
         lines.append(counts)
+        if "DSB_AP" in pooled:
+            lines.append(f"    cell scores of the pooled counts: AP(DSB) {_number(pooled['DSB_AP'])}, AP@0.5 "
+                         f"{_number(pooled['AP@0.5'])}, F1@0.5 {_number(pooled['F1@0.5'])}, precision@0.5 "
+                         f"{_number(pooled['precision@0.5'])}, recall@0.5 {_number(pooled['recall@0.5'])}")
         if "FROC" in pooled:
             lines.append(f"    detection from probabilities: FROC mean {_number(pooled['FROC']['mean'])}, "
                          f"AP {_number(pooled['AP'])}")

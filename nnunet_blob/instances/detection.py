@@ -39,6 +39,23 @@ def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarr
     return labels, int(n)
 
 
+def class_instances(instances: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """(ids 1..n of the objects of an instance map that lie in ``mask``, 0 elsewhere; n), as
+    :func:`label_components` gives them: the objects of one class when ``mask`` is that class (every object lies
+    in one class, so it is kept whole). Ids are renumbered in the order of the map's ids."""
+    kept = np.where(np.asarray(mask, bool), np.asarray(instances), 0).astype(np.int64)
+    if kept.min(initial=0) < 0:
+        raise ValueError("instance ids must be >= 0 (0: no object)")
+    largest = int(kept.max(initial=0))
+    if largest < 1 << 24:  # a lookup table from the ids present to 1..n
+        ids = np.flatnonzero(np.bincount(kept.ravel(), minlength=1)[1:]) + 1
+        lookup = np.zeros(largest + 1, np.int64)
+        lookup[ids] = np.arange(1, ids.size + 1)
+        return lookup[kept], int(ids.size)
+    ids = np.unique(kept[kept > 0])
+    return np.where(kept > 0, np.searchsorted(ids, kept) + 1, 0), int(ids.size)
+
+
 def overlap_detection(ref_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids of the reference components the prediction overlaps, ids of the predicted components overlapping the
     reference), each sorted. Ids are > 0, 0 is background; they need not be consecutive."""

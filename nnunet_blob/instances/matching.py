@@ -10,7 +10,14 @@ tool) pairs every reference component with at most one predicted component and v
   the scores (PI-CAI's rule, A. Saha et al., "Artificial intelligence and radiologists in prostate cancer
   detection on MRI (PI-CAI)", Lancet Oncology 2024). With IoU >= 0.5 a component has at most one eligible
   partner (two would have to split it into equal halves that touch each other, and touching halves are one
-  component), so there the matching is the set of eligible pairs and equals panoptica's greedy matching.
+  component), so there the matching is the set of eligible pairs and equals panoptica's greedy matching. Instance
+  maps (``--reference-instances``, ``--prediction-instances``) may hold touching objects: there two eligible
+  partners of IoU exactly 0.5 are possible, and the rule above picks one of them; above 0.5 the partner is unique
+  for any objects (IoU > 0.5 with both would need more than half of the object twice).
+
+The same rule is StarDist's ``matching`` (``linear_sum_assignment`` with cost ``-(IoU >= t) - IoU / (2 n)``: the
+most pairs at ``IoU >= t``) and Cellpose's ``average_precision``; their tie-breaker among the matchings with the
+most pairs may pick other pairs below 0.5, never another number of pairs.
 
 Cost: one pass over the overlapping voxels for the table (``np.unique`` of the pair keys), vectorised scores and
 a Hungarian assignment (``scipy.optimize.linear_sum_assignment``) only on the connected groups of eligible pairs

@@ -277,10 +277,13 @@ def _staleness(store: InstanceMapStore, location: ConfigurationLocation, case: s
 def _run(jobs: list, num_processes: int, progress: bool):
     from tqdm import tqdm
 
-    from nnunet_blob.preprocessing.workers import run_jobs
+    from nnunet_blob.workers import WorkerDied, run_jobs
 
     bar = dict(total=len(jobs), desc="instance maps", unit="case", disable=not progress)
-    yield from tqdm(run_jobs(_process_case, jobs, num_processes, describe=lambda job: f"case {job[2]}"), **bar)
+    try:
+        yield from tqdm(run_jobs(_process_case, jobs, num_processes, describe=lambda job: f"case {job[2]}"), **bar)
+    except WorkerDied as e:
+        raise InstanceMapError(str(e)) from e
 
 
 def _process_case(job) -> dict:
