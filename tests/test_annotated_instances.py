@@ -282,6 +282,25 @@ def test_raw_annotation_renumbers_in_the_order_of_the_ids():
     assert ids.tolist() == [[0, 3, 2, 2, 1]] and table.tolist() == [[3, 7, 40], [1, 2, 1]]
 
 
+def test_border_core_datasets_instances_are_accepted_and_their_border_becomes_components():
+    """What ``border-core-dataset`` writes (ids on the core class only, 0 on the border) passes the checks; the
+    cores keep their ids and each connected region of the border class becomes one instance."""
+    from nnunet_blob.border_core import border_core_labels
+    from nnunet_blob.border_core.representation import BORDER, CORE
+
+    nuclei = np.zeros((12, 16), np.int32)
+    nuclei[2:9, 2:8], nuclei[2:9, 8:14] = 3, 9  # two touching nuclei
+    labels, cores = border_core_labels(nuclei[None], (1.0, 1.0, 1.0))
+    ids, table = _checked_ids(cores, labels, "n", Path("instancesTr/n.png"), None)
+    assert table.tolist() == [[3, 9], [CORE, CORE]]
+    out, classes, changes = reconcile(ids, labels.astype(np.int16), table[1], None, 26)
+    assert np.array_equal(out[labels == CORE], ids[labels == CORE])  # the cores keep their own ids
+    border = cc3d.connected_components(labels == BORDER, connectivity=26)
+    assert changes.new_instances == border.max() and changes.relabelled == np.count_nonzero(border)
+    assert np.array_equal(out[labels == BORDER] - 2, border[labels == BORDER])  # ids 3.. after the two cores
+    assert classes.tolist() == [CORE, CORE] + [BORDER] * int(border.max())
+
+
 def test_instance_limit_is_what_the_loaders_two_id_channels_carry():
     from nnunet_blob.preprocessing.annotated import MAX_INSTANCES
     from nnunet_blob.trainers.instance_data import join_ids, split_ids
