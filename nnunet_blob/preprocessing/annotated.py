@@ -161,11 +161,14 @@ def _checked_ids(ids: np.ndarray, labels: np.ndarray, case: str, path: Path,
                  ignore_label: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The checks and the renumbering of :func:`read_annotation` (raw arrays of equal shape)."""
     if ids.dtype.kind == "f":
-        if not np.all(np.isfinite(ids)) or not np.all(np.mod(ids, 1) == 0):
+        with np.errstate(invalid="ignore"):  # NaN and inf cast to some integer, and then differ from it
+            cast = ids.astype(np.int64)
+        if not np.array_equal(cast.astype(ids.dtype), ids):
             raise InstanceMapError(f"case {case}: {path} holds non-integer values; instance ids must be integers.")
-        if ids.size and ids.max() > FLOAT32_EXACT_IDS and ids.dtype == np.float32:
+        if ids.size and cast.max() > FLOAT32_EXACT_IDS and ids.dtype == np.float32:
             raise InstanceMapError(f"case {case}: {path} holds ids above {FLOAT32_EXACT_IDS}, which nnU-Net's "
                                    f"reader (float32) cannot carry exactly. Renumber the instances from 1.")
+        ids = cast
     elif ids.dtype.kind not in "iub":
         raise InstanceMapError(f"case {case}: {path} has dtype {ids.dtype}; instance ids must be integers.")
     if ids.size and ids.min() < 0:
