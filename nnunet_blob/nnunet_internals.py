@@ -21,6 +21,9 @@ Augmentation: :func:`seg_grid_sample_options`, :func:`spatial_grid`, :func:`spat
 (``SpatialTransform`` internals), :func:`apply_to_segmentation` (``_apply_to_segmentation``).
 Data loading: :data:`LOADER_SEG_DTYPE`, :func:`drawn_location` (``get_bbox``), :func:`load_case`,
 :func:`dataset_identifiers`, :func:`dataset_class_for`, :func:`identifiers_in_folder`, :func:`blosc2_block_and_chunk`.
+Preprocessing geometry (annotated instances): :func:`raw_reader_writer`, :func:`raw_label_file`,
+:data:`CROP_BBOX_KEY`/:data:`SHAPE_BEFORE_CROPPING_KEY`/:data:`SHAPE_AFTER_CROPPING_KEY`, :func:`transpose_forward`,
+:func:`nearest_resize_indices`.
 Evaluation: :func:`tp_fp_fn_tn`, :func:`label_or_region_mask`, :func:`label_or_region_key`.
 Writing label files: :func:`largest_writable_label` (the dtype ``write_seg`` of nnU-Net's readers/writers casts to).
 """
@@ -300,6 +303,59 @@ def blosc2_block_and_chunk(shape, patch_size, bytes_per_voxel: int) -> tuple:
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
 
     return comp_blosc2_params(shape, patch_size, bytes_per_voxel)
+
+
+# ---- preprocessing geometry ------------------------------------------------------------------------------------
+
+
+def raw_reader_writer(plans: dict):
+    """An instance of the reader/writer nnU-Net's preprocessor read this dataset's labels with
+    (``PlansManager.image_reader_writer_class``: the plans' ``image_reader_writer``, which the planner chose with
+    ``determine_reader_writer_from_dataset_json``: dataset.json's ``overwrite_image_reader_writer`` or the file
+    ending). ``read_seg(file)`` gives ``((1, *spatial) array, properties with 'spacing')``."""
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+
+    return recursive_find_reader_writer_by_name(plans["image_reader_writer"])()
+
+
+def raw_label_file(raw_folder, dataset_json: dict, case: str):
+    """The label file of a training case of a raw dataset, as ``get_filenames_of_train_images_and_targets`` finds
+    it: dataset.json's ``dataset`` entry when it has one, else ``labelsTr/<case><file_ending>``."""
+    import os
+    from pathlib import Path
+
+    entry = dataset_json.get("dataset", {}).get(case)
+    if entry is None:
+        return Path(raw_folder) / "labelsTr" / f"{case}{dataset_json['file_ending']}"
+    label = Path(os.path.expandvars(entry["label"]))
+    return label if label.is_absolute() else Path(raw_folder) / label
+
+
+#: ``DefaultPreprocessor.run_case_npy`` transposes (``transpose_forward``), then crops to the nonzero region of the
+#: images (``crop_to_nonzero``), then resamples; the case's properties (``<case>.pkl``) keep the crop box (half-open
+#: ``[start, end)`` per axis, transposed axes) and the shapes before and after cropping
+CROP_BBOX_KEY = "bbox_used_for_cropping"
+SHAPE_BEFORE_CROPPING_KEY = "shape_before_cropping"
+SHAPE_AFTER_CROPPING_KEY = "shape_after_cropping_and_before_resampling"
+
+
+def transpose_forward(plans: dict) -> list[int]:
+    """The axis order nnU-Net's preprocessing applies to every case before cropping (``transpose_forward``)."""
+    return [int(a) for a in plans["transpose_forward"]]
+
+
+def nearest_resize_indices(old_size: int, new_size: int) -> np.ndarray:
+    """Source index of every output index along one axis under nnU-Net's order-0 resampling of segmentations
+    (``resize_segmentation(..., order=0)``: skimage ``resize`` with ``order=0, mode='edge', anti_aliasing=False``).
+    Order 0 is separable, so ``ids[np.ix_(*indices)]`` is that resampling of a volume without converting it to
+    float (exact for any id)."""
+    from skimage.transform import resize
+
+    if old_size == new_size:
+        return np.arange(new_size)
+    source = resize(np.arange(old_size, dtype=np.float64), (new_size,), order=0, mode="edge", clip=True,
+                    anti_aliasing=False)
+    return np.rint(source).astype(np.int64)
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------

@@ -294,6 +294,68 @@ def test_blosc2_block_and_chunk_are_nnunets_4d_shapes():
     assert all(b <= c <= s for b, c, s in zip(blocks, chunks, (1, 64, 64, 64)))
 
 
+# ---- preprocessing geometry -----------------------------------------------------------------------------------
+
+
+def test_preprocessing_geometry_is_run_case_npys_transpose_then_crop(blobs):
+    """What DefaultPreprocessor does to a segmentation without resampling (spacing = target spacing), under a
+    non-trivial transpose, equals :func:`to_preprocessed_geometry` from the properties it records."""
+    import json
+
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_blob.preprocessing.annotated import to_preprocessed_geometry
+
+    base = Path(os.environ["nnUNet_preprocessed"]) / blobs
+    plans = json.loads((base / "nnUNetPlans.json").read_text())
+    plans["transpose_forward"], plans["transpose_backward"] = [2, 0, 1], [1, 2, 0]
+    manager = PlansManager(plans)
+    configuration = manager.get_configuration("3d_fullres")
+    assert list(configuration.spacing) == [1.0, 1.0, 1.0]
+    rng = np.random.default_rng(0)
+    data = np.zeros((1, 20, 24, 28), np.float32)
+    data[0, 2:-3, 4:-1, 1:-5] = 1 + rng.random((15, 19, 22))
+    seg = np.zeros((1, 20, 24, 28), np.int16)
+    seg[0, 5:9, 6:20, 3:10] = 1
+    seg[0, 10:14, 6:9, 12:20] = 1
+    properties = {"spacing": [1.0, 1.0, 1.0]}
+    _, stored, properties = DefaultPreprocessor(verbose=False).run_case_npy(
+        data, seg, properties, manager, configuration, json.loads((base / "dataset.json").read_text()))
+    assert internals.transpose_forward(plans) == [2, 0, 1]
+    assert [list(b) for b in properties[internals.CROP_BBOX_KEY]] == [[1, 23], [2, 17], [4, 23]]
+    assert list(properties[internals.SHAPE_BEFORE_CROPPING_KEY]) == [28, 20, 24]
+    assert list(properties[internals.SHAPE_AFTER_CROPPING_KEY]) == [22, 15, 19] == list(stored.shape[1:])
+    ours = to_preprocessed_geometry(seg[0], properties, internals.transpose_forward(plans), stored.shape[1:])
+    assert np.array_equal(ours, np.maximum(stored[0], 0))
+
+
+def test_nearest_resize_indices_are_nnunets_order_0_segmentation_resampling():
+    from batchgenerators.augmentations.utils import resize_segmentation
+
+    ids = np.random.default_rng(0).integers(0, 5000, (7, 10, 13))
+    for shape in [(14, 5, 13), (3, 20, 26), (7, 10, 13), (8, 9, 6), (4, 5, 7)]:
+        ours = ids[np.ix_(*(internals.nearest_resize_indices(o, n) for o, n in zip(ids.shape, shape)))]
+        assert np.array_equal(ours, resize_segmentation(ids, shape, order=0)), shape
+
+
+def test_raw_reader_writer_and_label_file_are_the_preprocessors(blobs):
+    import json
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    base = Path(os.environ["nnUNet_preprocessed"]) / blobs
+    plans = json.loads((base / "nnUNetPlans.json").read_text())
+    assert type(internals.raw_reader_writer(plans)) is PlansManager(plans).image_reader_writer_class
+    raw = Path(os.environ["nnUNet_raw"]) / blobs
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    for case, files in get_filenames_of_train_images_and_targets(str(raw), dataset_json).items():
+        assert Path(internals.raw_label_file(raw, dataset_json, case)).resolve() == Path(files["label"]).resolve()
+    listed = {**dataset_json, "dataset": {"a": {"label": "elsewhere/a.nii.gz", "images": []}}}
+    assert internals.raw_label_file(raw, listed, "a") == raw / "elsewhere" / "a.nii.gz"
+
+
 def test_save_checkpoint_of_epoch_is_what_on_epoch_end_saves(blobs, tmp_path):
     trainer = build_trainer(nnUNetTrainer, blobs)
     trainer.output_folder = str(tmp_path)

@@ -7,7 +7,8 @@
 
 What an instance is (connected components per class or per region mask, the sampling tables, detection) is
 defined in :mod:`nnunet_blob.instances`; this package finds nnU-Net's data, computes the maps of every case and
-keeps them fresh. See :mod:`.store` for the on-disk layout and :mod:`.runner` for freshness rules.
+keeps them fresh. A raw dataset with ``instancesTr/`` gives annotated instances instead (:mod:`.annotated`). See
+:mod:`.store` for the on-disk layout and :mod:`.runner` for freshness rules.
 """
 from nnunet_blob.preprocessing.errors import InstanceMapError
 from nnunet_blob.preprocessing.runner import ensure_instance_maps

@@ -25,9 +25,13 @@ def run(args) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "preprocess", help="compute instance maps (connected components per class) after nnUNetv2_preprocess",
+        "preprocess", help="compute instance maps (connected components per class, or the annotated instances of "
+                           "instancesTr/) after nnUNetv2_preprocess",
         description="Connected components per class of every preprocessed training case, stored beside nnU-Net's "
-                    "data in <data_identifier>_instances/ with a manifest. Up-to-date cases are skipped.")
+                    "data in <data_identifier>_instances/ with a manifest. When the raw dataset has instancesTr/ "
+                    "(<case><file_ending> beside labelsTr/), its annotated instances instead, pushed through "
+                    "nnU-Net's crop and resampling and reconciled with its segmentation. Up-to-date cases are "
+                    "skipped.")
     parser.add_argument("-d", required=True, help="dataset id or name, as for nnU-Net")
     parser.add_argument("-c", nargs="+", default=None,
                         help="configurations (default: all of the plans that have preprocessed data)")

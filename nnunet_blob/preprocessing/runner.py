@@ -18,7 +18,15 @@ import numpy as np
 from nnunet_blob.instances.components import compute_instances, instances_per_region
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
 from nnunet_blob.io import atomic_write_json, temporary_path
-from nnunet_blob.nnunet_internals import dataset_class_for, identifiers_in_folder, load_case
+from nnunet_blob.nnunet_internals import dataset_class_for, identifiers_in_folder, load_case, transpose_forward
+from nnunet_blob.preprocessing.annotated import (
+    ANNOTATION_FOLDER,
+    AnnotationSource,
+    annotated_instances,
+    annotation_stamp,
+    annotation_unchanged,
+    find_annotations,
+)
 from nnunet_blob.preprocessing.errors import InstanceMapError
 from nnunet_blob.preprocessing.locate import ConfigurationLocation, locate
 from nnunet_blob.preprocessing.store import (
@@ -74,13 +82,14 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
         if writing:
             store.remove_temporaries()
         connectivity, why = _choose_connectivity(store, location, connectivity)
-        settings = _settings(location, connectivity)
+        source, instances, instances_why = _choose_instances(store, location)
+        settings = _settings(location, connectivity, instances)
         cases = sorted(identifiers_in_folder(location.data_folder))
         records, todo, reasons = {}, [], {}
         for case in cases:
             record = store.record(case)
             problem, record = ("--overwrite", None) if overwrite else \
-                _staleness(store, location, case, record, settings, writing)
+                _staleness(store, location, case, record, settings, writing, source)
             if problem is None:
                 records[case] = record
             else:
@@ -88,7 +97,7 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
                 reasons[case] = problem
         gone = sorted(set(store.cases_on_disk()) - set(cases))
         name = f"{location.dataset_name} {configuration}"
-        chosen = f"connectivity {connectivity}: {why}"
+        chosen = f"connectivity {connectivity}: {why}; instances: {instances_why}"
         if not writing:
             _check_complete(store, location, settings, reasons, gone, cases, unwritable)
             log(f"nnunet_blob: instance maps of {name}: all {len(cases)} cases up to date ({chosen}; checked, not "
@@ -97,21 +106,57 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
             return store
         for case in gone:
             store.remove_case(case)
+        if todo and instances == "annotated" and source is None:
+            raise InstanceMapError(f"{len(todo)} cases of {name} need instance maps from annotated instances "
+                                   f"({', '.join(case for case, _ in todo[:5])}), but this machine has no raw "
+                                   f"dataset {location.dataset_name} (nnUNet_raw) with its {ANNOTATION_FOLDER}/. Set "
+                                   f"nnUNet_raw to the raw data, or run `nnunet_blob preprocess -d "
+                                   f"{location.dataset_name} -c {configuration}` where it is.")
         if todo:
             log(f"nnunet_blob: computing instance maps of {len(todo)} of {len(cases)} cases of {name} ({chosen}) "
                 f"into {store.folder}{_why_recomputed(reasons)}")
             dataset_class = dataset_class_for(location.data_folder)
             patch_size = tuple(location.configuration_dict.get("patch_size", (128, 128, 128)))
-            jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record, patch_size)
-                    for case, record in todo]
+            transpose = transpose_forward(location.plans)
+            jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record, patch_size,
+                     source, transpose) for case, record in todo]
             for record in _run(jobs, num_processes or default_num_processes(), progress):
                 records[record["case"]] = record
+            if instances == "annotated":
+                log(_reconciled([records[case] for case, _ in todo]))
         else:
             log(f"nnunet_blob: instance maps of {name}: all {len(cases)} cases up to date ({chosen}; "
                 f"{store.folder})")
         store.write_manifest(settings, {case: records[case] for case in cases})
         store.expect(records)
     return store
+
+
+def _choose_instances(store: InstanceMapStore, location: ConfigurationLocation
+                      ) -> tuple[AnnotationSource | None, str, str]:
+    """(where the annotated instances are, or None; "annotated" or "components"; why): annotated instances when the
+    raw dataset has ``instancesTr/``; where this machine has no raw dataset (a training machine), what the existing
+    maps were made from (annotated maps are then kept as they are, unchecked against their annotation files)."""
+    source, raw = find_annotations(location.dataset_name, location.plans)
+    if source is not None:
+        return source, "annotated", f"annotated, from {source.folder}"
+    if raw is not None:
+        return None, "components", f"connected components ({raw.name} has no {ANNOTATION_FOLDER}/)"
+    if store.manifest.get("instances") == "annotated":
+        return None, "annotated", (f"annotated, as the existing maps (no raw dataset {location.dataset_name} in "
+                                   f"nnUNet_raw here, so their annotation files are not checked)")
+    return None, "components", "connected components (no raw dataset here to look for annotated instances in)"
+
+
+def _reconciled(records: list[dict | None]) -> str:
+    """The log line saying how many voxels reconciliation changed in these newly computed cases."""
+    changes = [r["annotation"]["reconciled_voxels"] for r in records if r is not None and "annotation" in r]
+    relabelled, cleared, new = (sum(c[k] for c in changes) for k in ("relabelled", "cleared", "new_instances"))
+    touched = sum(1 for c in changes if c["relabelled"] or c["cleared"])
+    return (f"nnunet_blob: annotated instances reconciled with nnU-Net's segmentation in {touched} of "
+            f"{len(changes)} cases: {relabelled} voxels of a class given the nearest instance of their class"
+            f"{f' ({new} new instances for regions without one)' if new else ''}, {cleared} instance voxels outside "
+            f"the foreground cleared")
 
 
 def _why_recomputed(reasons: dict) -> str:
@@ -179,7 +224,7 @@ def _check_complete(store: InstanceMapStore, location: ConfigurationLocation, se
                            f"{fix}")
 
 
-def _settings(location: ConfigurationLocation, connectivity: int) -> dict:
+def _settings(location: ConfigurationLocation, connectivity: int, instances: str = "components") -> dict:
     """What the maps are built from. ``labels``: the classes whose components are instances (also for
     region-based datasets, whose preprocessed segmentation holds labels; ``regions`` lists their regions for
     :func:`~nnunet_blob.instances.components.instances_per_region`)."""
@@ -188,7 +233,8 @@ def _settings(location: ConfigurationLocation, connectivity: int) -> dict:
             "configuration": location.configuration, "data_identifier": location.data_identifier,
             "connectivity": connectivity, "ignore_label": location.ignore_label,
             "labels": location.foreground_labels,
-            "regions": None if regions is None else [list(r) for r in regions], "format": FORMAT_VERSION}
+            "regions": None if regions is None else [list(r) for r in regions], "format": FORMAT_VERSION,
+            "instances": instances}
 
 
 def _seg_file(data_folder: Path, case: str) -> Path:
@@ -200,9 +246,11 @@ def _seg_file(data_folder: Path, case: str) -> Path:
 
 
 def _staleness(store: InstanceMapStore, location: ConfigurationLocation, case: str, record: dict | None,
-               settings: dict, writing: bool) -> tuple[str | None, dict | None]:
+               settings: dict, writing: bool, source: AnnotationSource | None = None
+               ) -> tuple[str | None, dict | None]:
     """(None when the case is up to date, else why it is not; its record). A file whose mtime changed but whose
-    content is the recorded one gets its new mtime recorded (``writing`` only)."""
+    content is the recorded one gets its new mtime recorded (``writing`` only). Maps from annotated instances are
+    also stale when the annotation file changed (``source``: None where the raw dataset is not here)."""
     if record is None:
         return "no record", None
     if record.get("case") != case:
@@ -210,6 +258,14 @@ def _staleness(store: InstanceMapStore, location: ConfigurationLocation, case: s
     different = [k for k in FRESHNESS_KEYS if record.get(k) != settings[k]]
     if different:
         return "made with " + ", ".join(f"{k} {record.get(k)!r}" for k in different), record
+    if source is not None:
+        annotation = record.get("annotation") or {}
+        same, stamp = annotation_unchanged(annotation.get("stamp"), source.instance_file(case))
+        if not same:
+            return "its annotated instances changed", record
+        if stamp is not None and writing:
+            record = {**record, "annotation": {**annotation, "stamp": stamp}}
+            atomic_write_json(store.record_path(case), record)
     if not file_unchanged(record.get("seg_fingerprint", {}), _seg_file(location.data_folder, case)):
         return "its segmentation file changed", record
     problem, stamps = store.check_files(case, record)
@@ -232,22 +288,28 @@ def _run(jobs: list, num_processes: int, progress: bool):
 
 def _process_case(job) -> dict:
     """Worker: read the segmentation, reuse the map when only the file's stat changed, else compute it."""
-    data_folder, dataset_class, case, instance_folder, settings, record, patch_size = job
+    data_folder, dataset_class, case, instance_folder, settings, record, patch_size, source, transpose = job
     data_folder = Path(data_folder)
     store = InstanceMapStore(Path(instance_folder))
     try:
-        _, seg, _, _ = load_case(dataset_class(str(data_folder), [case]), case)
+        _, seg, _, properties = load_case(dataset_class(str(data_folder), [case]), case)
         seg = np.asarray(seg[:])
     except Exception as e:
         raise InstanceMapError(f"case {case}: cannot read its preprocessed segmentation in {data_folder} ({e}). "
                                f"Re-run nnUNetv2_preprocess -d {settings['dataset']} -c {settings['configuration']} "
                                f"for it.") from e
     fingerprint = seg_fingerprint(seg, _seg_file(data_folder, case))
-    stamps = _same_content(record, fingerprint, store, case, settings) if record is not None else None
+    stamp = None
+    if source is not None:
+        path = source.instance_file(case)
+        stamp = annotation_stamp(path) if path.is_file() else None  # a missing file is reported when read
+    stamps = _same_content(record, fingerprint, store, case, settings, stamp) if record is not None else None
     if record is not None and stamps is not None:  # same labels, new file: only refresh the record
         record = {**record, "seg_fingerprint": fingerprint, "files": stamps}
         atomic_write_json(store.record_path(case), record)
         return record
+    if source is not None:
+        return _write_annotated(store, source, case, seg, properties, fingerprint, settings, patch_size, transpose)
     try:
         instances = compute_instances(seg, settings["ignore_label"], settings["connectivity"], case)
         region_ids = None if settings["regions"] is None else instances_per_region(
@@ -257,13 +319,31 @@ def _process_case(job) -> dict:
     return store.write_case(case, instances, fingerprint, settings, patch_size, region_ids)
 
 
+def _write_annotated(store: InstanceMapStore, source: AnnotationSource, case: str, seg: np.ndarray, properties: dict,
+                     fingerprint: dict, settings: dict, patch_size, transpose: list[int]) -> dict:
+    """Worker: the map of a case from its annotated instances (:mod:`.annotated`); a region-based dataset's region
+    table holds, per region, the instances of the region's labels."""
+    instances, annotation_ids, changes = annotated_instances(source, case, seg, properties, transpose,
+                                                             settings["ignore_label"], settings["connectivity"])
+    stamp = annotation_stamp(source.instance_file(case))  # the file exists: annotated_instances read it
+    region_ids = None
+    if settings["regions"] is not None:
+        labels, ids = np.asarray(seg)[0], instances.instance_map[0]
+        region_ids = np.stack([np.where(np.isin(labels, region), ids, 0) for region in settings["regions"]])
+    annotation = {"stamp": stamp, "reconciled_voxels": changes.as_dict(), "instance_annotation_ids": annotation_ids}
+    return store.write_case(case, instances, fingerprint, settings, patch_size, region_ids, annotation)
+
+
 def _same_content(record: dict, fingerprint: dict, store: InstanceMapStore, case: str,
-                  settings: dict) -> dict | None:
+                  settings: dict, annotation: dict | None = None) -> dict | None:
     """The record's file stamps (renewed where only a file's mtime changed) when its map and table are still right
-    for a segmentation with this fingerprint, else None."""
+    for a segmentation with this fingerprint (and, for annotated instances, this annotation stamp), else None."""
     old = record.get("seg_fingerprint", {})
     if (record.get("case") != case or any(record.get(k) != settings[k] for k in FRESHNESS_KEYS)
             or old.get("sha1") != fingerprint["sha1"] or old.get("shape") != fingerprint["shape"]):
+        return None
+    if settings["instances"] == "annotated" and (
+            annotation is None or (record.get("annotation") or {}).get("stamp", {}).get("sha1") != annotation["sha1"]):
         return None
     problem, stamps = store.check_files(case, record)
     return None if problem is not None else (stamps or record["files"])

@@ -9,11 +9,14 @@ Per case ``<case>`` in the instance folder:
   mask (``region_*`` arrays); format and reader in :mod:`nnunet_blob.instances.tables`;
 * ``<case>.json``: the record: fingerprint of the segmentation it was computed from (shape, sha1 of the labels,
   plus file size and mtime for a fast check), connectivity, instances per class, voxel counts, the case's
-  *identity* and the size, mtime and sha1 of its map and table files.
+  *identity* and the size, mtime and sha1 of its map and table files; for maps made from annotated instances
+  (:mod:`.annotated`) also the annotation file's name, size, mtime and sha1, the annotated id of every stored id and
+  what reconciliation changed.
 
 The identity (:func:`case_identity`: the case, the settings the map depends on, the sha1 of the segmentation's
-labels and of the map's ids) is also stored inside both files (the map's blosc2 metadata, an array of the table), so
-a file of another case, dataset or connectivity is recognised whatever its name, size or date.
+labels, of the map's ids and of the annotation file, if any) is also stored inside both files (the map's blosc2
+metadata, an array of the table), so a file of another case, dataset or connectivity is recognised whatever its
+name, size or date.
 
 A case's files are trusted only as far as its record vouches for them (:meth:`InstanceMapStore.check_files`): the
 size of each file must match, its content hash too when its mtime differs from the record's (so an unchanged case
@@ -52,21 +55,25 @@ MANIFEST = "manifest.json"
 #: the lock file of the folder (see :meth:`InstanceMapStore.lock`)
 LOCK = ".lock"
 #: 2: tables of region-based datasets also hold the region components; 3: records hold the files' sizes and hashes
-#: and the files carry the case's identity (maps of older formats are recomputed)
-FORMAT_VERSION = 3
+#: and the files carry the case's identity; 4: maps come from connected components or from annotated instances, and
+#: the identity holds the annotation file's sha1 (maps of older formats are recomputed)
+FORMAT_VERSION = 4
 #: settings a map depends on; dataset, plans and configuration are only recorded (a cascade configuration shares
-#: the data folder, and so the maps, of its full-resolution configuration)
-FRESHNESS_KEYS = ("format", "data_identifier", "connectivity", "ignore_label", "regions")
+#: the data folder, and so the maps, of its full-resolution configuration). ``instances``: "components" or
+#: "annotated" (:mod:`.annotated`)
+FRESHNESS_KEYS = ("format", "data_identifier", "connectivity", "ignore_label", "regions", "instances")
 #: the blosc2 metadata entry of a map that holds its identity
 IDENTITY_META = "nnunet_blob"
 #: bytes read at a time when hashing a file
 _HASH_BLOCK = 1 << 20
 
 
-def case_identity(case: str, settings: dict, seg_sha1: str, ids_sha1: str) -> dict:
+def case_identity(case: str, settings: dict, seg_sha1: str, ids_sha1: str, annotation_sha1: str | None = None) -> dict:
     """What a case's map and table are: the case, the settings they depend on (:data:`FRESHNESS_KEYS`), the sha1 of
-    the segmentation's labels they were computed from and the sha1 of the map's ids."""
-    return {"case": case, **{k: settings[k] for k in FRESHNESS_KEYS}, "seg_sha1": seg_sha1, "ids_sha1": ids_sha1}
+    the segmentation's labels they were computed from, the sha1 of the map's ids and the sha1 of the annotation file
+    they were made from (None for connected components)."""
+    return {"case": case, **{k: settings[k] for k in FRESHNESS_KEYS}, "seg_sha1": seg_sha1, "ids_sha1": ids_sha1,
+            "annotation_sha1": annotation_sha1}
 
 
 def file_sha1(path: Path) -> str:
@@ -108,6 +115,8 @@ def _describe_identity(identity: dict | None, expected: dict) -> str:
     different = [k for k in FRESHNESS_KEYS if identity.get(k) != expected.get(k)]
     if different:
         return "was made with " + ", ".join(f"{k} {identity.get(k)!r}" for k in different)
+    if identity.get("annotation_sha1") != expected.get("annotation_sha1"):
+        return "was made from another annotation of this case"
     return "was made from other labels of this case"
 
 
@@ -258,15 +267,18 @@ class InstanceMapStore:
 
     # ---- writing ----------------------------------------------------------------------------------------------
     def write_case(self, case: str, instances: CaseInstances, fingerprint: dict, settings: dict,
-                   patch_size, region_ids: np.ndarray | None = None) -> dict:
+                   patch_size, region_ids: np.ndarray | None = None, annotation: dict | None = None) -> dict:
         """Write map and table atomically, then the record; returns the record. ``region_ids``: (R, *spatial)
-        components of each region mask of a region-based dataset, tabled beside the instances.
+        components of each region mask of a region-based dataset, tabled beside the instances. ``annotation``: for
+        maps made from annotated instances, what the record keeps of them (``stamp``: the file's name, size, mtime
+        and sha1; the sha1 joins the identity) and of their reconciliation.
 
         Raises:
             InstanceMapError: a file cannot be written (full disk, permissions), naming the case.
         """
         ids = np.ascontiguousarray(instances.instance_map)
-        identity = case_identity(case, settings, fingerprint["sha1"], hashlib.sha1(ids.tobytes()).hexdigest())
+        identity = case_identity(case, settings, fingerprint["sha1"], hashlib.sha1(ids.tobytes()).hexdigest(),
+                                 None if annotation is None else annotation["stamp"]["sha1"])
         try:
             self.record_path(case).unlink(missing_ok=True)  # the old record must not vouch for the new files
             self._write_map(ids, identity, patch_size)
@@ -277,7 +289,7 @@ class InstanceMapStore:
                 **settings, "case": case, "seg_fingerprint": fingerprint, "dtype": str(ids.dtype),
                 "num_instances": instances.num_instances, "instances_per_class": instances.counts_per_class(),
                 "instance_classes": instances.classes.tolist(), "instance_sizes": instances.sizes.tolist(),
-                "identity": identity,
+                "identity": identity, **({} if annotation is None else {"annotation": annotation}),
                 "files": {"map": file_stamp(self.map_path(case)), "table": file_stamp(self.table_path(case))},
             }
             atomic_write_json(self.record_path(case), record)
