@@ -57,6 +57,7 @@ class ConversionReport:
     """What the conversion selected and found (written as ``conversion.json`` beside the split)."""
 
     images_found: int = 0
+    images_read: int = 0  # fewer than found with max_images
     excluded_colour: list[str] = field(default_factory=list)
     excluded_bright_background: list[str] = field(default_factory=list)
     selected: int = 0
@@ -74,9 +75,10 @@ class ConversionReport:
 
     def summary(self) -> str:
         touching = self.touching_nuclei / self.nuclei if self.nuclei else 0.0
-        lines = [f"{self.images_found} images found; {self.selected} fluorescence images selected (R == G == B and "
-                 f"median < {DARK_BACKGROUND_MEDIAN}); excluded {len(self.excluded_colour)} colour and "
-                 f"{len(self.excluded_bright_background)} bright-background grayscale images",
+        lines = [f"{self.images_found} images found, {self.images_read} read; {self.selected} fluorescence images "
+                 f"selected (R == G == B and median < {DARK_BACKGROUND_MEDIAN}); excluded "
+                 f"{len(self.excluded_colour)} colour and {len(self.excluded_bright_background)} bright-background "
+                 f"grayscale images",
                  f"split: {self.train_cases} training and {self.test_cases} test cases",
                  f"{self.nuclei} nuclei ({self.nuclei / max(self.selected, 1):.1f} per image); {self.touching_nuclei}"
                  f" touch another nucleus ({touching:.1%}); the uncut labels have {self.components_before_cut} "
@@ -200,6 +202,7 @@ def convert(dsb_folder: Path, raw_folder: Path, cut: bool = False, max_images: i
         if max_images is not None and len(selected) >= max_images:
             break
         gray = read_gray(Path(dsb_folder) / image_id / "images" / f"{image_id}.png")
+        report.images_read += 1
         if gray is None:
             report.excluded_colour.append(image_id)
         elif not is_dark_background(gray):

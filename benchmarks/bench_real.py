@@ -53,6 +53,8 @@ STOCK = "nnUNetTrainer"
 TRAINERS = [STOCK, "nnUNetTrainerBlobDice", "nnUNetTrainerBlobTversky", "nnUNetTrainerCCDiceCE",
             "nnUNetTrainerTopKDice"]
 SETTINGS = "bench_real.json"
+#: nnU-Net's five-fold split (``generate_crossval_split``) needs one case per fold
+MIN_TRAINING_CASES = 5
 #: evaluation -> (table column -> metric of the summary); a metric an evaluation did not compute is left out
 METRICS = {
     "overlap": {"DSC": "Dice", "SDSC": "SurfaceDice", "F1": "F1", "IS": "IS", "IP": "IP"},
@@ -140,6 +142,10 @@ def run(args: argparse.Namespace) -> None:
                key=json.dumps(conversion, sort_keys=True))
     if only == "convert":
         return
+    train_cases = json.loads((root / "conversion.json").read_text())["train_cases"]
+    if train_cases < MIN_TRAINING_CASES:
+        raise ConversionError(f"{train_cases} training cases: nnU-Net's five-fold split of the training cases needs "
+                              f"at least {MIN_TRAINING_CASES}; raise --max-images")
     shared.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", TARGET.configuration,
                                        "-np", args.np, "-npfp", args.np, "--verify_dataset_integrity"],
                "nnUNetv2_plan_and_preprocess (2d)", after=["convert"])

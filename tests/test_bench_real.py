@@ -20,7 +20,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import _dsb2018 as dsb  # noqa: E402
 
 RAW = Path("nnUNet_raw") / "Dataset992_DSB2018Nuclei"
-FLUORESCENCE = ["f0", "f1", "f2", "f3", "f4"]
+FLUORESCENCE = ["f0", "f1", "f2", "f3", "f4", "f5"]
 # nuclei as (row slice, column slice) per image, in mask file-name order
 NUCLEI = {
     "f0": [(slice(4, 10), slice(4, 10)), (slice(4, 10), slice(10, 16)), (slice(20, 27), slice(20, 27))],  # 1|2 touch
@@ -28,6 +28,7 @@ NUCLEI = {
     "f2": [(slice(2, 8), slice(20, 28))],
     "f3": [(slice(12, 20), slice(3, 9)), (slice(25, 30), slice(25, 30))],
     "f4": [(slice(8, 16), slice(8, 16))],
+    "f5": [(slice(14, 22), slice(14, 22))],
     "colour": [(slice(8, 16), slice(8, 16))],
     "bright": [(slice(8, 16), slice(8, 16))],
 }
@@ -98,7 +99,7 @@ def test_only_fluorescence_images_become_cases_with_the_stated_split(converted):
     split = json.loads((ws / "split.json").read_text())
     assert split["seed"] == 0 and split["test_fraction"] == 0.2
     assert sorted(split["train"] + split["test"]) == FLUORESCENCE and len(split["test"]) == 1
-    order = np.random.default_rng(0).permutation(5)  # the stated rule, literally
+    order = np.random.default_rng(0).permutation(6)  # the stated rule, literally
     assert split["test"] == [FLUORESCENCE[order[0]]]
     raw = ws / RAW
     assert sorted(p.name for p in (raw / "imagesTr").iterdir()) == [f"{c}_0000.png" for c in split["train"]]
@@ -108,12 +109,12 @@ def test_only_fluorescence_images_become_cases_with_the_stated_split(converted):
             assert sorted(p.name for p in (raw / f"{sub}{folder}").iterdir()) == [f"{c}.png" for c in cases]
     report = json.loads((ws / "conversion.json").read_text())
     assert report["excluded_colour"] == ["colour"] and report["excluded_bright_background"] == ["bright"]
-    assert report["selected"] == 5 and report["nuclei"] == 9 and report["touching_nuclei"] == 4  # f0: 1|2, f1: 1|2
+    assert report["selected"] == 6 and report["nuclei"] == 10 and report["touching_nuclei"] == 4  # f0: 1|2, f1: 1|2
     assert report["overlap_pixels"] == 9 and report["dropped_masks"] == 0
-    assert "5 fluorescence images selected" in out and "excluded 1 colour and 1 bright-background" in out
+    assert "6 fluorescence images selected" in out and "excluded 1 colour and 1 bright-background" in out
     dataset = json.loads((raw / "dataset.json").read_text())
     assert dataset["channel_names"] == {"0": "fluorescence"} and dataset["labels"] == {"background": 0, "nucleus": 1}
-    assert dataset["numTraining"] == 4 and dataset["file_ending"] == ".png"
+    assert dataset["numTraining"] == 5 and dataset["file_ending"] == ".png"
     assert "CC0" in dataset["licence" if "licence" in dataset else "license"]
 
 
@@ -182,22 +183,28 @@ def test_cut_touching_separates_the_touching_pair(tmp_path):
     removed = (painted > 0) & (label == 0)
     assert np.argwhere(removed).tolist() == [[r, 10] for r in range(4, 10)]
     assert np.array_equal(ids, np.where(removed, 0, painted)) and np.array_equal(label, (ids > 0).astype(np.int64))
-    assert report.cut_pixels == 6 + 7 and report.components_after_cut == 9  # f0's line; f1: mask 1's L beside 2
-    assert report.nuclei_not_one_component_after_cut == 0 and report.components_before_cut == 7
+    assert report.cut_pixels == 6 + 7 and report.components_after_cut == 10  # f0's line; f1: mask 1's L beside 2
+    assert report.nuclei_not_one_component_after_cut == 0 and report.components_before_cut == 8
 
 
-def test_conversion_refuses_a_folder_without_images(tmp_path):
+def test_refuses_a_folder_without_images_and_too_few_training_cases(tmp_path, capsys):
+    import bench_real
+
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, str(SCRIPT), "--dsb-folder", str(tmp_path / "empty"), "--workspace",
-                             str(tmp_path / "ws"), "--dry-run"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "holds no <image_id>/images/<image_id>.png" in result.stderr
+    assert bench_real.main(["--dsb-folder", str(tmp_path / "empty"), "--workspace", str(tmp_path / "ws"),
+                            "--dry-run"]) == 1
+    assert "holds no <image_id>/images/<image_id>.png; give the stage1_train folder" in capsys.readouterr().err
+    write_dsb_folder(tmp_path / "stage1_train")
+    assert bench_real.main(["--dsb-folder", str(tmp_path / "stage1_train"), "--workspace", str(tmp_path / "ws"),
+                            "--max-images", "3", "--stages", "preprocess"]) == 1
+    assert "2 training cases: nnU-Net's five-fold split" in capsys.readouterr().err
 
 
 def test_nnunet_plans_and_preprocesses_the_converted_dataset(converted):
     """nnU-Net's integrity check, 2d planning and preprocessing, and the instance maps, through the script."""
     ws, _, _ = converted
     out = bench("--dsb-folder", ws.parent / "stage1_train", "--workspace", ws, "--stages", "preprocess",
-                "--device", "cpu", cwd=ws.parent).stdout
+                "--device", "cpu", "-np", 1, cwd=ws.parent).stdout
     assert "DSB2018 fluorescence nuclei -> Dataset992_DSB2018Nuclei: done before, skipped" in out
     plans = json.loads((ws / "nnUNet_preprocessed" / RAW.name / "nnUNetPlans.json").read_text())
     assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"][0] == 8
