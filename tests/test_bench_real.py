@@ -209,3 +209,43 @@ def test_nnunet_plans_and_preprocesses_the_converted_dataset(converted):
     plans = json.loads((ws / "nnUNet_preprocessed" / RAW.name / "nnUNetPlans.json").read_text())
     assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"][0] == 8
     assert (ws / ".stages" / "instance_maps.done").is_file()
+
+
+def test_results_table_means_over_seeds_and_wilcoxon_against_stock(tmp_path):
+    """results.md from evaluation summaries: mean +- sd over seeds of the test means, scipy's Wilcoxon per seed."""
+    import argparse
+
+    import bench_real
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(1)
+    per_case = {(seed, trainer): rng.random((8, 2)) for seed in (0, 1) for trainer in ("nnUNetTrainer", "Other")}
+    summaries: dict = {}
+    for (seed, trainer), values in per_case.items():
+        path = tmp_path / f"{seed}_{trainer}.json"
+        cases = [{"reference_file": f"/gt/c{i}.png", "metrics": {"1": {"Dice": d, "F1": f}}}
+                 for i, (d, f) in enumerate(values)]
+        means = dict(zip(("Dice", "F1"), values.mean(0)))
+        path.write_text(json.dumps({"metric_per_case": cases, "foreground_mean": means}))
+        summaries.setdefault(seed, {"overlap": {}})["overlap"][trainer] = path
+    (tmp_path / "conversion.json").write_text(json.dumps({"train_cases": 30, "test_cases": 8, "nuclei": 99}))
+    args = argparse.Namespace(max_images=None, cut_touching=False, epochs=20, iterations=25, split_seed=0,
+                              trainers=["nnUNetTrainer", "Other"])
+    text = bench_real.results_markdown(tmp_path, args, summaries, {"overlap": []}, 8, "cpu")
+    assert "30 training and 8 test images, 99 nuclei" in text
+    mean_line, p_line = [line.split(" | ") for line in text.splitlines() if line.startswith("| Other |")]
+    means = [per_case[(s, "Other")][:, 0].mean() for s in (0, 1)]
+    assert mean_line[1] == f"{np.mean(means):.3f} +- {np.std(means, ddof=1):.3f}"
+    p_values = [wilcoxon(per_case[(s, "nnUNetTrainer")][:, 1], per_case[(s, "Other")][:, 1]).pvalue for s in (0, 1)]
+    assert p_line[2] == f"{p_values[0]:.2g} / {p_values[1]:.2g} |"
+    assert "SDSC" not in text  # a metric the evaluation did not compute is left out
+
+
+def test_evaluate_options_are_detected_by_the_parser():
+    import bench_real
+
+    assert bench_real.evaluate_accepts("--matching", "one-to-one")
+    assert not bench_real.evaluate_accepts("--no-such-option")
+    evaluations = bench_real.evaluations(Path("raw"))
+    assert evaluations["one-to-one"] == ["--matching", "one-to-one"]
+    assert ("instances" in evaluations) == bench_real.evaluate_accepts("--reference-instances", "DIR")
