@@ -40,7 +40,7 @@ from pathlib import Path
 from _dsb2018 import ConversionError, convert, report_dict, write_json
 from bench_detection import machine
 
-from nnunet_blob.demo.budgets import budget_environment
+from nnunet_blob.demo.budgets import budget_environment, demo_trainer_bases
 from nnunet_blob.demo.report import row_key
 from nnunet_blob.demo.run import Target, evaluate, reduce_plans, train_predict_evaluate
 from nnunet_blob.demo.stages import StageError, Stages, demo_environment
@@ -98,27 +98,33 @@ def row_name(trainer: str, evaluation: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsb-folder", required=True, type=Path, help="the stage1_train folder")
-    parser.add_argument("--workspace", default="nnunet_blob_dsb2018", type=Path)
-    parser.add_argument("--trainers", nargs="+", default=TRAINERS)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--workspace", default="nnunet_blob_dsb2018", type=Path,
+                        help="folder of the dataset, models and results (nnU-Net's folders are set inside it)")
+    parser.add_argument("--trainers", nargs="+", default=TRAINERS, help=f"stock first (default: {' '.join(TRAINERS)})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per trainer (default 20)")
     parser.add_argument("--iterations", type=int, default=25, help="training iterations per epoch (default 25)")
-    parser.add_argument("--val-iterations", type=int, default=5)
+    parser.add_argument("--val-iterations", type=int, default=5, help="validation iterations per epoch (default 5)")
     parser.add_argument("--base-features", type=int, default=None,
                         help="features of the first stage of the reduced network (default: 8 on a CPU, nnU-Net's "
                              "own plans on a GPU; 0: nnU-Net's own plans)")
     parser.add_argument("--cut-touching", action="store_true",
                         help="separate touching nuclei in the labels by a 1-pixel line (components = nuclei)")
     parser.add_argument("--max-images", type=int, default=None, help="only the first N fluorescence images")
-    parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--stages", choices=["convert", "preprocess", "all"], default="all")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split (default 0)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of test images (default 0.2)")
+    parser.add_argument("--stages", choices=["convert", "preprocess", "all"], default="all",
+                        help="convert: only the raw dataset; preprocess: up to nnU-Net's preprocessing and the "
+                             "instance maps; all (default): training, prediction, evaluation too")
     parser.add_argument("--dry-run", action="store_true", help="the same as --stages convert")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation (default 2)")
     args = parser.parse_args(argv)
     if args.trainers[0] != STOCK:
         parser.error(f"--trainers: the first trainer is the baseline of the tests and must be {STOCK}")
+    unknown = [t for t in args.trainers if t not in demo_trainer_bases()]
+    if unknown:
+        parser.error(f"--trainers: unknown {', '.join(unknown)}; choose from {', '.join(sorted(demo_trainer_bases()))}")
     try:
         run(args)
     except (ConversionError, StageError) as e:
