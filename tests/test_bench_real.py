@@ -249,3 +249,6 @@ def test_evaluate_options_are_detected_by_the_parser():
     evaluations = bench_real.evaluations(Path("raw"))
     assert evaluations["one-to-one"] == ["--matching", "one-to-one"]
     assert ("instances" in evaluations) == bench_real.evaluate_accepts("--reference-instances", "DIR")
+    if "instances" in evaluations:  # the annotated nuclei of the test split as the reference objects
+        assert evaluations["instances"][:4] == ["--reference-instances", Path("raw") / "instancesTs", "--matching",
+                                                "one-to-one"]
