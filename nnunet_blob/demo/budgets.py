@@ -20,6 +20,13 @@ BUDGET_VARIABLES = {"NNUNET_BLOB_EPOCHS": 1, "NNUNET_BLOB_ITERATIONS": 3, "NNUNE
                     "NNUNET_BLOB_SEED": 0}
 
 
+def budget_environment(epochs: int, iterations: int, val_iterations: int, seed: int) -> dict:
+    """The environment variables (:data:`BUDGET_VARIABLES`) that make :func:`with_budget` trainers train ``epochs``
+    epochs of ``iterations`` training and ``val_iterations`` validation iterations from ``seed``."""
+    return {"NNUNET_BLOB_EPOCHS": str(epochs), "NNUNET_BLOB_ITERATIONS": str(iterations),
+            "NNUNET_BLOB_VAL_ITERATIONS": str(val_iterations), "NNUNET_BLOB_SEED": str(seed)}
+
+
 @dataclass(frozen=True)
 class Budget:
     """Dataset size and training length of one demo run."""
@@ -36,8 +43,7 @@ class Budget:
 
     def environment(self, seed: int) -> dict:
         """The variables :func:`with_budget` trainers read."""
-        return {"NNUNET_BLOB_EPOCHS": str(self.epochs), "NNUNET_BLOB_ITERATIONS": str(self.iterations),
-                "NNUNET_BLOB_VAL_ITERATIONS": str(self.val_iterations), "NNUNET_BLOB_SEED": str(seed)}
+        return budget_environment(self.epochs, self.iterations, self.val_iterations, seed)
 
     def describe(self) -> dict:
         return asdict(self)

@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, Budget
@@ -34,6 +35,16 @@ SHARED_STAGES, STAGES_PER_TRAINER = 4, 3
 #: with ``tune``: nnU-Net's five folds, then tune-postprocessing, apply-postprocessing and an evaluation of the
 #: tuned predictions per trainer
 CROSS_VALIDATION_FOLDS = (0, 1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The nnU-Net dataset (id) and configuration that the stages train, predict and evaluate."""
+
+    dataset_id: int = DATASET_ID
+    configuration: str = CONFIGURATION
+
+
 #: nnU-Net's lookup line before it finds a ``-tr`` name outside its own package (``find_objects.py``)
 LOOKUP_NOTE = ("nnU-Net's line \"Trainer '{name}' not found in nnunetv2.training.nnUNetTrainer\" below is expected: "
                "it then searches nnUNet_extTrainer and finds it there")
@@ -100,14 +111,14 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
     stages.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", CONFIGURATION,
                                        "-np", num_processes, "-npfp", num_processes, "--verify_dataset_integrity"],
                "nnUNetv2_plan_and_preprocess", after=["dataset"])
-    stages.run("reduce_plans", lambda: _reduce_plans(preprocessed / "nnUNetPlans.json", reduce),
+    stages.run("reduce_plans", lambda: reduce_plans(preprocessed / "nnUNetPlans.json", reduce),
                "reduced network for CPU" if reduce else "nnU-Net's own plans", after=["plan_and_preprocess"])
     stages.run("instance_maps", ["nnunet_blob", "preprocess", "-d", DATASET_ID, "-c", CONFIGURATION, "-np",
                                  num_processes], "nnunet_blob preprocess (instance maps)", after=["reduce_plans"])
     summaries = {}
     for trainer in trainers:
-        summaries[trainer] = _train_predict_evaluate(stages, trainer, raw, preprocessed, device, num_processes,
-                                                     plan.epochs, folds)
+        summaries[trainer] = train_predict_evaluate(stages, trainer, raw, preprocessed, device, num_processes,
+                                                    plan.epochs, folds)
         if tune:
             summaries[trainer + TUNED_SUFFIX] = _tune_apply_evaluate(stages, trainer, raw, preprocessed,
                                                                      num_processes, folds)
@@ -149,42 +160,46 @@ def _train_stage(trainer: str, fold: int) -> str:
     return f"train_{trainer}" if fold == 0 else f"train_{trainer}_fold{fold}"
 
 
-def _model_folder(root: Path, raw: Path, trainer: str) -> Path:
-    return root / "nnUNet_results" / raw.name / f"{trainer}{DEMO_SUFFIX}__nnUNetPlans__{CONFIGURATION}"
+def model_folder(root: Path, raw: Path, trainer: str, target: Target = Target()) -> Path:
+    return root / "nnUNet_results" / raw.name / f"{trainer}{DEMO_SUFFIX}__nnUNetPlans__{target.configuration}"
 
 
-def _train_predict_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: Path, device: str,
-                            num_processes: int, epochs: int, folds: Sequence[int] = (0,)) -> Path:
+def train_predict_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: Path, device: str,
+                           num_processes: int, epochs: int, folds: Sequence[int] = (0,),
+                           target: Target = Target()) -> Path:
+    """Train ``trainer`` (``<trainer>_demo``) on ``folds``, predict ``raw/imagesTs`` with them and evaluate the
+    predictions against ``raw/labelsTs`` (stages ``train_<trainer>``, ``predict_<trainer>``,
+    ``evaluate_<trainer>``); returns the evaluation summary."""
     name = trainer + DEMO_SUFFIX
     cross_validation = len(folds) > 1
-    trained = [_train_fold(stages, trainer, raw, device, num_processes, epochs, fold, cross_validation)
+    trained = [train_fold(stages, trainer, raw, device, num_processes, epochs, fold, cross_validation, target)
                for fold in folds]
     predictions = stages.root / "predictions" / trainer
     ensemble = f"the {len(folds)}-fold ensemble of " if cross_validation else ""
     stages.run(f"predict_{trainer}", ["nnUNetv2_predict", "-i", raw / "imagesTs", "-o", predictions, "-d",
-                                      DATASET_ID, "-c", CONFIGURATION, "-f", *folds, "-tr", name, "-device", device,
-                                      "-npp", 1, "-nps", 1, "--disable_tta",
+                                      target.dataset_id, "-c", target.configuration, "-f", *folds, "-tr", name,
+                                      "-device", device, "-npp", 1, "-nps", 1, "--disable_tta",
                                       *(["--save_probabilities"] if cross_validation else [])],
                f"nnUNetv2_predict {ensemble}{trainer} on the test split (no test-time mirroring)", after=trained,
                verbose_note=LOOKUP_NOTE.format(name=name))
-    return _evaluate(stages, trainer, raw, preprocessed, predictions, num_processes, after=f"predict_{trainer}",
-                     pictures=True)
+    return evaluate(stages, trainer, raw, preprocessed, predictions, num_processes, after=f"predict_{trainer}",
+                    pictures=True)
 
 
-def _train_fold(stages: Stages, trainer: str, raw: Path, device: str, num_processes: int, epochs: int, fold: int,
-                keep_probabilities: bool) -> str:
+def train_fold(stages: Stages, trainer: str, raw: Path, device: str, num_processes: int, epochs: int, fold: int,
+               keep_probabilities: bool, target: Target = Target()) -> str:
     """Train one fold (resuming an interrupted run with ``--c``); returns the stage name."""
     name = trainer + DEMO_SUFFIX
     train = _train_stage(trainer, fold)
     dependencies = ["instance_maps"]
-    results = _model_folder(stages.root, raw, trainer) / f"fold_{fold}"
+    results = model_folder(stages.root, raw, trainer, target) / f"fold_{fold}"
     finished = stages.done(train, dependencies)
     resume = (not finished and stages.started(train, dependencies)
               and any((results / f).is_file() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")))
     if not finished and not resume:  # a stale or never-checkpointed run: start afresh
         shutil.rmtree(results, ignore_errors=True)
     which = f" fold {fold}" if keep_probabilities else ""
-    stages.run(train, ["nnUNetv2_train", DATASET_ID, CONFIGURATION, fold, "-tr", name, "-device", device,
+    stages.run(train, ["nnUNetv2_train", target.dataset_id, target.configuration, fold, "-tr", name, "-device", device,
                        *(["--npz"] if keep_probabilities else []), *(["--c"] if resume else [])],
                f"nnUNetv2_train {trainer}{which}" + (" (resuming)" if resume else ""), after=dependencies,
                environment={"nnUNet_n_proc_DA": str(num_processes)},  # nnU-Net's default is 12 workers
@@ -202,30 +217,32 @@ def _tune_apply_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: 
                                    "-tr", trainer + DEMO_SUFFIX, "-f", *folds, "-np", num_processes],
                f"nnunet_blob tune-postprocessing {trainer} (on the {len(folds)} folds' validation predictions)",
                after=trained)
-    postprocessing = (_model_folder(stages.root, raw, trainer)
+    postprocessing = (model_folder(stages.root, raw, trainer)
                       / f"crossval_results_folds_{'_'.join(map(str, folds))}" / FILE_NAME)
     tuned = stages.root / "predictions_tuned" / trainer
     stages.run(f"apply_{trainer}", ["nnunet_blob", "apply-postprocessing", "-i", stages.root / "predictions" / trainer,
                                     "-o", tuned, "-pp", postprocessing, "-np", num_processes],
                f"nnunet_blob apply-postprocessing {trainer} (the tuned postprocessing on the test predictions)",
                after=[f"tune_{trainer}", f"predict_{trainer}"])
-    return _evaluate(stages, trainer + TUNED_SUFFIX, raw, preprocessed, tuned, num_processes,
-                     after=f"apply_{trainer}", pictures=False)
+    return evaluate(stages, trainer + TUNED_SUFFIX, raw, preprocessed, tuned, num_processes,
+                    after=f"apply_{trainer}", pictures=False)
 
 
-def _evaluate(stages: Stages, row: str, raw: Path, preprocessed: Path, predictions: Path, num_processes: int,
-              after: str, pictures: bool) -> Path:
+def evaluate(stages: Stages, row: str, raw: Path, preprocessed: Path, predictions: Path, num_processes: int,
+             after: str, pictures: bool, options: Sequence = ()) -> Path:
+    """``nnunet_blob evaluate`` of ``predictions`` against ``raw/labelsTs`` with ``options`` (more of its command-line
+    options) into ``evaluation/<row>/summary_instances.json`` (stage ``evaluate_<row>``); returns that summary."""
     summary = stages.root / "evaluation" / row_key(row) / "summary_instances.json"
     stages.run(_evaluate_stage(row), ["nnunet_blob", "evaluate", raw / "labelsTs", predictions, "-djfile",
                                       raw / "dataset.json", "-pfile", preprocessed / "nnUNetPlans.json", "-o",
-                                      summary, "-np", num_processes,
+                                      summary, "-np", num_processes, *options,
                                       *(["--png", summary.parent / "pictures", "--images", raw / "imagesTs"]
                                         if pictures else [])],
                f"nnunet_blob evaluate {row}", after=[after])
     return summary
 
 
-def _reduce_plans(plans_file: Path, base_features: int | None) -> str:
+def reduce_plans(plans_file: Path, base_features: int | None) -> str:
     if not base_features:
         return f"{plans_file} kept as nnU-Net planned it"
     return f"{plans_file} reduced for the CPU:\n" + shrink_plans(plans_file, base_features)
