@@ -23,3 +23,20 @@ def test_benchmark_help_says_what_runs_what_it_measures_and_what_it_costs():
     assert "nnUNetTrainerBenchmark_5epochs" in text and "<trainer>_benchmark_noDataLoading" in text
     assert "torch.cuda.max_memory_allocated" in text and "ratio to stock" in text
     assert "nnUNetv2_plan_and_preprocess" in text and "2 x (1 + trainers) runs" in text
+
+
+def test_trainers_lists_every_trainer_in_order_with_its_whole_description_and_the_default_marked():
+    from nnunet_blob.trainers import variants
+    from nnunet_blob.trainers.cli import LISTING_ORDER, RECOMMENDED
+
+    lines = run_cli("nnunet_blob", "trainers").stdout.splitlines()
+    rows = [line for line in lines if line[2:].startswith("nnUNetTrainer")]
+    assert [row[2:].split()[0] for row in rows] == list(LISTING_ORDER)
+    assert sorted(LISTING_ORDER) == sorted(variants.__all__)
+    assert [row[2:].split()[0] for row in rows if row.startswith("*")] == [RECOMMENDED]
+    assert any(line.startswith("* the recommended default") for line in lines)
+    for row in rows:
+        name, description = row[2:].split(maxsplit=1)
+        doc = " ".join(getattr(variants, name).__doc__.strip().split("\n\n")[0].split())
+        assert description == doc and description.endswith("."), row  # the whole first paragraph, a sentence
+        assert len(row) <= 120, row

@@ -57,19 +57,19 @@ class GlobalTermTrainer(LossVariantTrainer):
 
 
 class nnUNetTrainerTversky(GlobalTermTrainer):
-    """CE + Tversky (alpha 0.3 on FP, beta 0.7 on FN): the blob loss paper's Tversky baseline."""
+    """CE + Tversky (0.3 on FP, 0.7 on FN): the blob loss paper's Tversky baseline."""
 
     global_overlap = "tversky"
 
 
 class nnUNetTrainerTversky_noCE(nnUNetTrainerTversky):
-    """Tversky alone, exactly the paper's ``tversky`` baseline."""
+    """Tversky alone (0.3 on FP, 0.7 on FN): exactly the paper's tversky baseline."""
 
     global_ce = False
 
 
 class nnUNetTrainerTopKDice(LossVariantTrainer):
-    """CE + TopK-Dice (Hosseini) over the K% hardest foreground voxels of each class, K = 50."""
+    """CE + TopK-Dice (Hosseini) over the 50% hardest foreground voxels of each class."""
 
     topk_k = 50.0
     #: "present": mean over the classes present in each patch (the paper's Eq. 7); "all": every foreground class
@@ -85,7 +85,7 @@ class nnUNetTrainerTopKDice(LossVariantTrainer):
 
 
 class nnUNetTrainerTopKDice_k30(nnUNetTrainerTopKDice):
-    """CE + TopK-Dice with K = 30 (the paper's choice for MS lesions)."""
+    """CE + TopK-Dice with K = 30 (Hosseini's choice for MS lesions)."""
 
     topk_k = 30.0
 
@@ -97,7 +97,10 @@ class nnUNetTrainerTopKDice_k10(nnUNetTrainerTopKDice):
 
 
 class nnUNetTrainerBlobDice(InstanceAwareTrainer, GlobalTermTrainer):
-    """``alpha * (Dice + CE) + beta * blob Dice`` with alpha = 2, beta = 1 (Kofler et al., Eq. 3 and Table 2)."""
+    """2 x (Dice + CE) + 1 x blob Dice (Kofler et al., Eq. 3, weights of Table 2).
+
+    ``alpha * (Dice + CE) + beta * blob Dice`` with alpha = 2, beta = 1.
+    """
 
     blob_alpha = 2.0
     blob_beta = 1.0
@@ -118,33 +121,38 @@ class nnUNetTrainerBlobDice(InstanceAwareTrainer, GlobalTermTrainer):
 
 
 class nnUNetTrainerBlobDice_noCE(nnUNetTrainerBlobDice):
-    """The paper's blob dice exactly: ``alpha * soft Dice + beta * blob Dice``."""
+    """The paper's blob dice exactly: 2 x soft Dice + 1 x blob Dice, without CE."""
 
     global_ce = False
 
 
 class nnUNetTrainerBlobTversky(nnUNetTrainerBlobDice):
-    """``alpha * (Tversky + CE) + beta * blob Tversky``, alpha = 2, beta = 1."""
+    """2 x (Tversky + CE) + 1 x blob Tversky, Tversky 0.3 on FP and 0.7 on FN.
+
+    ``alpha * (Tversky + CE) + beta * blob Tversky``, alpha = 2, beta = 1.
+    """
 
     global_overlap = "tversky"
     blob_inner = "tversky"
 
 
 class nnUNetTrainerBlobTversky_noCE(nnUNetTrainerBlobTversky):
-    """The paper's blob tversky exactly: ``alpha * Tversky + beta * blob Tversky``."""
+    """The paper's blob tversky exactly: 2 x Tversky + 1 x blob Tversky, without CE."""
 
     global_ce = False
 
 
 class nnUNetTrainerBlobDice_instSampling(nnUNetTrainerBlobDice):
-    """Blob Dice with instance-balanced foreground sampling: forced patches centre on an instance drawn uniformly."""
+    """Blob Dice, forced-foreground patches centred on an instance drawn uniformly."""
 
     instance_sampling_exponent = 0.0
 
 
 class nnUNetTrainerCCDiceCE(CellAwareTrainer, GlobalTermTrainer):
-    """nnU-Net's Dice + CE and the CC-DiceCE term 1:1 (Bouteille et al.): Dice + CE in each component's Voronoi
-    cell."""
+    """Dice + CE plus CC-DiceCE 1:1 (Bouteille et al.): Dice + CE in each lesion's cell.
+
+    nnU-Net's Dice + CE plus the CC term: Dice + CE inside the Voronoi cell of each connected component.
+    """
 
     cc_alpha = 1.0
     cc_beta = 1.0
@@ -169,8 +177,11 @@ class nnUNetTrainerCCDiceCE_noGlobal(nnUNetTrainerCCDiceCE):
 
 
 class nnUNetTrainerCCDiceCE_paper(nnUNetTrainerCCDiceCE):
-    """CC-DiceCE exactly as published: Dice smoothing 0 in the global and the CC term, and a patch without
-    components scored 1 + its mean cross-entropy (for comparisons with the authors' results)."""
+    """CC-DiceCE exactly as published, for comparisons with the authors' results.
+
+    Dice smoothing 0 in the global and the CC term, and a patch without components scored 1 + its mean
+    cross-entropy.
+    """
 
     cc_empty_samples = "published"
 
@@ -206,7 +217,7 @@ class nnUNetTrainerBlobDice_a0b1(nnUNetTrainerBlobDice):
 
 
 class nnUNetTrainerBlobDice_noMasking(nnUNetTrainerBlobDice):
-    """Blob Dice ablation (supplement 6.4): other instances are not masked out of each instance's domain."""
+    """Blob Dice ablation (supplement 6.4): other instances are not masked out."""
 
     blob_masking = False
 
