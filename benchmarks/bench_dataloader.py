@@ -1,8 +1,8 @@
 """Batches per second of the blob trainers' training loader vs nnU-Net's stock loader (same plans, same data).
 
 Loading and augmentation run in this process (nnUNet_n_proc_DA=0), so the figure is the per-batch cost without
-worker-pool effects. A synthetic dataset with ~300 instances per case. Targets: >= 0.9x stock,
-instance sampling >= 0.95x of the same loader without it. Instance sampling is measured twice: with
+worker-pool effects. A synthetic dataset with ~300 instances per case. Prints each loader's batches per second, its
+ratio to stock and instance sampling's ratio to the same loader without it. Instance sampling is measured twice: with
 exponent 0 (its patches are centred elsewhere, e.g. more often near the border, which changes the cost of nnU-Net's
 own cropping and augmentation) and with exponent 1 (the voxel-uniform distribution of patches without it: only the
 machinery's own cost). The CC-DiceCE trainer's loader computes the Voronoi cells of every deep-supervision scale's

@@ -1,7 +1,7 @@
 """Cost of the per-case evaluation against the number of lesions: one synthetic case (128^3 voxels by default) with
 250 and with 2,000 small lesions, the prediction a perturbed copy with false positives, timed for each set of
-options (defaults, one-to-one matching, BraTS lesion-wise, CC-Dice, confidences, all). The cost must not grow with
-the number of lesions beyond the extra voxels (ratio 2,000 / 250 lesions <= 2).
+options (defaults, one-to-one matching, BraTS lesion-wise, CC-Dice, confidences, all), with the ratio 2,000 / 250
+lesions: whether the cost grows with the number of lesions or only with their voxels.
 
     python benchmarks/bench_evaluation.py [--size 128] [--repeats 3]
 """

@@ -1,6 +1,6 @@
 """Wall time of `nnunet_blob preprocess` vs `nnUNetv2_preprocess` on the same dataset, configuration and -np.
 
-Target: <= 25% of nnU-Net's preprocessing time. Also timed: ``ensure_instance_maps`` called
+Prints both wall times and their ratio. Also timed: ``ensure_instance_maps`` called
 in-process (what the trainers run), i.e. the command without the interpreter's and imports' start-up.
 
 With ``--annotated`` the maps come from annotated instances (``instancesTr/``, here the connected components of each

@@ -6,9 +6,8 @@ For a (B, C, S, S, S) patch with 1, 10, 100, 1000 instances it prints the best t
   (its Voronoi cells are computed beforehand, as the trainers' data loader does),
 - a loop-over-instances blob dice baseline (one full-volume mask per instance, like the public reference code)
   at <= 100 instances,
-and the ratios (best of several interleaved rounds). Targets: blob terms <= 1.5x MemoryEfficientSoftDiceLoss at
-every instance count and <= 1.2x growth of their own time from 1 to 1000 instances; TopK-Dice <= 2x; the CC-DiceCE
-term <= 1.5x MemoryEfficientSoftDiceLoss, flat in the number of components.
+and the ratios (best of several interleaved rounds), so that the cost per instance count, and its growth from 1 to
+1000 instances, can be read against nnU-Net's Dice.
 
 Targets and instance maps are int16, as the trainers' loader delivers them. ``--path device`` runs the
 accelerator's algorithm on any device (every voxel kept and masked, no host synchronisation); ``--path host`` (the

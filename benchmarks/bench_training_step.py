@@ -3,7 +3,7 @@
 All trainers are built from the same nnU-Net-style 3d_fullres plans and fed the same batch (the blob trainers
 additionally get the batch's instance maps, the CC-DiceCE trainer the Voronoi cells of every scale, packed by the same
 pipelines their loaders use). Prints the median ``train_step`` time over interleaved rounds and the ratio to
-``nnUNetTrainer``. Target: instance-aware trainers <= 1.10x stock.
+``nnUNetTrainer``.
 
     python benchmarks/bench_training_step.py [--patch 64] [--batch 2] [--stages 5] [--instances 100] [--repeats 5]
 

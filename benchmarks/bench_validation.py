@@ -5,7 +5,7 @@ validation batches (the blob trainer's carry the instance maps, packed by the sa
 run nnU-Net's validation epoch: ``on_validation_epoch_start``, ``validation_step`` per batch,
 ``on_validation_epoch_end`` (which, for the blob trainer, collects the detection counts scored in a background
 thread). A third candidate is the blob trainer with the online score left out (its scorer returns zeros at once),
-so that what the online instance F1 adds (target: <= 5%) is told apart from what the blob loss adds to the
+so that what the online instance F1 adds is told apart from what the blob loss adds to the
 validation loss. Prints the median epoch time over interleaved rounds, the ratios, and the per-step cost of the
 host part alone (connected components and counts of one batch), which is what the online score would add per step
 on a GPU if it did not overlap the next forward pass.
