@@ -134,3 +134,18 @@ def test_a_misspelt_command_option_or_trainer_is_reported(right, wrong):
     assert re.search(whole, text)
     found = problems(re.sub(whole, wrong, text))
     assert any(re.search(re.escape(wrong) + r"(?![\w\-])", p) for p in found), found
+
+
+def test_the_readme_trainer_table_follows_the_listing_order():
+    from nnunet_blob.trainers.cli import LISTING_ORDER
+
+    text = README.read_text()
+    section = text[text.index("\n## Trainers\n"):]
+    section = section[:section.index("\n## ", 1)]
+    names: list[str] = []
+    for row in re.findall(r"^\| (`nnUNetTrainer[^|]*)\|", section, flags=re.M):
+        for name in re.findall(r"`(\w+)`", row):
+            if name.startswith("_"):  # `nnUNetTrainerTopKDice`, `_k30`: a suffix of the row's first name
+                name = names[-1].split("_")[0] + name
+            names.append(name)
+    assert names == list(LISTING_ORDER)
