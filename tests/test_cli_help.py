@@ -25,11 +25,13 @@ def test_benchmark_help_says_what_runs_what_it_measures_and_what_it_costs():
     assert "nnUNetv2_plan_and_preprocess" in text and "2 x (1 + trainers) runs" in text
 
 
-def test_trainers_lists_every_trainer_in_order_with_its_whole_description_and_the_default_marked():
+def test_trainers_lists_every_trainer_in_order_with_its_whole_description_and_the_default_marked(capsys):
+    from nnunet_blob.cli import main
     from nnunet_blob.trainers import variants
     from nnunet_blob.trainers.cli import LISTING_ORDER, RECOMMENDED
 
-    lines = run_cli("nnunet_blob", "trainers").stdout.splitlines()
+    assert main(["trainers"]) == 0  # in this process: the trainers are imported once
+    lines = capsys.readouterr().out.splitlines()
     rows = [line for line in lines if line[2:].startswith("nnUNetTrainer")]
     assert [row[2:].split()[0] for row in rows] == list(LISTING_ORDER)
     assert sorted(LISTING_ORDER) == sorted(variants.__all__)
