@@ -92,7 +92,7 @@ def check_geometry(pred_file: str, ref_file: str, props_pred: dict, props_ref: d
 
     The spacing is shown in nnU-Net's axis order (z, y, x) and as the file's reader reports it (x, y, z); origin and
     direction as SimpleITK reports them."""
-    differences = []
+    differences: list[str | None] = []
     if _differs("spacing", props_pred["spacing"], props_ref["spacing"]):
         differences.append("spacing " + axis_order(props_pred["spacing"], file_reader(props_ref),
                                                    ("the reference's", props_ref["spacing"])))

@@ -80,8 +80,9 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
     ev.add_argument("--connectivity", type=int, default=26, choices=CONNECTIVITIES,
                     help="3D connectivity of components (default 26; 2D uses 8, or 4 for 6)")
-    ev.add_argument("--chill", action="store_true", help="allow references without a prediction: only the predicted cases are evaluated "
-                         "(the summary lists the others)")
+    ev.add_argument("--chill", action="store_true",
+                    help="allow references without a prediction: only the predicted cases are evaluated (the summary "
+                         "lists the others)")
     ev.add_argument("--png", default=None, metavar="DIR", help="write one detection picture (MIP) per case")
     ev.add_argument("--images", default=None, metavar="DIR",
                     help="nnU-Net raw imagesTr/imagesTs folder; channel 0000 is the background of the pictures "
