@@ -234,6 +234,37 @@ def export_line(environ=os.environ) -> str:
 
 
 # ---------------------------------------------------------------------------------------- command-line errors
+def axis_order(values, file_reader: str | None = None, versus: tuple[str, object] | None = None) -> str:
+    """A spacing or shape of nnU-Net's arrays, saying its axis order: ``(2.0, 1.0, 1.0) in nnU-Net's axis order
+    (z, y, x)``; with ``file_reader`` (e.g. "SimpleITK", whose images nnU-Net's readers turn around to z, y, x) also
+    as that reader reports it: ``; (1.0, 1.0, 2.0) as SimpleITK reports it (x, y, z)``. ``versus = (whose, other)``
+    puts another spacing or shape beside it: ``A vs the reference's B in nnU-Net's axis order ...``."""
+    def show(v) -> tuple:
+        return tuple(round(float(x), 6) if isinstance(x, float) else int(x) for x in v)
+
+    shown = [show(values)] + ([show(versus[1])] if versus else [])
+    n = len(shown[0])
+    names = ("z", "y", "x")[-n:] if n <= 3 else tuple(f"axis {i}" for i in range(n))
+
+    def pair(tuples, whose: str) -> str:
+        return f"{tuples[0]} vs {whose}{tuples[1]}" if versus else f"{tuples[0]}"
+
+    text = f"{pair(shown, versus[0] + ' ' if versus else '')} in nnU-Net's axis order ({', '.join(names)})"
+    if file_reader is not None:
+        them = "them" if versus else "it"
+        text += f"; {pair([t[::-1] for t in shown], '')} as {file_reader} reports {them} ({', '.join(names[::-1])})"
+    return text
+
+
+def file_reader(properties: dict) -> str | None:
+    """The reader whose axis order is the reverse of nnU-Net's, from the properties nnU-Net's reader returned."""
+    if properties.get("sitk_stuff"):
+        return "SimpleITK"
+    if properties.get("nibabel_stuff"):
+        return "nibabel"
+    return None
+
+
 def reports(*errors: type[BaseException], command: str):
     """Sub-command decorator: ``errors`` (a user's input or environment, not a bug) end the command with
     ``nnunet_blob COMMAND: error: ...`` on stderr and exit code 1 instead of a traceback."""
@@ -246,9 +277,27 @@ def reports(*errors: type[BaseException], command: str):
             try:
                 return func(args)
             except errors as e:
+                end_progress_bars(e)
                 print(f"nnunet_blob {command}: error: {e}", file=sys.stderr)
                 return 1
 
         return run
 
     return decorate
+
+
+def end_progress_bars(error: BaseException | None = None) -> None:
+    """Close the progress bars a failing command left open, so that its error comes on its own, last line.
+
+    A bar over a generator that stopped at an error closes only when the generator is finalized, and the error's
+    traceback keeps it alive until after the message is printed (the bar would be redrawn below the error):
+    clearing the traceback's frames finalizes those generators now; any tqdm bar still open is closed."""
+    import sys
+    import traceback
+
+    if error is not None and error.__traceback__ is not None:
+        traceback.clear_frames(error.__traceback__)
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+            bar.close()

@@ -318,7 +318,8 @@ def test_annotation_files_of_another_geometry_are_refused(tmp_path):
     with pytest.raises(InstanceMapError, match="case a: no annotated instances .*rename that folder"):
         read_annotation(source, "a", None)
     write(np.zeros((4, 5, 5), np.uint8), tmp_path / "instancesTr" / "a.nii.gz", (1, 1, 1))
-    with pytest.raises(InstanceMapError, match="case a: .* has shape \\(4, 5, 5\\), its label .* \\(4, 5, 6\\)"):
+    with pytest.raises(InstanceMapError, match="case a: .* has shape \\(4, 5, 5\\) vs its label .* \\(4, 5, 6\\) "
+                                                "in nnU-Net's axis order \\(z, y, x\\)"):
         read_annotation(source, "a", None)
     write(np.zeros((4, 5, 6), np.uint8), tmp_path / "instancesTr" / "a.nii.gz", (1, 1, 2))
     with pytest.raises(InstanceMapError, match="case a: .* has spacing .*copy its header"):

@@ -164,7 +164,7 @@ FAULTS = [
     ("other origin", lambda p: replace_with(p, lambda q: write(q, np.zeros(SHAPE, np.uint8), origin=(5, 0, 0))),
      "origin (5.0, 0.0, 0.0) vs the reference's (0.0, 0.0, 0.0)"),
     ("other shape", lambda p: replace_with(p, lambda q: write(q, np.zeros((6, 24, 23), np.uint8))),
-     "shape (1, 6, 24, 23) differs from the reference"),
+     "other shape, (6, 24, 23) vs the reference"),
     ("undeclared label", lambda p: replace_with(p, lambda q: write(q, np.full(SHAPE, 5, np.uint8))),
      "labels [5] are not among the declared labels [0, 1, 2]"),
     ("non-integer labels", lambda p: replace_with(p, lambda q: write(q, np.full(SHAPE, 0.5, np.float32))),

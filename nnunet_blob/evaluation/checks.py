@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from nnunet_blob.io import axis_order, file_reader
+
 _CHUNK = 1 << 20
 
 
@@ -75,22 +77,29 @@ def read_segmentation(reader_writer, path: str) -> tuple[np.ndarray, dict]:
                          f"segmentation in the dataset's file format?") from e
 
 
-def _differs(name: str, a, b) -> str | None:
+def _differs(name: str, a, b, order: str = "") -> str | None:
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or not np.allclose(a, b):
         def show(v):
             return tuple(np.round(v.ravel(), 6).tolist())
 
-        return f"{name} {show(a)} vs the reference's {show(b)}"
+        return f"{name} {show(a)} vs the reference's {show(b)}" + (f" {order}" if order else "")
     return None
 
 
 def check_geometry(pred_file: str, ref_file: str, props_pred: dict, props_ref: dict) -> None:
-    """ValueError when the prediction's spacing, origin, direction or affine differ from the reference's."""
-    differences = [_differs("spacing", props_pred["spacing"], props_ref["spacing"])]
+    """ValueError when the prediction's spacing, origin, direction or affine differ from the reference's.
+
+    The spacing is shown in nnU-Net's axis order (z, y, x) and as the file's reader reports it (x, y, z); origin and
+    direction as SimpleITK reports them."""
+    differences: list[str | None] = []
+    if _differs("spacing", props_pred["spacing"], props_ref["spacing"]):
+        differences.append("spacing " + axis_order(props_pred["spacing"], file_reader(props_ref),
+                                                   ("the reference's", props_ref["spacing"])))
     sitk_pred, sitk_ref = props_pred.get("sitk_stuff"), props_ref.get("sitk_stuff")
     if sitk_pred and sitk_ref:
-        differences += [_differs(key, sitk_pred[key], sitk_ref[key]) for key in ("origin", "direction")]
+        differences += [_differs(key, sitk_pred[key], sitk_ref[key], "as SimpleITK reports it")
+                        for key in ("origin", "direction")]
     nib_pred, nib_ref = props_pred.get("nibabel_stuff"), props_ref.get("nibabel_stuff")
     if nib_pred and nib_ref and "original_affine" in nib_pred and "original_affine" in nib_ref:
         differences.append(_differs("affine", nib_pred["original_affine"], nib_ref["original_affine"]))
@@ -128,8 +137,8 @@ def read_pair(reader_writer, ref_file: str, pred_file: str, allowed_labels: Iter
     seg_ref, props = read_segmentation(reader_writer, ref_file)
     seg_pred, props_pred = read_segmentation(reader_writer, pred_file)
     if seg_ref.shape != seg_pred.shape:
-        raise ValueError(f"{pred_file}: shape {seg_pred.shape} differs from the reference {ref_file} "
-                         f"{seg_ref.shape}; predictions must be in the reference's image space")
+        shapes = axis_order(seg_pred.shape[1:], file_reader(props), (f"the reference {ref_file}", seg_ref.shape[1:]))
+        raise ValueError(f"{pred_file}: other shape, {shapes}; predictions must be in the reference's image space")
     if not allow_geometry_mismatch:
         check_geometry(pred_file, ref_file, props_pred, props)
     if allowed_labels is not None:
@@ -154,8 +163,9 @@ def read_probabilities(npz_file: str, case: str, spatial_shape: tuple[int, ...])
         raise ValueError(f"case {case}: {npz_file} is not a readable .npz ({first_line(e)}); predict again with "
                          f"--save_probabilities") from e
     if tuple(probabilities.shape[1:]) != tuple(spatial_shape):
-        raise ValueError(f"case {case}: probabilities of shape {probabilities.shape} do not match the "
-                         f"segmentation's {tuple(spatial_shape)}; use the .npz written with this prediction")
+        shapes = axis_order(probabilities.shape[1:], versus=("the segmentation's", spatial_shape))
+        raise ValueError(f"case {case}: probabilities ({probabilities.shape[0]} classes) of shape {shapes} do not "
+                         f"match; use the .npz written with this prediction")
     return probabilities
 
 
@@ -170,8 +180,9 @@ def read_instances(reader_writer, path: str, case: str, option: str, seg: np.nda
                                 f"with the label file's name ({os.path.basename(seg_file)})")
     instances, props_instances = read_segmentation(reader_writer, path)
     if instances.shape != seg.shape:
-        raise ValueError(f"case {case}: the instance map {path} ({option}) has shape {instances.shape}, its label "
-                         f"file {seg_file} {seg.shape}; instance maps must lie on the label file's grid")
+        shapes = axis_order(instances.shape[1:], file_reader(props), (f"its label file {seg_file}", seg.shape[1:]))
+        raise ValueError(f"case {case}: the instance map {path} ({option}) has shape {shapes}; instance maps must lie "
+                         f"on the label file's grid")
     if not allow_geometry_mismatch:
         check_geometry(path, seg_file, props_instances, props)
     instances = instance_ids(instances, path, case, option)

@@ -41,7 +41,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         summary = folder.evaluate_folder_from_json(args.gt_folder, args.pred_folder, args.djfile, args.pfile, output,
                                                    **common)
-    print(format_summary(summary, output))
+    print(format_summary(summary, output, args.png))
     return 0
 
 
@@ -80,7 +80,9 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
     ev.add_argument("--connectivity", type=int, default=26, choices=CONNECTIVITIES,
                     help="3D connectivity of components (default 26; 2D uses 8, or 4 for 6)")
-    ev.add_argument("--chill", action="store_true", help="allow references without a prediction")
+    ev.add_argument("--chill", action="store_true",
+                    help="allow references without a prediction: only the predicted cases are evaluated (the summary "
+                         "lists the others)")
     ev.add_argument("--png", default=None, metavar="DIR", help="write one detection picture (MIP) per case")
     ev.add_argument("--images", default=None, metavar="DIR",
                     help="nnU-Net raw imagesTr/imagesTs folder; channel 0000 is the background of the pictures "

@@ -15,7 +15,7 @@ import os
 import numpy as np
 from scipy.stats import wilcoxon
 
-from nnunet_blob.evaluation.metric_facts import COMPARED, DIRECTIONS, SIZE_BIN_PREFIX, direction
+from nnunet_blob.evaluation.metric_facts import ALWAYS, COMPARED, DIRECTIONS, SIZE_BIN_PREFIX, direction, needed_option
 
 #: metric -> True when higher is better; compared by default when the summaries have them (most only exist when
 #: evaluate was asked for them)
@@ -33,9 +33,16 @@ def metric_directions(names) -> dict[str, bool]:
 
 def load_summary(path: str) -> dict:
     """Per-case values ``{label: {metric: {case: value}}}`` of a summary written by ``nnunet_blob evaluate``."""
-    with open(path) as f:
-        data = json.load(f)
-    if "metric_per_case" not in data:
+    expected = ("expected an evaluation summary: the summary_instances.json of 'nnunet_blob evaluate' (or "
+                "nnU-Net's summary.json)")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path} does not exist; {expected}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a JSON file ({e}); {expected}") from e
+    if not isinstance(data, dict) or "metric_per_case" not in data:
         raise ValueError(f"{path} is not an evaluation summary (no 'metric_per_case'); "
                          f"create it with 'nnunet_blob evaluate'")
     values: dict = {}
@@ -57,6 +64,51 @@ def paired_wilcoxon(a, b) -> float:
     return float(wilcoxon(a, b).pvalue)
 
 
+def smallest_wilcoxon_p(n: int) -> float:
+    """The smallest two-sided p of the exact paired Wilcoxon signed-rank test over ``n`` pairs: ``2 / 2**n`` (all
+    differences of one sign; each of the ``2**n`` sign patterns is equally likely under the null hypothesis)."""
+    return 2.0 / 2.0 ** n if n > 0 else 1.0
+
+
+def _labels(values: dict) -> list:
+    return sorted(values, key=str)
+
+
+def _cases(values: dict) -> list:
+    return sorted(next(iter(values[next(iter(values))].values())).keys()) if values else []
+
+
+def _check_same_cases(loaded: dict, summaries: dict) -> None:
+    """ValueError naming what differs when two summaries cover other cases or other labels."""
+    first_name, first = next(iter(loaded.items()))
+    for name, vals in loaded.items():
+        if _labels(vals) != _labels(first):
+            raise ValueError(f"{summaries[name]} has labels {_labels(vals)}, {summaries[first_name]} has labels "
+                             f"{_labels(first)}; evaluate both with the same labels (dataset.json or -l)")
+        only_here, only_there = (sorted(set(_cases(vals)) - set(_cases(first))),
+                                 sorted(set(_cases(first)) - set(_cases(vals))))
+        if only_here or only_there:
+            raise ValueError(f"{summaries[name]} and {summaries[first_name]} cover different cases: "
+                             f"{len(only_here)} only in the first (e.g. {only_here[:5]}), {len(only_there)} only in "
+                             f"the second (e.g. {only_there[:5]}); evaluate both on the same reference cases")
+
+
+def _missing_metrics(loaded: dict, summaries: dict, metrics: dict, requested: bool) -> list[str]:
+    """Notes on the metrics some summary lacks: which, in which summary, and what computes them."""
+    notes = []
+    for method, vals in loaded.items():
+        lacking = [m for m in metrics if not any(m in by_metric for by_metric in vals.values())]
+        plain = [m for m in lacking if m in ALWAYS]
+        if plain:
+            notes.append(f"{summaries[method]} has no {', '.join(plain)} (an nnU-Net summary.json has Dice and IoU "
+                         f"only), so they are not compared; 'nnunet_blob evaluate' computes them")
+        for metric in lacking if requested else ():
+            if needed_option(metric) is not None:
+                notes.append(f"{summaries[method]} has no {metric}: it needs 'nnunet_blob evaluate ... "
+                             f"{needed_option(metric)}'")
+    return list(dict.fromkeys(notes))
+
+
 def compare(summaries: dict[str, str], metrics: dict[str, bool] | None = None, alpha: float = 0.05) -> dict:
     """Compare named summaries (``{method: path}``) on identical case sets.
 
@@ -65,16 +117,13 @@ def compare(summaries: dict[str, str], metrics: dict[str, bool] | None = None, a
     """
     if len(summaries) < 2:
         raise ValueError("compare needs at least two summaries")
+    requested = metrics is not None
     metrics = metrics or DEFAULT_METRICS
     loaded = {m: load_summary(p) for m, p in summaries.items()}
-    first_name, first = next(iter(loaded.items()))
-    cases = sorted(next(iter(first[next(iter(first))].values())).keys())
-    for name, vals in loaded.items():
-        other = sorted(next(iter(vals[next(iter(vals))].values())).keys())
-        if other != cases or sorted(vals) != sorted(first):
-            unpaired = sorted(set(cases) ^ set(other))
-            raise ValueError(f"{summaries[name]} and {summaries[first_name]} cover different cases or labels "
-                             f"(e.g. {unpaired[:5]}); evaluate both on the same reference cases")
+    _check_same_cases(loaded, summaries)
+    first = next(iter(loaded.values()))
+    cases = _cases(first)
+    notes = _missing_metrics(loaded, summaries, metrics, requested)
     methods = list(loaded)
     tables: dict = {}
     p_values: dict = {}
@@ -106,15 +155,23 @@ def compare(summaries: dict[str, str], metrics: dict[str, bool] | None = None, a
                 elif p < alpha and diff < 0:
                     scores[key][m2] += 1
     if not scores:
-        raise ValueError(f"none of the metrics {list(metrics)} is in the summaries")
+        raise ValueError(f"none of the metrics {list(metrics)} is in every summary" +
+                         (": " + "; ".join(notes) if notes else ""))
+    compared = sorted({metric for _, metric in scores})
+    if any("not compared" in note for note in notes):
+        notes.append(f"ranked on {', '.join(compared)} alone")
+    if smallest_wilcoxon_p(len(cases)) >= alpha:
+        notes.append(f"{len(cases)} cases: a paired two-sided Wilcoxon test cannot reach p < {alpha:g} (its smallest "
+                     f"p is 2/2^{len(cases)} = {smallest_wilcoxon_p(len(cases)):.4g}), so no method beats another and "
+                     f"every rank score is 0; compare on more cases")
     rank = {m: float(np.mean([s[m] for s in scores.values()])) for m in methods}
     return {"cases": cases, "alpha": alpha, "tables": tables, "p_values": p_values, "scores": scores,
-            "rank_score": rank}
+            "rank_score": rank, "notes": notes}
 
 
 def format_report(result: dict) -> str:
     """Plain-text tables of :func:`compare`'s result."""
-    lines = [f"{len(result['cases'])} cases"]
+    lines = [f"{len(result['cases'])} cases"] + [f"note: {note}" for note in result.get("notes", ())]
     for (label, metric), table in result["tables"].items():
         lines.append(f"\nlabel {label}  {metric}")
         lines.append(f"  {'method':<32} {'mean':>8} {'median':>8} {'wins':>5} {'beats':>5}")

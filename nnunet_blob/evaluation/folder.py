@@ -189,6 +189,16 @@ def _existing_folder(folder: str, role: str) -> None:
                                 f"of the {'reference' if role == 'GT_FOLDER' else 'predicted'} segmentations")
 
 
+def _endings(folder: str) -> list[str]:
+    """The file endings in a folder (``.nii.gz`` counted as one)."""
+    endings = set()
+    for name in os.listdir(folder):
+        if os.path.isfile(os.path.join(folder, name)) and not name.startswith("."):
+            stem, ending = os.path.splitext(name)
+            endings.add(os.path.splitext(stem)[1] + ending if ending == ".gz" else ending or "(no ending)")
+    return sorted(endings)
+
+
 def pair_cases(folder_ref: str, folder_pred: str, file_ending: str, chill: bool = False) -> list[tuple[str, str]]:
     """(reference, prediction) file pairs, by the prediction folder's file names as nnU-Net pairs them."""
     _existing_folder(folder_ref, "GT_FOLDER")
@@ -196,7 +206,10 @@ def pair_cases(folder_ref: str, folder_pred: str, file_ending: str, chill: bool 
     files_pred = subfiles(folder_pred, suffix=file_ending, join=False)
     files_ref = subfiles(folder_ref, suffix=file_ending, join=False)
     if not files_pred:
-        raise FileNotFoundError(f"no prediction files ending in {file_ending!r} in {folder_pred}")
+        raise FileNotFoundError(f"no prediction files ending in {file_ending!r} (the references' file ending) in "
+                                f"{folder_pred}: it holds files ending in {_endings(folder_pred) or 'nothing'}, "
+                                f"{folder_ref} files ending in {_endings(folder_ref) or 'nothing'}; write the "
+                                f"predictions in the references' format (e.g. .nii.gz, not .nii)")
     missing_ref = sorted(set(files_pred) - set(files_ref))
     if missing_ref:
         raise FileNotFoundError(f"predictions without a reference in {folder_ref}: {missing_ref[:5]}; "
@@ -230,6 +243,9 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
             raise FileNotFoundError(f"{option} {folder} is not a folder; give the folder of the instance maps (one "
                                     f"per case, named as its label file)")
     pairs = pair_cases(folder_ref, folder_pred, file_ending, chill)
+    predicted = {os.path.basename(pred) for _, pred in pairs}
+    left_out = sorted(f[:-len(file_ending)] for f in subfiles(folder_ref, suffix=file_ending, join=False)
+                      if f not in predicted)
     jobs = []
     for ref_file, pred_file in pairs:
         case = os.path.basename(ref_file)[: -len(file_ending)]
@@ -259,6 +275,8 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
     results = run_cases(_evaluate_case_star, jobs, (), num_processes, f"evaluating {len(jobs)} cases",
                         describe=lambda job: f"case {os.path.basename(job[0])[:-len(file_ending)]}")
     summary = summarize(results, list(labels_or_regions), options=options)
+    if left_out:
+        summary["references_without_prediction"] = left_out
     if output_file is not None:
         Path(output_file).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(output_file, json_keys(summary))

@@ -31,16 +31,25 @@ class MetricFacts:
     empty_case: bool = False  # NaN when reference and prediction are empty; 1.0 with ``--empty-case one``
     summed: bool = False  # added over the cases in ``pooled_instances``
     always: bool = False  # computed by every evaluation (no option needed)
+    needs: str | None = None  # the ``nnunet_blob evaluate`` option that computes it (when not ``always``)
+
+
+#: the options that compute the metrics which not every evaluation has
+ONE_TO_ONE = "--matching one-to-one"
+CELL_SCORES = "--cell-scores (or instance maps: --reference-instances, --instance-inputs)"
+CC_DICE = "--cc-dice"
+BRATS = "--gt-dilation N (or a BraTS --preset)"
 
 
 def _cell_metrics() -> tuple[MetricFacts, ...]:
-    facts = [MetricFacts("DSB_AP", True, compared=True, column="AP(DSB)", empty_case=True)]
+    facts = [MetricFacts("DSB_AP", True, compared=True, column="AP(DSB)", empty_case=True, needs=CELL_SCORES)]
     for t in CELL_THRESHOLDS:
-        facts += [MetricFacts(at("TP", t), True), MetricFacts(at("AP", t), True, empty_case=True)]
+        facts += [MetricFacts(at("TP", t), True, needs=CELL_SCORES),
+                  MetricFacts(at("AP", t), True, empty_case=True, needs=CELL_SCORES)]
     t = CELL_REPORTED_THRESHOLD
-    facts += [MetricFacts(at("F1", t), True, compared=True, column="F1@0.5", empty_case=True),
-              MetricFacts(at("precision", t), True, empty_case=True),
-              MetricFacts(at("recall", t), True, empty_case=True)]
+    facts += [MetricFacts(at("F1", t), True, compared=True, column="F1@0.5", empty_case=True, needs=CELL_SCORES),
+              MetricFacts(at("precision", t), True, empty_case=True, needs=CELL_SCORES),
+              MetricFacts(at("recall", t), True, empty_case=True, needs=CELL_SCORES)]
     return tuple(facts)
 
 
@@ -70,21 +79,21 @@ METRICS: tuple[MetricFacts, ...] = (
     MetricFacts("lesion_count_difference", False, always=True),
     MetricFacts("absolute_volume_difference_ml", False, always=True),
     # --matching one-to-one
-    MetricFacts("n_matched", True),
-    MetricFacts("RQ", True, compared=True, empty_case=True),
-    MetricFacts("SQ", True, compared=True, empty_case=True),
-    MetricFacts("PQ", True, compared=True, column="PQ", empty_case=True),
-    MetricFacts("SQ_Dice", True, compared=True, empty_case=True),
+    MetricFacts("n_matched", True, needs=ONE_TO_ONE),
+    MetricFacts("RQ", True, compared=True, empty_case=True, needs=ONE_TO_ONE),
+    MetricFacts("SQ", True, compared=True, empty_case=True, needs=ONE_TO_ONE),
+    MetricFacts("PQ", True, compared=True, column="PQ", empty_case=True, needs=ONE_TO_ONE),
+    MetricFacts("SQ_Dice", True, compared=True, empty_case=True, needs=ONE_TO_ONE),
     # --cell-scores
     *_cell_metrics(),
     # --cc-dice
-    MetricFacts("CC_Dice", True, compared=True, column="CC-Dice", empty_case=True),
+    MetricFacts("CC_Dice", True, compared=True, column="CC-Dice", empty_case=True, needs=CC_DICE),
     # BraTS lesion-wise scores
-    MetricFacts("lesion_wise_Dice", True, compared=True, column="LW-DSC"),
-    MetricFacts("lesion_wise_HD95", False, compared=True, column="LW-HD95"),
-    MetricFacts("lesion_wise_TP", True),
-    MetricFacts("lesion_wise_FN", False),
-    MetricFacts("lesion_wise_FP", False),
+    MetricFacts("lesion_wise_Dice", True, compared=True, column="LW-DSC", needs=BRATS),
+    MetricFacts("lesion_wise_HD95", False, compared=True, column="LW-HD95", needs=BRATS),
+    MetricFacts("lesion_wise_TP", True, needs=BRATS),
+    MetricFacts("lesion_wise_FN", False, needs=BRATS),
+    MetricFacts("lesion_wise_FP", False, needs=BRATS),
 )
 FACTS = {f.name: f for f in METRICS}
 #: prefix of the sensitivity of a lesion-volume bin (``IS_<bin>``, higher is better)
@@ -98,6 +107,8 @@ DIRECTIONS = {f.name: f.higher_is_better for f in METRICS if f.higher_is_better 
 EMPTY_CASE_METRICS = tuple(f.name for f in METRICS if f.empty_case)
 #: the instance counts added over the cases in ``pooled_instances``
 SUMMED = tuple(f.name for f in METRICS if f.summed)
+#: the metrics every evaluation of ``nnunet_blob evaluate`` computes
+ALWAYS = tuple(f.name for f in METRICS if f.always)
 #: (key, column title) of the case means the printed summary shows, when the summary has them
 COLUMNS = tuple((f.name, f.column) for f in METRICS if f.column)
 
@@ -107,3 +118,12 @@ def direction(name: str) -> bool | None:
     if name.startswith(SIZE_BIN_PREFIX):
         return True
     return DIRECTIONS.get(name)
+
+
+def needed_option(name: str) -> str | None:
+    """The ``nnunet_blob evaluate`` option that computes a metric; None when every evaluation has it (or unknown)."""
+    if name in FACTS:
+        return FACTS[name].needs
+    if name.startswith(SIZE_BIN_PREFIX):
+        return "--size-bins with this bin's edges"
+    return None

@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from nnunet_blob.instances.components import CaseInstances, smallest_id_dtype
 from nnunet_blob.instances.connectivity import cc3d_connectivity
+from nnunet_blob.io import axis_order, file_reader
 from nnunet_blob.nnunet_internals import (
     CROP_BBOX_KEY,
     LOADER_SEG_DTYPE,
@@ -148,12 +149,14 @@ def read_annotation(source: AnnotationSource, case: str, ignore_label: int | Non
                                f"({type(e).__name__}: {e}). Write the instances in the labels' format.") from e
     ids, labels = ids[0], labels[0]
     if ids.shape != labels.shape:
-        raise InstanceMapError(f"case {case}: {path} has shape {ids.shape}, its label {label_path} {labels.shape}. "
-                               f"The instances must be on the label's voxel grid.")
+        shapes = axis_order(ids.shape, file_reader(label_properties), (f"its label {label_path}", labels.shape))
+        raise InstanceMapError(f"case {case}: {path} has shape {shapes}. The instances must be on the label's voxel "
+                               f"grid.")
     if not np.allclose(id_properties["spacing"], label_properties["spacing"], rtol=1e-5, atol=0):
         spacings = [tuple(float(s) for s in p["spacing"]) for p in (id_properties, label_properties)]
-        raise InstanceMapError(f"case {case}: {path} has spacing {spacings[0]}, its label {spacings[1]}. Write the "
-                               f"instances with the label's geometry (copy its header).")
+        spacing = axis_order(spacings[0], file_reader(label_properties), ("its label's", spacings[1]))
+        raise InstanceMapError(f"case {case}: {path} has spacing {spacing}. Write the instances with the label's "
+                               f"geometry (copy its header).")
     return _checked_ids(ids, np.asarray(labels), case, path, ignore_label)
 
 
