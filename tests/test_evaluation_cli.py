@@ -238,6 +238,6 @@ def test_help_says_what_is_required():
     proc = run_cli("evaluate", "--help")
     assert proc.returncode == 0
     assert "(-djfile DATASET_JSON -pfile PLANS_JSON | -l LABEL [LABEL ...] [-il IGNORE])" in proc.stdout
-    assert "Required: -djfile and -pfile, or -l." in proc.stdout
+    assert "Required: -djfile and -pfile, or -l." in " ".join(proc.stdout.split())  # wherever argparse wraps
     proc = run_cli("evaluate", "gt", "pred")
     assert proc.returncode == 2 and "give -djfile and -pfile, or -l" in proc.stderr
