@@ -20,7 +20,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_blob.evaluation.checks import instance_ids, read_instances, read_pair, read_probabilities
 from nnunet_blob.evaluation.confidence import average_precision, froc
-from nnunet_blob.evaluation.lesions import pooled_cell_scores
+from nnunet_blob.evaluation.lesions import panoptic_from_counts, pooled_cell_scores
 from nnunet_blob.evaluation.metric_facts import SUMMED
 from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_evaluation, spatial_view
 from nnunet_blob.evaluation.options import EvaluationOptions
@@ -126,10 +126,7 @@ def _pooled_lesions(results: list[dict], r, options: EvaluationOptions) -> dict:
         n_ref = int(sum(m["n_ref_instances"] for m in cases))
         n_pred = int(sum(m["n_pred_instances"] for m in cases))
         iou_sum = float(sum(m["SQ"] * m["n_matched"] for m in cases if m["n_matched"]))
-        rq = matched / (matched + 0.5 * (n_pred - matched) + 0.5 * (n_ref - matched)) if n_ref + n_pred else \
-            float("nan")
-        sq = iou_sum / matched if matched else (float("nan") if n_ref + n_pred == 0 else 0.0)
-        out.update({"n_matched": matched, "RQ": rq, "SQ": sq, "PQ": sq * rq})
+        out.update({"n_matched": matched, **panoptic_from_counts(matched, n_ref, n_pred, iou_sum)})
     if options.cell_scores:
         out.update(pooled_cell_scores(cases))
     if options.brats:
