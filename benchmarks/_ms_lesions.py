@@ -1,5 +1,5 @@
 """The Ljubljana 3D MR image database of multiple sclerosis patients with consensus white-matter lesion segmentations
-(30 patients; Lesjak et al., Neuroinformatics 2018, DOI 10.1007/s12021-017-9348-7; CC-BY) as a 3D nnU-Net raw dataset.
+(30 patients; Lesjak et al., Neuroinformatics, DOI 10.1007/s12021-017-9348-7; CC-BY) as a 3D nnU-Net raw dataset.
 
 The folder is laid out as github.com/muschellij2/open_ms_data (its root, or its ``cross_sectional`` folder):
 
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-CITATION = ("Lesjak Z, Galimzianova A, Koren A, Lukin M, Pernus F, Likar B, Spiclin Z. A Novel Public MR Image Dataset "
-            "of Multiple Sclerosis Patients With Lesion Segmentations Based on Multi-rater Consensus. "
-            "Neuroinformatics 16(1):51-63, 2018. DOI 10.1007/s12021-017-9348-7")
+#: as the database's README and LICENSE.txt give it
+CITATION = ("Lesjak, Žiga, Franjo Pernuš, Boštjan Likar, and Žiga Špiclin. \"A Novel Public MR Image Dataset of "
+            "Multiple Sclerosis Patients With Lesion Segmentations Based on Multi-rater Consensus\", Neuroinformatics "
+            "(2017), DOI: 10.1007/s12021-017-9348-7")
 SOURCE = "http://lit.fe.uni-lj.si/tools (mirrored in github.com/muschellij2/open_ms_data, cross_sectional)"
 LICENCE = "CC-BY (Creative Commons Attribution); cite the reference"
 #: channels of the dataset unless chosen otherwise (every patient of the database has all four)

@@ -1,4 +1,5 @@
-"""A 3D check on real lesions: the Ljubljana MS lesion database (Lesjak et al., Neuroinformatics 2018; CC-BY).
+"""A 3D check on real lesions: the Ljubljana MS lesion database (Lesjak et al., Neuroinformatics, DOI
+10.1007/s12021-017-9348-7; CC-BY).
 
 From a folder in the github.com/muschellij2/open_ms_data layout (its root or its ``cross_sectional`` folder; nothing
 is downloaded), in a workspace of its own, with the demo's resumable stages (:mod:`nnunet_blob.demo.stages`):
