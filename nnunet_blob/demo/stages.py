@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +56,10 @@ class Stages:
             return False
         dependencies = [self.markers / f"{d}.done" for d in after]
         return all(d.is_file() and d.stat().st_mtime <= marker.stat().st_mtime for d in dependencies)
+
+    def remove_stale(self, folder: Path) -> None:
+        """Delete the partial output of a stage that will start afresh."""
+        shutil.rmtree(folder, ignore_errors=True)
 
     def log_file(self, name: str) -> Path:
         return self.logs / f"{name}.log"
