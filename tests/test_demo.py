@@ -8,13 +8,18 @@ import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
+import nnunet_blob.demo
 from conftest import BIN, run_cli
-from nnunet_blob.io import DEMO_TRAINER_FOLDER
+from nnunet_blob.registration import FOLDER_NAME
 
 LOOKUP_LINE = "not found in nnunetv2.training.nnUNetTrainer"
+
+#: the folder of the demo's ``<trainer>_demo`` classes that nnU-Net's lookup scans
+DEMO_TRAINER_FOLDER = str(Path(nnunet_blob.demo.__file__).parent / FOLDER_NAME)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import numpy as np
 from nnunet_blob.decisions.cases import reader_writer_class
 from nnunet_blob.decisions.rules import LabelLayout, postprocess
 from nnunet_blob.decisions.settings import DecisionError, PostprocessingFile, read_postprocessing
+from nnunet_blob.files import atomic_path_and_companions
 from nnunet_blob.workers import run_cases
 
 
@@ -51,7 +52,8 @@ def apply_case(job: ApplyJob) -> str:
     except (ValueError, KeyError, OSError, RuntimeError) as e:
         raise DecisionError(f"case {job.case}: cannot apply the postprocessing ({type(e).__name__}: {e}); the "
                             f"prediction must come from the model the file was tuned for") from e
-    rw.write_seg(result, job.output, properties)
+    with atomic_path_and_companions(job.output) as tmp:
+        rw.write_seg(result, str(tmp), properties)
     return job.output
 
 
@@ -115,4 +117,4 @@ def apply_to_folder(input_folder: str | Path, output_folder: str | Path, pp_file
     jobs = apply_jobs(input_folder, output_folder, pp, str(pp_file))
     Path(output_folder).mkdir(parents=True, exist_ok=True)
     return run_cases(apply_case, jobs, (), num_processes, f"postprocessing {len(jobs)} cases",
-                     describe=lambda job: f"case {job.case}")
+                     describe=lambda job: f"case {job.case}", outputs=lambda job: [job.output])

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
-from nnunet_blob.io import atomic_write_json
+from nnunet_blob.files import atomic_write_json
 
 
 class StageError(RuntimeError):
