@@ -16,7 +16,8 @@ workers are ended and their temporaries removed before it goes on.
 Workers are started with the ``spawn`` method (nnU-Net's data readers are not fork-safe; the start method the
 loader must work with) and, on Linux, are killed by the kernel when the process that started them dies, so a
 killed run leaves no orphan writing files. A :class:`Workers` pool is started once and serves every pass over the
-cases (starting a spawn worker imports torch and nnU-Net again, which costs seconds).
+cases (starting a spawn worker imports the job's modules again, nnU-Net's readers and SciPy, torch where a job
+needs it, which costs seconds).
 
 Users: every parallel command: ``nnunet_blob preprocess`` and the trainers' instance maps
 (:mod:`nnunet_blob.preprocessing`), ``evaluate`` (:mod:`nnunet_blob.evaluation.folder`), ``tune-postprocessing``,

@@ -175,10 +175,10 @@ COMMANDS = {
                  "kill-on-file:case_002.nii.gz", "case_002", lambda r: [r / "evaluated.json"]),
     "tune-postprocessing": (lambda r: ["tune-postprocessing", "-d", DATASET, "-c", "3d_fullres", "-tr", "Planted",
                                        "-f", "0", "1"],
-                            "kill-on-file:case_003.npz", "case_003",
+                            "kill-on-file:case_001.npz", "case_001",
                             lambda r: list((r / "results").rglob("postprocessing_instances.json"))),
     "find-best": (lambda r: ["find-best", "-d", DATASET, "-c", "3d_fullres", "-tr", "Planted", "-f", "0", "1"],
-                  "kill-on-file:case_003.npz", "case_003",
+                  "kill-on-file:case_001.npz", "case_001",
                   lambda r: [*(r / "results").rglob("postprocessing_instances.json"),
                              *(r / "results" / DATASET).glob("inference_*")]),
     "apply-postprocessing": (lambda r: ["apply-postprocessing", "-i", validation(r), "-o", r / "applied", "-pp",
@@ -238,8 +238,8 @@ def test_a_worker_killed_ends_every_parallel_command_naming_the_case(workspace, 
     assert not partial_files(workspace) and not [p for p in outputs(workspace) if p.exists()]
 
 
-#: (command, argument list, worker fault) of the Ctrl-C test; SIGINT to the parent only, or to the whole process
-#: group as a terminal sends it
+#: (command, where its worker stops on the case, who gets the SIGINT): the parent only, or the whole process group
+#: as a terminal sends it
 INTERRUPTED = [("evaluate", "kill-on-file", "parent"), ("apply-postprocessing", "kill-on-replace", "group")]
 
 

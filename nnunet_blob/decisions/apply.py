@@ -29,6 +29,7 @@ class ApplyJob:
     properties: str | None
     output: str
     postprocessing: PostprocessingFile
+    reader_writer: type  # nnU-Net's class named by the file, found once (finding it imports every reader)
 
 
 def apply_case(job: ApplyJob) -> str:
@@ -36,7 +37,7 @@ def apply_case(job: ApplyJob) -> str:
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
     pp = job.postprocessing
-    rw = reader_writer_class(pp.reader_writer)()
+    rw = job.reader_writer()
     try:
         if pp.uses_probabilities or job.segmentation is None:
             assert job.probabilities is not None and job.properties is not None
@@ -97,6 +98,7 @@ def apply_jobs(input_folder: str | Path, output_folder: str | Path, pp: Postproc
         cases = sorted(set(labels) | set(arrays))
     if not cases:
         raise DecisionError(f"no predictions (*{ending} or *.npz) in {source}")
+    reader_writer = reader_writer_class(pp.reader_writer)
     jobs = []
     for case in cases:
         segmentation = str(labels[case]) if case in labels else None
@@ -106,7 +108,7 @@ def apply_jobs(input_folder: str | Path, output_folder: str | Path, pp: Postproc
             raise DecisionError(f"case {case}: {case}.npz has no {case}.pkl (nnU-Net's properties) beside it in "
                                 f"{source}; nnUNetv2_predict --save_probabilities writes both, keep them together")
         jobs.append(ApplyJob(case, segmentation, probabilities, str(properties) if properties.is_file() else None,
-                             str(target / f"{case}{ending}"), pp))
+                             str(target / f"{case}{ending}"), pp, reader_writer))
     return jobs
 
 
