@@ -19,14 +19,15 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 def _trainer_folders() -> tuple[str, ...]:
     try:
-        parts = sorted(os.listdir(_PACKAGE))
+        parts = sorted(os.listdir(_PACKAGE), key=lambda part: (part != "trainers", part))
     except OSError:
         return ()
     return tuple(folder for folder in (os.path.join(_PACKAGE, part, FOLDER_NAME) for part in parts)
                  if os.path.isdir(folder))
 
 
-#: every part's folder of :data:`FOLDER_NAME`, in the order of the parts' names
+#: every part's folder of :data:`FOLDER_NAME`: the trainers' first (nnU-Net's lookup imports the folders' modules in
+#: this order until it finds the name), then the others' in the order of the parts' names
 TRAINER_FOLDERS = _trainer_folders()
 
 

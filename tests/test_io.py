@@ -83,12 +83,12 @@ def test_a_writer_with_companion_files_is_atomic_and_a_killed_writers_temporarie
 
 def test_registration_appends_once_and_keeps_the_users_folders():
     environ = {"nnUNet_extTrainer": os.pathsep.join(["/a", "", "/b"])}
-    assert TRAINER_FOLDERS == (DEMO_TRAINER_FOLDER, TRAINER_FOLDER)  # every part's nnunet_ext folder
-    assert register_trainer_folders(environ) == os.pathsep.join(["/a", "/b", DEMO_TRAINER_FOLDER, TRAINER_FOLDER])
-    assert register_trainer_folders(environ) == os.pathsep.join(["/a", "/b", DEMO_TRAINER_FOLDER, TRAINER_FOLDER])
+    assert TRAINER_FOLDERS == (TRAINER_FOLDER, DEMO_TRAINER_FOLDER)  # every part's nnunet_ext folder, ours first
+    assert register_trainer_folders(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER, DEMO_TRAINER_FOLDER])
+    assert register_trainer_folders(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER, DEMO_TRAINER_FOLDER])
     assert register_trainer_folders({}) == os.pathsep.join(TRAINER_FOLDERS)
-    only_ours = {"nnUNet_extTrainer": os.pathsep.join([TRAINER_FOLDER, "/a"])}
-    assert register_trainer_folders(only_ours) == os.pathsep.join([TRAINER_FOLDER, "/a", DEMO_TRAINER_FOLDER])
+    only_ours = {"nnUNet_extTrainer": os.pathsep.join([DEMO_TRAINER_FOLDER, "/a"])}
+    assert register_trainer_folders(only_ours) == os.pathsep.join([DEMO_TRAINER_FOLDER, "/a", TRAINER_FOLDER])
     assert ext_trainer_value({}, Path("/demo")) == "/demo"
     assert Path(TRAINER_FOLDER, "nnunet_blob_trainers.py").is_file()
     assert Path(DEMO_TRAINER_FOLDER, "nnunet_blob_demo_trainers.py").is_file()
