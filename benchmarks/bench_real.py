@@ -74,7 +74,8 @@ from nnunet_blob.demo.run import (
     tuned_postprocessing_file,
 )
 from nnunet_blob.demo.stages import StageError, Stages, demo_environment
-from nnunet_blob.io import EXT_TRAINER_VARIABLE, atomic_write_bytes, ext_trainer_value
+from nnunet_blob.files import atomic_write_bytes
+from nnunet_blob.registration import EXT_TRAINER_VARIABLE, ext_trainer_value
 
 DATASET_ID, DATASET_NAME = 992, "DSB2018Nuclei"
 TARGET = Target(DATASET_ID, "2d")

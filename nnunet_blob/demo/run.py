@@ -18,13 +18,8 @@ from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, Budget
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.demo.report import TUNED_SUFFIX, results_table, row_key
 from nnunet_blob.demo.stages import EpochProgress, StageError, Stages, demo_environment
-from nnunet_blob.io import (
-    EXT_TRAINER_VARIABLE,
-    atomic_write_bytes,
-    atomic_write_json,
-    ext_trainer_value,
-    is_registered,
-)
+from nnunet_blob.files import atomic_write_bytes, atomic_write_json
+from nnunet_blob.registration import EXT_TRAINER_VARIABLE, ext_trainer_value, is_registered
 
 DATASET_ID, DATASET_NAME = 991, "BlobDemo"
 CONFIGURATION = "3d_fullres"

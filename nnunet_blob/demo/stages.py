@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
-from nnunet_blob.io import atomic_write_json
+from nnunet_blob.files import atomic_write_json
 
 
 class StageError(RuntimeError):
@@ -135,8 +135,7 @@ class Stages:
                     self._progress(progress, [pending])
                 code = process.wait()
             except KeyboardInterrupt:
-                process.kill()
-                process.wait()
+                _end(process)
                 raise
         if code != 0:
             raise StageError(self._failure(name, f"{command[0]} exited with code {code}"))
@@ -232,3 +231,20 @@ def demo_environment(root: Path, extra: dict) -> dict:
                 "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
+
+
+#: seconds a tool is given to end on its own after Ctrl-C (then it is killed)
+STOP_SECONDS = 10.0
+
+
+def _end(process: subprocess.Popen) -> None:
+    """After Ctrl-C: the terminal sent it to the tool too, which ends its workers and removes its temporary files;
+    it is given :data:`STOP_SECONDS` for that (a second Ctrl-C cuts the wait short), then killed."""
+    try:
+        process.wait(timeout=STOP_SECONDS)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
