@@ -64,7 +64,8 @@ from bench_detection import machine
 from nnunet_blob.demo.budgets import budget_environment, demo_trainer_bases
 from nnunet_blob.demo.run import Target, evaluate, model_folder, reduce_plans, train_fold
 from nnunet_blob.demo.stages import StageError, Stages, demo_environment
-from nnunet_blob.io import EXT_TRAINER_VARIABLE, atomic_write_bytes, ext_trainer_value
+from nnunet_blob.files import atomic_write_bytes
+from nnunet_blob.registration import EXT_TRAINER_VARIABLE, ext_trainer_value
 
 DATASET_ID, DATASET_NAME = 993, "LjubljanaMSLesions"
 TARGET = Target(DATASET_ID, "3d_fullres")

@@ -6,6 +6,17 @@ is one entry below (a small function, class or constant with the reason it exist
 the entry, and ``tests/test_nnunet_internals.py`` pins the behaviour of each, so an nnU-Net upgrade that changes
 one fails there, under the entry's name.
 
+Public and private. nnU-Net's *public* API is what its documentation tells a user to subclass, register or set:
+the trainer base class ``nnUNetTrainer`` (extending_nnunet.md: custom trainers inherit from it, ``-tr`` finds
+them), the image readers/writers of ``nnunetv2.imageio`` and their registry (dataset_format.md, "supported file
+formats": the i/o formats are an extension point, chosen by dataset.json's ``overwrite_image_reader_writer``, the
+file ending or the plans' ``image_reader_writer``), and ``nnunetv2.configuration.default_num_processes`` (the
+value of the documented ``nnUNet_def_n_proc``). The package imports those where it needs them. Everything else of
+``nnunetv2`` is private here, however widely nnU-Net's own code uses it (``PlansManager``, ``LabelManager``,
+losses, data loading, dataset-name lookup, model export, ...): it is reached only through an entry of this module.
+``test_no_private_nnunet_import_outside_nnunet_internals`` greps the package for ``nnunetv2`` imports and holds the
+allow-list of the public ones.
+
 Trainer: :class:`BuildLossHook` (``_build_loss``), :func:`compile_enabled` (``_do_i_compile``),
 :func:`inner_loss`/:func:`replace_inner_loss` (``DeepSupervisionWrapper.loss``), :func:`overlap_term`/
 :func:`replace_overlap_term`/:func:`set_dice_smoothing`/:func:`drop_cross_entropy` (``DC_and_CE_loss.dc``, its
@@ -26,15 +37,24 @@ Preprocessing geometry (annotated instances): :func:`raw_reader_writer`, :func:`
 :func:`nearest_resize_indices`.
 Evaluation: :func:`tp_fp_fn_tn`, :func:`label_or_region_mask`, :func:`label_or_region_key`.
 Writing label files: :func:`largest_writable_label` (the dtype ``write_seg`` of nnU-Net's readers/writers casts to).
+Labels (the package's one label model): :class:`LabelLayout` (``LabelManager`` as plain data),
+:func:`segmentation_like_nnunet` (``convert_probabilities_to_segmentation``).
+Plans and datasets: :func:`plans_configuration`, :func:`previous_stage` (``PlansManager``/``ConfigurationManager``),
+:func:`nnunet_dataset_name` (``maybe_convert_to_dataset_name``), :func:`preprocessed_seg_file` (the file names of
+nnU-Net's dataset classes), :func:`export_pretrained_model` (``nnUNetv2_export_model_to_zip``'s function).
+Losses: :func:`all_gather_grad` (``AllGatherGrad``), :func:`robust_cross_entropy` (``RobustCrossEntropyLoss``).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch is imported where it is used: the instance-map command starts without it
+if TYPE_CHECKING:  # torch is imported where it is used: the worker processes of the instance maps and of the
+    # postprocessing decisions start without it
     import torch
     from torch import nn
 
@@ -322,7 +342,6 @@ def raw_label_file(raw_folder, dataset_json: dict, case: str):
     """The label file of a training case of a raw dataset, as ``get_filenames_of_train_images_and_targets`` finds
     it: dataset.json's ``dataset`` entry when it has one, else ``labelsTr/<case><file_ending>``."""
     import os
-    from pathlib import Path
 
     entry = dataset_json.get("dataset", {}).get(case)
     if entry is None:
@@ -395,3 +414,170 @@ def largest_writable_label(reader_writer) -> int:
     """
     name = reader_writer.__name__ if isinstance(reader_writer, type) else type(reader_writer).__name__
     return 255 if name == "SimpleITKIOWithReorient" else 65535
+
+
+# ---- labels: the package's one label model -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelLayout:
+    """A dataset's labels as nnU-Net's ``LabelManager`` reads them from dataset.json, as plain data.
+
+    The one label model of nnunet_blob: instance maps, evaluation and the postprocessing decisions read a dataset's
+    labels only through it (the trainers use their own ``label_manager``). It is made from nnU-Net's ``LabelManager``
+    (:meth:`of_dataset`, :meth:`from_label_manager`), or read back from a file written from one; unlike
+    ``LabelManager`` it needs no torch and pickles into worker processes that start without torch.
+
+    ``labels_or_regions``: the foreground labels of a label-based dataset (``foreground_labels``), or the regions of a
+    region-based one in dataset.json's order (``foreground_regions``: a tuple of labels, an int for a one-label
+    region); ``regions_class_order``: the label each region is written as (None: label-based); ``ignore_label``.
+    """
+
+    labels_or_regions: tuple
+    regions_class_order: tuple[int, ...] | None = None
+    ignore_label: int | None = None
+
+    @property
+    def has_regions(self) -> bool:
+        return self.regions_class_order is not None
+
+    @property
+    def foreground_labels(self) -> tuple[int, ...]:
+        """Every label but the background and the ignore label (``LabelManager.foreground_labels``)."""
+        labels: set[int] = set()
+        for entry in self.labels_or_regions:
+            labels.update(entry if isinstance(entry, tuple) else (entry,))
+        return tuple(sorted(labels - {0}))
+
+    @property
+    def all_labels(self) -> tuple[int, ...]:
+        """The background and every foreground label (``LabelManager.all_labels``; without the ignore label)."""
+        return (0, *self.foreground_labels)
+
+    @property
+    def region_label_lists(self) -> list[list[int]] | None:
+        """The labels of each region (a one-label region as a list of one), None for a label-based dataset."""
+        if not self.has_regions:
+            return None
+        return [list(r) if isinstance(r, tuple) else [r] for r in self.labels_or_regions]
+
+    @property
+    def seg_dtype(self) -> np.dtype:
+        """The dtype nnU-Net's export gives segmentations (``convert_predicted_logits_to_segmentation_with_correct_
+        shape``): uint8 below 255 foreground labels, else uint16."""
+        return np.dtype(np.uint8 if len(self.foreground_labels) < 255 else np.uint16)
+
+    @classmethod
+    def from_label_manager(cls, label_manager) -> LabelLayout:
+        """The layout of an nnU-Net ``LabelManager`` (e.g. a trainer's ``label_manager``)."""
+        ignore = label_manager.ignore_label
+        ignore = None if ignore is None else int(ignore)
+        if label_manager.has_regions:
+            regions = tuple(tuple(int(x) for x in r) if isinstance(r, (list, tuple)) else int(r)
+                            for r in label_manager.foreground_regions)
+            return cls(regions, tuple(int(c) for c in label_manager.regions_class_order), ignore)
+        return cls(tuple(int(c) for c in label_manager.foreground_labels), None, ignore)
+
+    @classmethod
+    def of_dataset(cls, dataset_json: dict, plans: dict | str | None = None) -> LabelLayout:
+        """The labels of a dataset.json, read by nnU-Net: ``PlansManager(plans).get_label_manager`` (the plans'
+        ``label_manager`` class) when the plans (dict or file) are given, else ``LabelManager`` itself.
+        Imports torch (nnU-Net's label handling does)."""
+        if plans is not None:
+            from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+            return cls.from_label_manager(PlansManager(plans).get_label_manager(dataset_json))
+        from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+        return cls.from_label_manager(LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order")))
+
+
+def segmentation_like_nnunet(probabilities: np.ndarray, layout: LabelLayout) -> np.ndarray:
+    """``LabelManager.convert_probabilities_to_segmentation`` of ``(C, *shape)`` probabilities, in ``layout.seg_dtype``:
+    the argmax over all channels (softmax outputs); for regions, each region's label written where its probability is
+    above 0.5, in the order of ``regions_class_order`` (later regions overwrite earlier ones).
+
+    The same computation in numpy: nnU-Net's method needs a ``LabelManager``, whose module imports torch, and the
+    postprocessing workers start without it.
+    """
+    if not layout.has_regions:
+        return probabilities.argmax(0).astype(layout.seg_dtype)
+    assert layout.regions_class_order is not None
+    seg = np.zeros(probabilities.shape[1:], dtype=layout.seg_dtype)
+    for channel, label in enumerate(layout.regions_class_order):
+        seg[probabilities[channel] > 0.5] = label
+    return seg
+
+
+# ---- plans and datasets ------------------------------------------------------------------------------------------
+
+
+def plans_configuration(plans: dict, name: str) -> dict:
+    """One configuration of a plans dict with ``inherits_from`` resolved, as nnU-Net reads it
+    (``PlansManager.get_configuration``; patch_size, spacing, data_identifier, ...). Imports torch."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return dict(PlansManager(plans).get_configuration(name).configuration)
+
+
+def previous_stage(plans: dict, name: str) -> str | None:
+    """The configuration whose predictions a cascade stage takes (``ConfigurationManager.previous_stage_name``),
+    None for a configuration that is not a cascade stage."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return PlansManager(plans).get_configuration(name).previous_stage_name
+
+
+def nnunet_dataset_name(dataset: str | int) -> str:
+    """``DatasetXXX_Name`` of a dataset id or name, as nnU-Net's ``-d`` finds it (``maybe_convert_to_dataset_name``:
+    searched in nnUNet_preprocessed, nnUNet_raw and nnUNet_results); RuntimeError when no dataset has that id."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    return maybe_convert_to_dataset_name(dataset)
+
+
+#: the segmentation file of a preprocessed case, per dataset class: ``nnUNetDatasetBlosc2`` writes and reads
+#: ``<case>_seg.b2nd``; ``nnUNetDatasetNumpy`` writes ``<case>.npz`` (key ``seg``) and reads ``<case>_seg.npy`` first
+#: where one was unpacked
+PREPROCESSED_SEG_FILES = ("{case}_seg.b2nd", "{case}_seg.npy", "{case}.npz")
+
+
+def preprocessed_seg_file(data_folder, case: str) -> Path:
+    """The file nnU-Net's dataset classes read the segmentation of ``case`` from (``<case>_seg.b2nd`` when none of
+    :data:`PREPROCESSED_SEG_FILES` exists)."""
+    folder = Path(data_folder)
+    for pattern in PREPROCESSED_SEG_FILES:
+        path = folder / pattern.format(case=case)
+        if path.is_file():
+            return path
+    return folder / PREPROCESSED_SEG_FILES[0].format(case=case)
+
+
+def export_pretrained_model(dataset_name: str, output_file: str, configurations: tuple, trainer: str, plans: str,
+                            folds: tuple, checkpoints: tuple) -> None:
+    """Write nnU-Net's model zip (the function behind ``nnUNetv2_export_model_to_zip``: dataset.json, plans.json,
+    the checkpoints, ``strict``: a missing one is an error)."""
+    from nnunetv2.model_sharing.model_export import export_pretrained_model as export
+
+    export(dataset_name, output_file, configurations, trainer, plans, folds, strict=True,
+           save_checkpoints=checkpoints)
+
+
+# ---- losses ------------------------------------------------------------------------------------------------------
+
+
+def all_gather_grad() -> Any:
+    """nnU-Net's ``AllGatherGrad`` (``nnunetv2.utilities.ddp_allgather``), the autograd all-gather its Dice sums
+    batch Dice over DDP workers with: ``AllGatherGrad.apply(x)`` stacks every worker's ``x`` on a new first axis, and
+    the backward pass gives each worker the sum over the workers of the gradient of its own part."""
+    from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+
+    return AllGatherGrad
+
+
+def robust_cross_entropy() -> Any:
+    """nnU-Net's ``RobustCrossEntropyLoss`` class, the cross-entropy of ``DC_and_CE_loss``: ``nn.CrossEntropyLoss``
+    on a target of labels, (B, 1, ...) or (B, ...), cast to long."""
+    from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
+
+    return RobustCrossEntropyLoss

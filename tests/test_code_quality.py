@@ -28,7 +28,7 @@ ALLOWED = {
     "_autoregister": {"registration"},
     "cli": {"cli_errors"},  # sub-commands are found by name at run time (importlib), not imported
     "instances": {"files"},
-    "losses": set(),
+    "losses": {"nnunet_internals"},  # nnU-Net's all-gather and cross-entropy
     "preprocessing": {"instances", "files", "cli_errors", "axes", "nnunet_internals", "workers"},
     "evaluation": {"instances", "files", "cli_errors", "axes", "nnunet_internals", "workers"},
     "nnunet_internals": {"files"},

@@ -466,3 +466,224 @@ def test_largest_writable_label_is_what_the_writer_keeps(tmp_path, name, ending)
         rw.write_seg(seg, path, properties)
         back = rw.read_seg(path)[0][0]
         assert (int(back.max()) == value) == kept, (name, value, int(back.max()))
+
+
+# ---- labels ---------------------------------------------------------------------------------------------------------
+
+LABEL_DICTS = {
+    "labels": ({"background": 0, "a": 1, "b": 2, "c": 3}, None),
+    "ignore": ({"background": 0, "a": 1, "b": 2, "ignore": 3}, None),
+    "regions": ({"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}, [1, 2, 3]),
+    "regions and ignore": ({"background": 0, "ab": [1, 2], "b": [2], "ignore": 3}, [1, 2]),
+}
+
+
+@pytest.mark.parametrize("name", LABEL_DICTS)
+def test_label_layout_is_label_managers_view_of_dataset_json(name):
+    labels, order = LABEL_DICTS[name]
+    manager = LabelManager(labels, order)
+    layout = internals.LabelLayout.of_dataset({"labels": labels, "regions_class_order": order})
+    assert layout == internals.LabelLayout.from_label_manager(manager)
+    assert layout.has_regions == manager.has_regions and layout.ignore_label == manager.ignore_label
+    assert list(layout.foreground_labels) == manager.foreground_labels
+    assert list(layout.all_labels) == manager.all_labels
+    if manager.has_regions:
+        assert list(layout.labels_or_regions) == manager.foreground_regions
+        assert list(layout.regions_class_order) == order
+        assert layout.region_label_lists == [list(r) if isinstance(r, tuple) else [r] for r in
+                                             manager.foreground_regions]
+    else:
+        assert list(layout.labels_or_regions) == manager.foreground_labels and layout.region_label_lists is None
+
+
+def test_label_layout_of_a_dataset_with_plans_is_the_plans_label_manager(blobs):
+    import json
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    base = Path(os.environ["nnUNet_preprocessed"]) / blobs
+    plans = json.loads((base / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((base / "dataset.json").read_text())
+    expected = internals.LabelLayout.from_label_manager(PlansManager(plans).get_label_manager(dataset_json))
+    assert internals.LabelLayout.of_dataset(dataset_json, plans) == expected
+    assert internals.LabelLayout.of_dataset(dataset_json, str(base / "nnUNetPlans.json")) == expected
+
+
+@pytest.mark.parametrize("name", LABEL_DICTS)
+def test_segmentation_like_nnunet_is_convert_probabilities_to_segmentation(name):
+    labels, order = LABEL_DICTS[name]
+    manager = LabelManager(labels, order)
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((manager.num_segmentation_heads, 6, 7, 5)).astype(np.float32)
+    probabilities[:, 0, 0, :2] = 0.5  # ties (argmax: the first) and the region threshold itself (not above it)
+    ours = internals.segmentation_like_nnunet(probabilities, internals.LabelLayout.from_label_manager(manager))
+    np.testing.assert_array_equal(ours, manager.convert_probabilities_to_segmentation(probabilities))
+    assert len(np.unique(ours)) > 2
+
+
+@pytest.mark.parametrize("num_labels", [3, 254, 255])
+def test_label_layout_seg_dtype_is_the_dtype_of_nnunets_export(blobs, num_labels):
+    import json
+
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = PlansManager(json.loads((Path(os.environ["nnUNet_preprocessed"]) / blobs / "nnUNetPlans.json").read_text()))
+    configuration = plans.get_configuration("3d_fullres")
+    manager = LabelManager({"background": 0, **{f"l{i}": i for i in range(1, num_labels + 1)}}, None)
+    shape = (2, 3, 2)
+    properties = {"spacing": [configuration.spacing[i] for i in plans.transpose_backward],
+                  "shape_after_cropping_and_before_resampling": shape, "shape_before_cropping": shape,
+                  "bbox_used_for_cropping": [[0, s] for s in shape]}
+    logits = torch.randn((num_labels + 1, *shape))
+    seg = convert_predicted_logits_to_segmentation_with_correct_shape(logits, plans, configuration, manager,
+                                                                      properties, num_threads_torch=1)
+    assert seg.dtype == internals.LabelLayout.from_label_manager(manager).seg_dtype
+    assert seg.dtype == (np.uint8 if num_labels < 255 else np.uint16)
+
+
+# ---- plans and datasets ---------------------------------------------------------------------------------------------
+
+
+def test_plans_configuration_resolves_inheritance_and_previous_stage(blobs):
+    import json
+
+    plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / blobs / "nnUNetPlans.json").read_text())
+    plans["configurations"]["cascade"] = {"inherits_from": "3d_fullres", "previous_stage": "2d",
+                                          "data_identifier": "elsewhere"}
+    fullres = internals.plans_configuration(plans, "3d_fullres")
+    cascade = internals.plans_configuration(plans, "cascade")
+    assert cascade["patch_size"] == fullres["patch_size"] and cascade["spacing"] == fullres["spacing"]
+    assert cascade["data_identifier"] == "elsewhere" and fullres["data_identifier"] == "nnUNetPlans_3d_fullres"
+    assert internals.previous_stage(plans, "cascade") == "2d" and internals.previous_stage(plans, "3d_fullres") is None
+    plans["configurations"]["3d_fullres"]["inherits_from"] = "cascade"
+    with pytest.raises(RuntimeError, match="Circular"):
+        internals.plans_configuration(plans, "cascade")
+
+
+def test_nnunet_dataset_name_is_nnunets_dash_d(blobs):
+    number = int(blobs[len("Dataset"):len("Dataset") + 3])
+    assert internals.nnunet_dataset_name(number) == internals.nnunet_dataset_name(str(number)) == blobs
+    assert internals.nnunet_dataset_name(blobs) == blobs
+    with pytest.raises(RuntimeError):
+        internals.nnunet_dataset_name(998)
+
+
+def test_preprocessed_seg_file_is_the_file_nnunets_dataset_classes_keep_the_segmentation_in(blobs, tmp_path):
+    import blosc2
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetNumpy
+
+    folder = Path(os.environ["nnUNet_preprocessed"]) / blobs / "nnUNetPlans_3d_fullres"
+    _, seg, _, _ = internals.load_case(nnUNetDatasetBlosc2(str(folder), ["case_000"]), "case_000")
+    path = internals.preprocessed_seg_file(folder, "case_000")
+    assert path == folder / "case_000_seg.b2nd"
+    np.testing.assert_array_equal(blosc2.open(urlpath=str(path), mode="r")[:], seg[:])
+    data = np.zeros((1, 3, 4, 5), dtype=np.float32)
+    labels = np.arange(60, dtype=np.int8).reshape(1, 3, 4, 5) % 3
+    nnUNetDatasetNumpy.save_case(data, labels, {}, str(tmp_path / "c"))
+    assert internals.preprocessed_seg_file(tmp_path, "c") == tmp_path / "c.npz"
+    np.testing.assert_array_equal(nnUNetDatasetNumpy(str(tmp_path), ["c"]).load_case("c")[1], labels)
+    np.save(tmp_path / "c_seg.npy", labels + 1)  # unpacked: what nnUNetDatasetNumpy reads first
+    assert internals.preprocessed_seg_file(tmp_path, "c") == tmp_path / "c_seg.npy"
+    np.testing.assert_array_equal(nnUNetDatasetNumpy(str(tmp_path), ["c"]).load_case("c")[1], labels + 1)
+
+
+def test_export_pretrained_model_takes_the_arguments_we_pass():
+    import inspect
+
+    from nnunetv2.model_sharing.model_export import export_pretrained_model
+
+    parameters = list(inspect.signature(export_pretrained_model).parameters)
+    assert parameters[:6] == ["dataset_name_or_id", "output_file", "configurations", "trainer", "plans_identifier",
+                              "folds"]
+    assert {"strict", "save_checkpoints"} <= set(parameters)
+
+
+# ---- losses ---------------------------------------------------------------------------------------------------------
+
+
+def test_all_gather_grad_stacks_the_workers_tensors_and_sums_their_gradients(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        gathered = internals.all_gather_grad().apply(x)
+        assert gathered.shape == (1, 3) and torch.equal(gathered[0], x.detach())
+        (gathered.sum(0) * torch.tensor([1.0, 10.0, 100.0])).sum().backward()
+        assert torch.equal(x.grad, torch.tensor([1.0, 10.0, 100.0]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("ignore_index, reduction", [(-100, "mean"), (2, "sum")])
+def test_robust_cross_entropy_is_cross_entropy_on_label_targets(ignore_index, reduction):
+    logits = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 1, 4, 5)).float()
+    expected = torch.nn.functional.cross_entropy(logits, target[:, 0].long(), ignore_index=ignore_index,
+                                                 reduction=reduction)
+    loss = internals.robust_cross_entropy()(ignore_index=ignore_index, reduction=reduction)
+    torch.testing.assert_close(loss(logits, target), expected)  # with the channel axis
+    torch.testing.assert_close(loss(logits, target[:, 0]), expected)  # without it
+
+
+# ---- where nnU-Net is imported -----------------------------------------------------------------------------------
+
+#: nnU-Net's public API (see nnunet_blob.nnunet_internals): what its documentation tells a user to subclass, register
+#: or set. Any other ``nnunetv2`` import belongs in nnunet_internals.
+PUBLIC_NNUNET = {
+    # extending_nnunet.md: custom trainers inherit from nnUNetTrainer (``-tr`` finds them by name)
+    "nnunetv2.training.nnUNetTrainer.nnUNetTrainer": {"nnUNetTrainer"},
+    # dataset_format.md, supported file formats: the readers/writers and the registry that chooses them
+    "nnunetv2.imageio.reader_writer_registry": {"determine_reader_writer_from_dataset_json",
+                                                "determine_reader_writer_from_file_ending",
+                                                "recursive_find_reader_writer_by_name", "LIST_OF_IO_CLASSES"},
+    # set_environment_variables.md: nnUNet_def_n_proc
+    "nnunetv2.configuration": {"default_num_processes"},
+}
+PACKAGE = Path(internals.__file__).parent
+
+
+def private_nnunet_imports(package: Path) -> list[str]:
+    """``file:line imports module.name`` of every ``nnunetv2`` import outside nnunet_internals.py that is not in
+    :data:`PUBLIC_NNUNET` (lazy imports in functions included)."""
+    import ast
+
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "nnunet_internals.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [(alias.name, "") for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [(node.module, alias.name) for alias in node.names]
+            else:
+                continue
+            for module, name in names:
+                if (module == "nnunetv2" or module.startswith("nnunetv2.")) and name not in PUBLIC_NNUNET.get(module,
+                                                                                                             ()):
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno} imports "
+                                 f"{module}{'.' + name if name else ''}")
+    return found
+
+
+def test_no_private_nnunet_import_outside_nnunet_internals():
+    found = private_nnunet_imports(PACKAGE)
+    assert not found, ("private nnU-Net API imported outside nnunet_blob/nnunet_internals.py (add an entry there, "
+                       "with its reason and a test here, and use it):\n" + "\n".join(found))
+
+
+@pytest.mark.parametrize("source, offence", [
+    ("from nnunetv2.utilities.plans_handling.plans_handler import PlansManager\n",
+     "nnunetv2.utilities.plans_handling.plans_handler.PlansManager"),
+    ("def f():\n    import nnunetv2.paths\n", "nnunetv2.paths"),
+    ("from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES, nope\n",
+     "nnunetv2.imageio.reader_writer_registry.nope"),
+])
+def test_private_nnunet_import_check_names_the_import(tmp_path, source, offence):
+    package = tmp_path / "nnunet_blob"
+    (package / "part").mkdir(parents=True)
+    (package / "part" / "module.py").write_text(source)
+    (package / "nnunet_internals.py").write_text("from nnunetv2.training.loss.dice import get_tp_fp_fn_tn\n")
+    assert private_nnunet_imports(package) == [f"nnunet_blob/part/module.py:{source.count(chr(10))} imports {offence}"]

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_blob.decisions.cases import reader_writer_class
-from nnunet_blob.decisions.rules import LabelLayout, postprocess
+from nnunet_blob.decisions.rules import postprocess
 from nnunet_blob.decisions.settings import DecisionError, PostprocessingFile, read_postprocessing
 from nnunet_blob.files import atomic_path_and_companions
+from nnunet_blob.nnunet_internals import LabelLayout
 from nnunet_blob.workers import run_cases
 
 
@@ -59,11 +60,7 @@ def apply_case(job: ApplyJob) -> str:
 
 
 def _layout_of_dataset_json(path: Path) -> LabelLayout:
-    from nnunetv2.utilities.label_handling.label_handling import LabelManager
-
-    dataset_json = json.loads(path.read_text())
-    return LabelLayout.from_label_manager(LabelManager(dataset_json["labels"],
-                                                       dataset_json.get("regions_class_order")))
+    return LabelLayout.of_dataset(json.loads(path.read_text()))
 
 
 def apply_jobs(input_folder: str | Path, output_folder: str | Path, pp: PostprocessingFile,

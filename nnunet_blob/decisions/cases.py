@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_blob.decisions.rules import LabelLayout
 from nnunet_blob.decisions.settings import DecisionError
+from nnunet_blob.nnunet_internals import LabelLayout
 from nnunet_blob.preprocessing.locate import dataset_name, preprocessed_root
 
 
@@ -89,10 +89,7 @@ def crossval_folder(model: Path, folds) -> Path:
 
 def layout_of(plans: dict, dataset_json: dict) -> tuple[LabelLayout, str, str]:
     """(label layout, file ending, reader/writer class name) of a trained model's plans and dataset.json."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    label_manager = PlansManager(plans).get_label_manager(dataset_json)
-    return LabelLayout.from_label_manager(label_manager), dataset_json["file_ending"], plans["image_reader_writer"]
+    return LabelLayout.of_dataset(dataset_json, plans), dataset_json["file_ending"], plans["image_reader_writer"]
 
 
 def _train_command(dataset: str, configuration: str, fold, trainer: str, plans: str) -> str:

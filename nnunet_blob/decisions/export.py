@@ -29,7 +29,12 @@ from nnunet_blob.decisions.cases import crossval_folder, model_folder, results_r
 from nnunet_blob.decisions.selection import INFORMATION_FILE, INSTRUCTIONS_FILE
 from nnunet_blob.decisions.settings import FILE_NAME, DecisionError
 from nnunet_blob.files import atomic_path
-from nnunet_blob.nnunet_internals import CHECKPOINT_TRAINER_KEY, builds_nnunets_network, find_trainer_class
+from nnunet_blob.nnunet_internals import (
+    CHECKPOINT_TRAINER_KEY,
+    builds_nnunets_network,
+    export_pretrained_model,
+    find_trainer_class,
+)
 from nnunet_blob.preprocessing.locate import dataset_name
 
 #: the trainer every checkpoint of a ``--stock`` export names
@@ -94,8 +99,6 @@ def export_model(dataset: str, output_file: str | Path, configurations: Sequence
                  checkpoints: Sequence[str] = ("checkpoint_final.pth",), stock: bool = False,
                  log: Callable[[str], None] = print) -> Path:
     """Write the zip (module docstring); returns its path."""
-    from nnunetv2.model_sharing.model_export import export_pretrained_model
-
     name = dataset_name(dataset)
     root = results_root()
     for configuration in configurations:
@@ -115,7 +118,7 @@ def export_model(dataset: str, output_file: str | Path, configurations: Sequence
     with tempfile.TemporaryDirectory(dir=output_file.parent, prefix=".tmp-export-") as scratch:
         nnunet_zip = Path(scratch) / "nnunet.zip"
         export_pretrained_model(name, str(nnunet_zip), tuple(configurations), trainer, plans, tuple(folds),
-                                strict=True, save_checkpoints=tuple(checkpoints))
+                                tuple(checkpoints))
         with atomic_path(output_file) as tmp, zipfile.ZipFile(nnunet_zip) as theirs, \
                 zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as ours:
             names = set()

@@ -25,7 +25,7 @@ import numpy as np
 
 from nnunet_blob.evaluation.metrics import spatial_view
 from nnunet_blob.instances.detection import label_components
-from nnunet_blob.nnunet_internals import label_or_region_mask
+from nnunet_blob.nnunet_internals import LabelLayout, label_or_region_mask, segmentation_like_nnunet
 
 
 @dataclass(frozen=True)
@@ -49,35 +49,6 @@ class Setting:
         return ", ".join(parts) or "no change"
 
 
-@dataclass(frozen=True)
-class LabelLayout:
-    """A dataset's foreground classes or regions as the postprocessing needs them (from nnU-Net's LabelManager)."""
-
-    labels_or_regions: tuple
-    regions_class_order: tuple[int, ...] | None = None
-    ignore_label: int | None = None
-
-    @property
-    def has_regions(self) -> bool:
-        return self.regions_class_order is not None
-
-    @property
-    def seg_dtype(self) -> np.dtype:
-        """The dtype nnU-Net's export gives segmentations: uint8 below 255 foreground labels, else uint16."""
-        labels = set(self.regions_class_order) if self.regions_class_order is not None else \
-            set(self.labels_or_regions)
-        return np.dtype(np.uint8 if len(labels) < 255 else np.uint16)
-
-    @classmethod
-    def from_label_manager(cls, label_manager) -> LabelLayout:
-        if label_manager.has_regions:
-            regions = tuple(tuple(int(x) for x in r) if isinstance(r, (list, tuple)) else int(r)
-                            for r in label_manager.foreground_regions)
-            return cls(regions, tuple(int(c) for c in label_manager.regions_class_order),
-                       label_manager.ignore_label)
-        return cls(tuple(int(c) for c in label_manager.foreground_labels), None, label_manager.ignore_label)
-
-
 def voxel_volume(spacing: Sequence[float]) -> float:
     """Volume of one voxel in mm³ (area in mm² for 2D images), ``spacing`` of the spatial axes."""
     return float(np.prod([float(s) for s in spacing]))
@@ -92,6 +63,8 @@ def segmentation_from_probabilities(probabilities: np.ndarray, layout: LabelLayo
     if probabilities.shape[0] != expected:
         raise ValueError(f"probabilities have {probabilities.shape[0]} channels, the dataset's "
                          f"{'regions' if layout.has_regions else 'classes incl. background'} need {expected}")
+    if all(thresholds.get(c) is None for c in layout.labels_or_regions):
+        return segmentation_like_nnunet(probabilities, layout)
     seg = np.zeros(probabilities.shape[1:], dtype=layout.seg_dtype)
     if layout.has_regions:
         assert layout.regions_class_order is not None
@@ -99,8 +72,6 @@ def segmentation_from_probabilities(probabilities: np.ndarray, layout: LabelLayo
             t = thresholds.get(region)
             seg[probabilities[channel] > (0.5 if t is None else t)] = label
         return seg
-    if all(thresholds.get(c) is None for c in layout.labels_or_regions):
-        return probabilities.argmax(0).astype(layout.seg_dtype)  # nnU-Net's convert_probabilities_to_segmentation
     best = probabilities[1:].argmax(0)  # index of the best foreground class
     p_best = np.take_along_axis(probabilities[1:], best[None], 0)[0]
     cut = np.empty(len(layout.labels_or_regions), dtype=np.float64)

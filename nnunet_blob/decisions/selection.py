@@ -31,6 +31,7 @@ from nnunet_blob.decisions.settings import FILE_NAME, DecisionError, Postprocess
 from nnunet_blob.decisions.tuning import Metric, TuningResult, tune
 from nnunet_blob.evaluation.compare import paired_wilcoxon
 from nnunet_blob.files import atomic_write_bytes, atomic_write_json
+from nnunet_blob.nnunet_internals import previous_stage
 from nnunet_blob.preprocessing.locate import dataset_name, preprocessed_root
 
 #: nnU-Net's default configurations of nnUNetv2_find_best_configuration
@@ -99,16 +100,13 @@ def candidates_of(models: list[Predictions], allow_ensembling: bool,
 
 def predict_command(dataset: str, member: dict, folds, output: str, probabilities: bool) -> list[str]:
     """nnU-Net's inference command of one model (two for a cascade: the previous stage first)."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     folder = model_folder(dataset, member["trainer"], member["plans"], member["configuration"])
-    configuration = PlansManager(json.loads((folder / "plans.json").read_text())).get_configuration(
-        member["configuration"])
+    previous_configuration = previous_stage(json.loads((folder / "plans.json").read_text()), member["configuration"])
     fold_text = " ".join(str(f) for f in folds)
     commands, previous = [], ""
-    if configuration.previous_stage_name is not None:
+    if previous_configuration is not None:
         commands.append(f"nnUNetv2_predict -d {dataset} -i INPUT_FOLDER -o OUTPUT_FOLDER_PREV_STAGE -f {fold_text} "
-                        f"-tr {member['trainer']} -c {configuration.previous_stage_name} -p {member['plans']}")
+                        f"-tr {member['trainer']} -c {previous_configuration} -p {member['plans']}")
         previous = " -prev_stage_predictions OUTPUT_FOLDER_PREV_STAGE"
     commands.append(f"nnUNetv2_predict -d {dataset} -i INPUT_FOLDER -o {output} -f {fold_text} -tr "
                     f"{member['trainer']} -c {member['configuration']} -p {member['plans']}{previous}"

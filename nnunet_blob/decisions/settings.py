@@ -11,8 +11,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnunet_blob.decisions.rules import LabelLayout, Setting
+from nnunet_blob.decisions.rules import Setting
 from nnunet_blob.files import atomic_write_json
+from nnunet_blob.nnunet_internals import LabelLayout
 
 #: the file's name, next to nnU-Net's ``postprocessing.pkl``
 FILE_NAME = "postprocessing_instances.json"

@@ -34,7 +34,6 @@ import numpy as np
 
 from nnunet_blob.decisions.cases import CaseFiles, Predictions, load_case, reader_writer_class
 from nnunet_blob.decisions.rules import (
-    LabelLayout,
     Setting,
     postprocess,
     remove_small_components,
@@ -54,7 +53,7 @@ from nnunet_blob.decisions.tables import TABLE_METRICS, component_table, grid_co
 from nnunet_blob.evaluation.compare import paired_wilcoxon
 from nnunet_blob.evaluation.metric_facts import FACTS, METRICS, SIZE_BIN_PREFIX
 from nnunet_blob.evaluation.metrics import label_metrics, spatial_view
-from nnunet_blob.nnunet_internals import label_or_region_key
+from nnunet_blob.nnunet_internals import LabelLayout, label_or_region_key
 from nnunet_blob.workers import Workers
 
 #: thresholds tried besides nnU-Net's own rule (None)

@@ -21,7 +21,7 @@ from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_evaluation, spat
 from nnunet_blob.evaluation.options import EvaluationOptions
 from nnunet_blob.files import atomic_write_json
 from nnunet_blob.instances.detection import instance_scores
-from nnunet_blob.nnunet_internals import label_or_region_key
+from nnunet_blob.nnunet_internals import LabelLayout, label_or_region_key
 from nnunet_blob.workers import run_cases
 
 
@@ -287,7 +287,6 @@ def evaluate_folder_from_json(folder_ref: str, folder_pred: str, dataset_json: s
             raise FileNotFoundError(f"{option} {value} does not exist; give the dataset's dataset.json and "
                                     f"plans.json (in nnUNet_preprocessed/DatasetXXX_Name or the model folder)")
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # imports torch: not in the workers
 
     dataset_json = load_json(dataset_json) if not isinstance(dataset_json, dict) else dataset_json
     file_ending = dataset_json["file_ending"]
@@ -297,14 +296,13 @@ def evaluate_folder_from_json(folder_ref: str, folder_pred: str, dataset_json: s
         raise FileNotFoundError(f"no reference files ending in {file_ending!r} (dataset.json file_ending) "
                                 f"in {folder_ref}")
     rw = determine_reader_writer_from_dataset_json(dataset_json, examples[0])()
-    lm = PlansManager(plans).get_label_manager(dataset_json)
-    regions = lm.foreground_regions if lm.has_regions else lm.foreground_labels
+    labels = LabelLayout.of_dataset(dataset_json, plans)
     if output_file is None:
         output_file = os.path.join(folder_pred, "summary_instances.json")
-    allowed = list(lm.all_labels) + ([lm.ignore_label] if lm.ignore_label is not None else [])
+    allowed = list(labels.all_labels) + ([labels.ignore_label] if labels.ignore_label is not None else [])
     kwargs.setdefault("allowed_labels", allowed)
-    return evaluate_folder(folder_ref, folder_pred, output_file, rw, file_ending, regions, lm.ignore_label,
-                           **kwargs)
+    return evaluate_folder(folder_ref, folder_pred, output_file, rw, file_ending, list(labels.labels_or_regions),
+                           labels.ignore_label, **kwargs)
 
 
 def evaluate_folder_simple(folder_ref: str, folder_pred: str, labels, ignore_label: int | None = None,

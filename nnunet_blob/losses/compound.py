@@ -152,7 +152,9 @@ class TopKDiceAndCELoss(nn.Module):
                  ignore_label: int | None = None, batch_dice: bool = False, squared: bool = True,
                  smooth: float = 1e-5, ddp: bool = False, classes: str = "present"):
         super().__init__()
-        from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
+        from nnunet_blob.nnunet_internals import robust_cross_entropy
+
+        RobustCrossEntropyLoss = robust_cross_entropy()
 
         self.ce = RobustCrossEntropyLoss(ignore_index=-100 if ignore_label is None else ignore_label,
                                          reduction="mean" if ignore_label is None else "sum")

@@ -200,7 +200,9 @@ class _DenseKeptSums(torch.autograd.Function):
 
 def _sum_over_workers(tp: torch.Tensor, sum_pred: torch.Tensor, num_kept: torch.Tensor):
     """The batch sums of every DDP worker added up (gradients flow back to each worker's own part)."""
-    from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+    from nnunet_blob.nnunet_internals import all_gather_grad
+
+    AllGatherGrad = all_gather_grad()
 
     num_kept = num_kept.clone()
     torch.distributed.all_reduce(num_kept)

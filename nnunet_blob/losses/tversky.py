@@ -82,7 +82,9 @@ def _tversky_module_loss(x, y, loss_mask, m: TverskyLoss):
     sums = _overlap_sums(x, y, m.do_bg, as_mask(loss_mask, x))
     if m.batch_dice:
         if m.ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
-            from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+            from nnunet_blob.nnunet_internals import all_gather_grad
+
+            AllGatherGrad = all_gather_grad()
 
             sums = [AllGatherGrad.apply(s).sum(0) for s in sums]
         sums = [s.sum(0) for s in sums]

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_blob.nnunet_internals import LabelLayout, nnunet_dataset_name, plans_configuration
 from nnunet_blob.preprocessing.errors import InstanceMapError
 
 INSTANCE_FOLDER_SUFFIX = "_instances"
@@ -28,48 +29,25 @@ class ConfigurationLocation:
     plans: dict
 
     @property
-    def ignore_label(self) -> int | None:
-        """dataset.json's ``ignore`` label, as nnU-Net's LabelManager reads it."""
-        return self.dataset_json["labels"].get("ignore")
-
-    @property
-    def regions(self) -> list[tuple[int, ...]] | None:
-        """Foreground regions of a region-based dataset (label lists in dataset.json), else None.
-
-        Read from dataset.json as nnU-Net's LabelManager does, without importing torch (which it needs).
-        """
-        values = [v for k, v in self.dataset_json["labels"].items() if k not in ("background", "ignore")]
-        if not any(isinstance(v, (list, tuple)) and len(v) > 1 for v in values):
-            return None
-        return [tuple(int(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for v in values]
-
-    @property
-    def foreground_labels(self) -> list[int]:
-        """The labels whose components are instances (all foreground labels; region datasets store labels)."""
-        labels: set[int] = set()
-        for name, value in self.dataset_json["labels"].items():
-            if name != "ignore":
-                labels.update(int(x) for x in (value if isinstance(value, (list, tuple)) else [value]))
-        return sorted(labels - {0})
+    def labels(self) -> LabelLayout:
+        """The dataset's labels or regions and ignore label, as nnU-Net's ``PlansManager.get_label_manager`` reads
+        them (imports torch; the instance-map workers do not need them)."""
+        return LabelLayout.of_dataset(self.dataset_json, self.plans)
 
     @property
     def configuration_dict(self) -> dict:
         """This configuration of the plans, ``inherits_from`` resolved (patch_size, spacing, ...)."""
-        return resolve_configuration(self.plans, self.configuration)
+        return resolved_configuration(self.plans, self.configuration)
 
 
-def resolve_configuration(plans: dict, name: str, visited: tuple = ()) -> dict:
-    """A configuration of a plans dict with ``inherits_from`` resolved, as nnU-Net's PlansManager does.
-
-    Reading the JSON directly keeps torch (which nnU-Net's PlansManager imports) out of this step.
-    """
-    if name in visited:
-        raise InstanceMapError(f"circular 'inherits_from' in the plans: {visited + (name,)}")
-    configuration = dict(plans["configurations"][name])
-    parent = configuration.pop("inherits_from", None)
-    if parent is None:
-        return configuration
-    return {**resolve_configuration(plans, parent, visited + (name,)), **configuration}
+def resolved_configuration(plans: dict, name: str) -> dict:
+    """A configuration of a plans dict as nnU-Net reads it; InstanceMapError when nnU-Net cannot."""
+    try:
+        return plans_configuration(plans, name)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise InstanceMapError(f"nnU-Net cannot read configuration {name!r} of the plans {plans.get('plans_name')!r} "
+                               f"({type(e).__name__}: {e}); fix the plans file or plan again with "
+                               f"nnUNetv2_plan_and_preprocess") from e
 
 
 def preprocessed_root() -> Path:
@@ -82,13 +60,11 @@ def preprocessed_root() -> Path:
 
 def dataset_name(dataset: str | int) -> str:
     """'501', 501 or 'Dataset501_Name' -> 'Dataset501_Name', like nnU-Net's ``-d``."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     if isinstance(dataset, str) and not dataset.startswith("Dataset") and not dataset.strip().isdigit():
         raise InstanceMapError(f"{dataset!r} is neither a dataset id (e.g. 501) nor a dataset name (e.g. "
                                f"Dataset501_Lesions); give -d as for nnU-Net's commands")
     try:
-        return maybe_convert_to_dataset_name(dataset)
+        return nnunet_dataset_name(dataset)
     except (RuntimeError, ValueError) as e:
         raise InstanceMapError(f"dataset {dataset!r} not found in nnUNet_preprocessed ({preprocessed_root()}) or "
                                f"nnUNet_raw. Run nnUNetv2_plan_and_preprocess -d {dataset} first. ({e})") from e
@@ -109,7 +85,7 @@ def locate(dataset: str | int, plans_identifier: str, configuration: str) -> Con
     if configuration not in plans["configurations"]:
         raise InstanceMapError(f"configuration {configuration!r} is not in {plans_file.name}; it has "
                                f"{sorted(plans['configurations'])}")
-    data_identifier = resolve_configuration(plans, configuration)["data_identifier"]
+    data_identifier = resolved_configuration(plans, configuration)["data_identifier"]
     data_folder = base / data_identifier
     if not data_folder.is_dir() or not any(data_folder.iterdir()):
         raise InstanceMapError(f"configuration {configuration} of {name} is not preprocessed ({data_folder} is "
@@ -131,7 +107,7 @@ def preprocessed_configurations(dataset: str | int, plans_identifier: str) -> li
     plans = json.loads(plans_file.read_text())
     found, folders = [], set()
     for configuration in plans["configurations"]:
-        folder = base / resolve_configuration(plans, configuration)["data_identifier"]
+        folder = base / resolved_configuration(plans, configuration)["data_identifier"]
         if folder.is_dir() and any(folder.iterdir()) and folder not in folders:  # cascade shares fullres data
             found.append(configuration)
             folders.add(folder)

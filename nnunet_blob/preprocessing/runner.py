@@ -18,7 +18,13 @@ import numpy as np
 from nnunet_blob.files import atomic_write_json, temporary_path
 from nnunet_blob.instances.components import compute_instances, instances_per_region
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
-from nnunet_blob.nnunet_internals import dataset_class_for, identifiers_in_folder, load_case, transpose_forward
+from nnunet_blob.nnunet_internals import (
+    dataset_class_for,
+    identifiers_in_folder,
+    load_case,
+    preprocessed_seg_file,
+    transpose_forward,
+)
 from nnunet_blob.preprocessing.annotated import (
     ANNOTATION_FOLDER,
     AnnotationSource,
@@ -223,21 +229,12 @@ def _settings(location: ConfigurationLocation, connectivity: int, instances: str
     """What the maps are built from. ``labels``: the classes whose components are instances (also for
     region-based datasets, whose preprocessed segmentation holds labels; ``regions`` lists their regions for
     :func:`~nnunet_blob.instances.components.instances_per_region`)."""
-    regions = location.regions
+    labels = location.labels
     return {"dataset": location.dataset_name, "plans": location.plans_identifier,
             "configuration": location.configuration, "data_identifier": location.data_identifier,
-            "connectivity": connectivity, "ignore_label": location.ignore_label,
-            "labels": location.foreground_labels,
-            "regions": None if regions is None else [list(r) for r in regions], "format": FORMAT_VERSION,
+            "connectivity": connectivity, "ignore_label": labels.ignore_label,
+            "labels": list(labels.foreground_labels), "regions": labels.region_label_lists, "format": FORMAT_VERSION,
             "instances": instances}
-
-
-def _seg_file(data_folder: Path, case: str) -> Path:
-    """The file nnU-Net's dataset classes read the segmentation of ``case`` from."""
-    for name in (f"{case}_seg.b2nd", f"{case}_seg.npy", f"{case}.npz"):
-        if (data_folder / name).is_file():
-            return data_folder / name
-    return data_folder / f"{case}_seg.b2nd"
 
 
 def _staleness(store: InstanceMapStore, location: ConfigurationLocation, case: str, record: dict | None,
@@ -261,7 +258,7 @@ def _staleness(store: InstanceMapStore, location: ConfigurationLocation, case: s
         if stamp is not None and writing:
             record = {**record, "annotation": {**annotation, "stamp": stamp}}
             atomic_write_json(store.record_path(case), record)
-    if not file_unchanged(record.get("seg_fingerprint", {}), _seg_file(location.data_folder, case)):
+    if not file_unchanged(record.get("seg_fingerprint", {}), preprocessed_seg_file(location.data_folder, case)):
         return "its segmentation file changed", record
     problem, stamps = store.check_files(case, record)
     if problem is None and stamps is not None and writing:
@@ -293,7 +290,7 @@ def _process_case(job) -> dict:
         raise InstanceMapError(f"case {case}: cannot read its preprocessed segmentation in {data_folder} ({e}). "
                                f"Re-run nnUNetv2_preprocess -d {settings['dataset']} -c {settings['configuration']} "
                                f"for it.") from e
-    fingerprint = seg_fingerprint(seg, _seg_file(data_folder, case))
+    fingerprint = seg_fingerprint(seg, preprocessed_seg_file(data_folder, case))
     stamp = None
     if source is not None:
         path = source.instance_file(case)

@@ -22,11 +22,12 @@ from torch import nn
 
 from nnunet_blob.instances.detection import label_components
 from nnunet_blob.instances.voronoi import class_cells, component_cells
+from nnunet_blob.nnunet_internals import LOADER_SEG_DTYPE
 from nnunet_blob.trainers.instance_transforms import INSTANCES, InstancePacking, PackedInstancesLoss, PackInstances
 from nnunet_blob.trainers.lesion_validation import OnlineInstanceScore
 
 #: the cells of one class travel as int16, like the segmentation nnU-Net's loader collates
-MAX_CELLS_PER_CLASS = np.iinfo(np.int16).max
+MAX_CELLS_PER_CLASS = np.iinfo(LOADER_SEG_DTYPE).max
 
 
 class VoronoiCellsPerScale(BasicTransform):
@@ -57,7 +58,7 @@ class VoronoiCellsPerScale(BasicTransform):
         if cells.size and cells.max() > MAX_CELLS_PER_CLASS:
             raise ValueError(f"a patch holds {int(cells.max())} components of one class, more than the "
                              f"{MAX_CELLS_PER_CLASS} cells the CC-DiceCE trainers carry; use a smaller patch size")
-        return torch.from_numpy(cells.astype(np.int16))
+        return torch.from_numpy(cells.astype(LOADER_SEG_DTYPE))
 
     def apply(self, data_dict, **params):
         segmentation = data_dict["segmentation"]
