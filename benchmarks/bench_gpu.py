@@ -121,7 +121,7 @@ def make_benchmark_dataset(root: Path, mode: Mode, processes: int) -> dict:
     for sub in ("imagesTr", "labelsTr"):
         (target / sub).mkdir(parents=True, exist_ok=True)
     cases: dict = {}
-    for part, (label, name) in zip(parts, names):
+    for part, (label, name) in zip(parts, names, strict=True):
         shutil.move(str(part / "imagesTr" / "case_000_0000.nii.gz"), target / "imagesTr" / f"{name}_0000.nii.gz")
         shutil.move(str(part / "labelsTr" / "case_000.nii.gz"), target / "labelsTr" / f"{name}.nii.gz")
         cases.setdefault(label, []).append(name)

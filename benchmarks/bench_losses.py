@@ -42,7 +42,7 @@ def make_batch(batch, classes, size, num_instances, seed=0):
         for n in range(2, num_instances + 1):
             lo = rng.integers(half + 1, size - 4, size=3)
             w = rng.integers(1, 4, size=3)
-            box = (b, 0) + tuple(slice(a, a + d) for a, d in zip(lo, w))
+            box = (b, 0) + tuple(slice(a, a + d) for a, d in zip(lo, w, strict=True))
             target[box], instances[box] = rng.integers(1, classes), n
     return torch.from_numpy(target), torch.from_numpy(instances)
 

@@ -53,7 +53,7 @@ ACCUMULATING_OPS = frozenset({
 
 def addressed_bytes(t: torch.Tensor) -> int:
     """Bytes of the memory a tensor addresses: broadcast (stride 0) axes count once."""
-    numel = math.prod(size for size, stride in zip(t.shape, t.stride()) if stride != 0)
+    numel = math.prod(size for size, stride in zip(t.shape, t.stride(), strict=True) if stride != 0)
     return numel * t.element_size()
 
 
@@ -178,7 +178,7 @@ def lesion_batch(classes: int, size: int, batch: int = 2, lesions: int = 20, see
         target[b, 0][ball], instances[b, 0][ball] = 1, 1
         for n in range(2, lesions + 2):
             lo = rng.integers(int(size * 0.7), size - 4, size=3)
-            box = (b, 0, *[slice(a, a + w) for a, w in zip(lo, rng.integers(2, 5, size=3))])
+            box = (b, 0, *[slice(a, a + w) for a, w in zip(lo, rng.integers(2, 5, size=3), strict=True)])
             target[box], instances[box] = rng.integers(1, classes), n
     return torch.from_numpy(target), torch.from_numpy(instances)
 

@@ -201,7 +201,7 @@ def test_blob_trainer_step_on_annotated_maps(annotated, single_process_loading):
     before = [p.detach().clone() for p in trainer.network.parameters()]
     loss = trainer.train_step(batch)["loss"]
     assert np.isfinite(loss)
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters(), strict=True))
 
 
 def test_without_the_raw_dataset_annotated_maps_are_kept(annotated, monkeypatch, tmp_path):
@@ -239,7 +239,7 @@ def test_region_dataset_tables_list_the_annotated_instances_of_each_region(annot
         table = store.region_table(case)
         assert sorted(table.classes.tolist()) == [1, 1, 1, 1, 2]  # region 1 = labels 1 and 2: all four instances
         assert sorted(table.sizes[table.classes == 2].tolist()) == sorted(
-            s for s, c in zip(record["instance_sizes"], record["instance_classes"]) if c == 2)
+            s for s, c in zip(record["instance_sizes"], record["instance_classes"], strict=True) if c == 2)
 
 
 # ---- unit level: the checks of the raw annotation and the reconciliation rule -----------------------------------

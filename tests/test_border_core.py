@@ -27,7 +27,7 @@ from nnunet_blob.border_core.representation import (
 def touching_nuclei(shape, spacing, centres, radius) -> np.ndarray:
     """Discs (balls) of ``radius`` (physical) around ``centres`` (voxel coordinates); where they overlap each voxel
     goes to its nearest centre, so overlapping discs become nuclei that touch along a flat interface."""
-    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"), -1)
+    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"), -1)
     distances = np.stack([np.linalg.norm(grid - np.asarray(c) * spacing, axis=-1) for c in centres])
     return np.where(distances.min(0) <= radius, distances.argmin(0) + 1, 0).astype(np.uint16)
 

@@ -49,7 +49,7 @@ def test_cells_of_every_scale_are_the_nearest_components_of_that_scale():
                 assert not cells[channel].any()
                 continue
             nearest = literal_nearest_components(components, None)
-            assert all(int(c) in ids for c, ids in zip(cells[channel].ravel(), nearest))
+            assert all(int(c) in ids for c, ids in zip(cells[channel].ravel(), nearest, strict=True))
 
 
 def test_region_cells_and_ignore_label():

@@ -222,7 +222,7 @@ def test_region_dataset_records_labels_and_regions(preprocessed):
         seg = load_seg(folder, case)
         ids = instances_per_region(seg, store.manifest["regions"])
         assert ids.shape == (2, *seg.shape[1:])
-        for channel, region in zip(ids, store.manifest["regions"]):
+        for channel, region in zip(ids, store.manifest["regions"], strict=True):
             mask = np.isin(seg[0], region)
             expected = cc3d.connected_components(mask, connectivity=26)
             assert np.array_equal(channel > 0, mask) and channel.max() == expected.max()

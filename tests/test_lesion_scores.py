@@ -202,7 +202,7 @@ def detection_cases():
 
 def test_detection_entries_froc_ap_equal_literal(detection_cases):
     cases, entries = detection_cases
-    for (ref, pred, prob), mine in zip(cases, entries):
+    for (ref, pred, prob), mine in zip(cases, entries, strict=True):
         assert sorted(map(tuple, mine)) == sorted(map(tuple, literal_entries(ref, pred, prob)))
     pooled = [e for case in entries for e in case]
     assert any(e[0] and e[1] == 0 for e in pooled) and any(not e[0] for e in pooled)  # misses and false positives

@@ -169,7 +169,7 @@ def ensemble_predictions(first: Predictions, second: Predictions) -> Predictions
                             f"({sorted(set(names) ^ {c.name for c in second.cases})[:5]}); train the same folds")
     identifier = f"ensemble___{first.identifier}___{second.identifier}___{folds_string(first.folds)}"
     cases = [CaseFiles(a.name, a.reference, None, a.probabilities + b.probabilities, a.fold)
-             for a, b in zip(first.cases, second.cases)]
+             for a, b in zip(first.cases, second.cases, strict=True)]
     return Predictions(first.dataset, identifier, first.folds, cases,
                        results_root() / first.dataset / "ensembles" / identifier, first.layout, first.file_ending,
                        first.reader_writer, first.members + second.members)

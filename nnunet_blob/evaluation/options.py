@@ -6,6 +6,7 @@ BraTS scores, no confidences). Every check raises ValueError naming the option a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
 from nnunet_blob.instances.matching import MATCH_METRICS
@@ -60,7 +61,7 @@ class EvaluationOptions:
         if self.empty_case not in EMPTY_CASES:
             raise ValueError(f"--empty-case must be one of {EMPTY_CASES}, got {self.empty_case!r}")
         bins = tuple(float(b) for b in self.size_bins_ml)
-        if not bins or any(b <= 0 for b in bins) or any(b >= c for b, c in zip(bins, bins[1:])):
+        if not bins or any(b <= 0 for b in bins) or any(b >= c for b, c in pairwise(bins)):
             raise ValueError(f"--size-bins must be increasing positive volumes in ml, e.g. 0.01 0.1 1 10; got "
                              f"{list(self.size_bins_ml)}")
         object.__setattr__(self, "size_bins_ml", bins)
@@ -84,7 +85,7 @@ class EvaluationOptions:
     def size_bin_names(self) -> list[str]:
         """Names of the volume bins: ``<0.01ml``, ``0.01-0.1ml``, ..., ``>=10ml``."""
         edges = self.size_bins_ml
-        return ([f"<{edges[0]:g}ml"] + [f"{a:g}-{b:g}ml" for a, b in zip(edges, edges[1:])]
+        return ([f"<{edges[0]:g}ml"] + [f"{a:g}-{b:g}ml" for a, b in pairwise(edges)]
                 + [f">={edges[-1]:g}ml"])
 
     def settings(self) -> dict:

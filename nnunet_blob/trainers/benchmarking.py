@@ -161,7 +161,7 @@ def benchmark_record(trainer, data_loading: bool) -> dict:
     peak memory (bytes; None off CUDA), the budget and the software."""
     starts = trainer.logger.get_value("epoch_start_timestamps", step=None)
     ends = trainer.logger.get_value("epoch_end_timestamps", step=None)
-    epoch_times = [float(end - start) for start, end in zip(starts, ends)]
+    epoch_times = [float(end - start) for start, end in zip(starts, ends, strict=True)]
     cuda = trainer.device.type == "cuda"
     return {**software_versions(trainer.device),
             "trainer": type(trainer).__name__, "data_loading": data_loading, "device": str(trainer.device),
