@@ -35,6 +35,8 @@ SHAPE = (28, 32, 24)  # (z, y, x) raw voxels: enough for a network with deep sup
 #: and 1 are resampled in 3d_fullres
 SPACINGS_X = (1.5, 2.1, 1.8, 1.8, 1.8)
 TOUCHING = (1, 2)  # annotated ids of the two class-1 boxes that share a face
+#: the class of each annotated id (:func:`make_case`)
+ANNOTATION_CLASSES = {1: 1, 2: 1, 7: 2, 40: 1}
 
 
 def write(array: np.ndarray, path: Path, spacing) -> None:
@@ -124,8 +126,7 @@ def test_command_makes_maps_from_the_annotation_through_nnunets_geometry(annotat
                 properties = pickle.load(f)
             cropped |= tuple(properties["shape_after_cropping_and_before_resampling"]) != SHAPE
             resampled |= tuple(properties["shape_after_cropping_and_before_resampling"]) != seg.shape
-            classes = {1: 1, 2: 1, 7: 2, 40: 1}
-            expected_class = np.vectorize(lambda v: classes.get(int(v), 0))(expected)
+            expected_class = np.vectorize(lambda v: ANNOTATION_CLASSES.get(int(v), 0))(expected)
             agree = expected_class == np.where(seg > 0, seg, 0)
             # where nnU-Net's segmentation agrees with the pushed annotation, the stored id is the annotated id
             assert np.array_equal(annotation_ids[stored][agree], expected[agree])

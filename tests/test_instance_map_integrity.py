@@ -241,7 +241,7 @@ def test_a_dataset_that_is_not_an_id_or_a_name():
 
 
 def make_read_only(folder: Path, read_only: bool = True) -> None:
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         for f in files:
             os.chmod(os.path.join(root, f), 0o444 if read_only else 0o644)
         os.chmod(root, 0o555 if read_only else 0o755)

@@ -130,9 +130,9 @@ def test_mirroring_flips_ids_like_the_segmentation():
         axes = [a for a in (0, 1, 2) if torch.rand(1) < 0.5]  # what MirrorTransform draws with this seed
         torch.manual_seed(seed)
         _, target, inst = run(pipeline, image, seg, instances)
-        flip = (lambda x: torch.flip(x, [a + 1 for a in axes])) if axes else (lambda x: x)
-        assert torch.equal(target[0].long(), flip(seg).long())
-        assert torch.equal(inst[0].long(), flip(instances).long())
+        spatial = [a + 1 for a in axes]  # the channel axis comes first
+        assert torch.equal(target[0].long(), torch.flip(seg, spatial).long())
+        assert torch.equal(inst[0].long(), torch.flip(instances, spatial).long())
         flips.add(tuple(axes))
     assert len(flips) > 1
 

@@ -220,7 +220,7 @@ def test_detection_equals_picai_eval(detection_cases):
     picai = pytest.importorskip("picai_eval")
     cases, entries = detection_cases
     detection_maps = []
-    for ref, pred, prob in cases:
+    for _ref, pred, prob in cases:
         pred_labels, n_pred = label_components(pred)
         conf = ndimage.maximum(prob, pred_labels, np.arange(1, n_pred + 1))
         detection_maps.append(np.concatenate(([0.0], np.asarray(conf, float)))[pred_labels].astype(np.float32))
