@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 from skimage.transform import resize
 
-from conftest import build_trainer, run_cli
+from helpers import build_trainer, run_cli
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
 from nnunet_blob.preprocessing.annotated import (

@@ -12,7 +12,7 @@ import cc3d
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from nnunet_blob.border_core.representation import (
     BORDER,
     CORE,

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from conftest import run_cli
+from helpers import run_cli
 from nnunet_blob.instances.detection import label_components
 from nnunet_blob.trainers.cells import VoronoiCellsPerScale, make_cell_aware
 from nnunet_blob.trainers.instance_transforms import unpack_instances

@@ -1,7 +1,7 @@
 """``--help`` of the commands a newcomer meets first says what each does and how long it takes."""
 from __future__ import annotations
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_trainers_help_describes_the_command_and_registration():

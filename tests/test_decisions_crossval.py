@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from conftest import run_cli
+from helpers import run_cli
 from nnunet_blob.decisions.cases import cross_validation_predictions
 from nnunet_blob.decisions.rules import Setting
 from nnunet_blob.decisions.settings import DecisionError, read_postprocessing

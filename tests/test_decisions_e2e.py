@@ -18,7 +18,7 @@ import torch
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from scipy import ndimage
 
-from conftest import run_cli
+from helpers import run_cli
 from nnunet_blob.decisions.cases import cross_validation_predictions, ensemble_predictions
 from nnunet_blob.decisions.rules import LabelLayout, Setting
 from nnunet_blob.decisions.selection import inference_commands

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, run_cli
+from helpers import BIN, run_cli
 from nnunet_blob.io import DEMO_TRAINER_FOLDER
 
 LOOKUP_LINE = "not found in nnunetv2.training.nnUNetTrainer"

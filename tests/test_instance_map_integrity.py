@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN, build_trainer, run_cli
+from helpers import BIN, build_trainer, run_cli
 from map_writers import check_maps, write_maps
 from nnunet_blob.instances.components import compute_instances
 from nnunet_blob.preprocessing import InstanceMapError, InstanceMapStore, ensure_instance_maps

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from conftest import run_cli
+from helpers import run_cli
 from nnunet_blob.instances.components import compute_instances, instances_per_region
 from nnunet_blob.preprocessing import InstanceMapError, InstanceMapStore, ensure_instance_maps
 from nnunet_blob.preprocessing import store as store_module

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
-from conftest import build_trainer, run_cli
+from helpers import build_trainer, run_cli
 from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.preprocessing import ensure_instance_maps
 from nnunet_blob.trainers.instance_data import renumber_instances

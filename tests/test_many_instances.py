@@ -15,7 +15,7 @@ import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from conftest import build_trainer, run_cli
+from helpers import build_trainer, run_cli
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.trainers.instance_data import SegWithInstances, id_channels_for, join_ids, split_ids
 from nnunet_blob.trainers.instance_transforms import InstancePacking, make_instance_aware, unpack_instances

@@ -27,7 +27,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from torch import nn
 from torch.nn.functional import grid_sample
 
-from conftest import build_trainer
+from helpers import build_trainer
 from nnunet_blob import nnunet_internals as internals
 
 

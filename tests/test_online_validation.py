@@ -11,7 +11,7 @@ import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from conftest import build_trainer
+from helpers import build_trainer
 from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.trainers.instance_transforms import make_instance_aware, unpack_instances
 from nnunet_blob.trainers.online_detection import patch_detection_counts

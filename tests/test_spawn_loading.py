@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_trainer
+from helpers import build_trainer
 from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling
 

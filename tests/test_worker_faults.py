@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from conftest import TESTS, build_trainer, run_cli
+from helpers import TESTS, build_trainer, run_cli
 from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
 from nnunet_blob.workers import RemoteTraceback, WorkerDied, Workers, run_jobs
