@@ -35,3 +35,13 @@ def build_trainer(trainer_class, dataset: str, configuration: str = "3d_fullres"
     if initialize:
         trainer.initialize()
     return trainer
+
+
+def line_with(text: str, *facts) -> str:
+    """The first line of ``text`` that holds every one of ``facts`` (the key facts of one message: the case, the
+    values, the option or command that fixes it), not its wording; AssertionError showing ``text`` when none does."""
+    wanted = [str(f) for f in facts]
+    for line in text.splitlines():
+        if all(f in line for f in wanted):
+            return line
+    raise AssertionError(f"no line holds all of {wanted}:\n{text}")
