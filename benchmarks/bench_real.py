@@ -19,33 +19,63 @@ downloaded), in a workspace of its own, with the demo's resumable stages (:mod:`
 5. ``results.md``: mean +- sd over the seeds of each trainer's test-split means, and the paired Wilcoxon p-value of
    each trainer against stock nnU-Net per seed (over the test images).
 
+6. with ``--tuned-rows``, in ``tuned/`` (seed ``--tuned-seed``, the first of ``--seeds`` by default): nnU-Net's five
+   cross-validation folds of the training split for each of ``--tuned-trainers`` (stock, blob Dice and CC-DiceCE by
+   default; ``--npz``), ``nnunet_blob tune-postprocessing --rule cross-validated`` on the folds' validation
+   predictions, the test split predicted by the five-fold ensemble (probabilities kept), ``nnunet_blob
+   apply-postprocessing`` of the tuned postprocessing to those predictions, and the same evaluations of the raw and
+   the tuned predictions; a table of its own in ``results.md`` (raw / tuned per trainer and the postprocessing
+   chosen).
+
 Re-running the same command resumes; ``--stages convert`` (or ``--dry-run``) only builds the dataset and prints
-its counts, ``--stages preprocess`` stops before training.
+its counts, ``--stages preprocess`` stops before training; ``--list-commands`` prints every stage's command (and
+whether it is done) without running or removing anything.
 
     python benchmarks/bench_real.py --dsb-folder PATH/stage1_train [--workspace nnunet_blob_dsb2018]
         [--seeds 0 1 2] [--trainers ...] [--epochs 20 --iterations 25] [--cut-touching] [--max-images N]
+        [--tuned-rows [--tuned-trainers ...] [--tuned-seed K]] [--list-commands]
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import json
-import statistics
 import sys
 import time
-from contextlib import redirect_stderr
 from pathlib import Path
 
 from _dsb2018 import ConversionError, convert, report_dict, write_json
+from _real_data import (
+    COMPONENT_EVALUATIONS,
+    CommandListing,
+    check_settings,
+    evaluate_accepts,
+    foreground_mean,
+    has_metric,
+    marker_time,
+    mean_sd,
+    p_value,
+    row_name,
+)
+from _real_data import DESCRIPTIONS as COMPONENT_DESCRIPTIONS
+from _real_data import METRICS as COMPONENT_METRICS
+from _real_data import device as choose_device
 from bench_detection import machine
 
 from nnunet_blob.demo.budgets import budget_environment, demo_trainer_bases
-from nnunet_blob.demo.report import row_key
-from nnunet_blob.demo.run import Target, evaluate, reduce_plans, train_predict_evaluate
+from nnunet_blob.demo.report import TUNED_SUFFIX, row_key
+from nnunet_blob.demo.run import (
+    CROSS_VALIDATION_FOLDS,
+    Target,
+    evaluate,
+    reduce_plans,
+    train_predict_evaluate,
+    tune_apply_evaluate,
+    tuned_postprocessing_file,
+)
 from nnunet_blob.demo.stages import StageError, Stages, demo_environment
-from nnunet_blob.evaluation.compare import load_summary, paired_wilcoxon
-from nnunet_blob.io import EXT_TRAINER_VARIABLE, atomic_write_bytes, ext_trainer_value
+from nnunet_blob.files import atomic_write_bytes
+from nnunet_blob.registration import EXT_TRAINER_VARIABLE, ext_trainer_value
 
 DATASET_ID, DATASET_NAME = 992, "DSB2018Nuclei"
 TARGET = Target(DATASET_ID, "2d")
@@ -55,44 +85,26 @@ TRAINERS = [STOCK, "nnUNetTrainerBlobDice", "nnUNetTrainerBlobTversky", "nnUNetT
 SETTINGS = "bench_real.json"
 #: nnU-Net's five-fold split (``generate_crossval_split``) needs one case per fold
 MIN_TRAINING_CASES = 5
+TUNED_TRAINERS = [STOCK, "nnUNetTrainerBlobDice", "nnUNetTrainerCCDiceCE"]
 #: evaluation -> (table column -> metric of the summary); a metric an evaluation did not compute is left out
-METRICS = {
-    "overlap": {"DSC": "Dice", "SDSC": "SurfaceDice", "F1": "F1", "IS": "IS", "IP": "IP"},
-    "one-to-one": {"F1": "F1", "IS": "IS", "IP": "IP", "PQ": "PQ"},
-    "instances": {"AP 0.5:0.95": "DSB_AP", "F1": "F1", "IS": "IS", "IP": "IP", "PQ": "PQ"},
-}
+METRICS = {**COMPONENT_METRICS,
+           "instances": {"AP 0.5:0.95": "DSB_AP", "F1": "F1", "IS": "IS", "IP": "IP", "PQ": "PQ"}}
 DESCRIPTIONS = {
-    "overlap": "blob-loss paper's rule: a reference component is found when a predicted component touches it",
-    "one-to-one": "one-to-one matching of components at IoU >= 0.5 (panoptica)",
+    **COMPONENT_DESCRIPTIONS,
     "instances": "the annotated nuclei (instancesTs) as the reference objects, one-to-one at IoU >= 0.5; AP: the "
                  "Data Science Bowl's mean over IoU 0.5:0.05:0.95 of TP / (TP + FP + FN)",
 }
-
-
-def evaluate_accepts(*options: str) -> bool:
-    """Whether this nnunet_blob's ``evaluate`` parses ``options``."""
-    from nnunet_blob.cli import build_parser
-
-    try:
-        with redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["evaluate", "GT", "PRED", "-l", "1", *options])
-    except SystemExit:
-        return False
-    return True
+__all__ = ["evaluate_accepts", "evaluations", "main", "results_markdown", "tuned_markdown"]
 
 
 def evaluations(raw: Path) -> dict[str, list]:
     """Evaluation name -> ``nnunet_blob evaluate`` options ("overlap" is evaluate's default)."""
-    chosen: dict[str, list] = {"overlap": [], "one-to-one": ["--matching", "one-to-one"]}
+    chosen: dict[str, list] = dict(COMPONENT_EVALUATIONS)
     # the annotated nuclei as the reference objects, when this nnunet_blob's evaluate reads instance maps
     if evaluate_accepts("--reference-instances", "DIR"):
         chosen["instances"] = ["--reference-instances", raw / "instancesTs", "--matching", "one-to-one",
                                *(["--cell-scores"] if evaluate_accepts("--cell-scores") else [])]
     return chosen
-
-
-def row_name(trainer: str, evaluation: str) -> str:
-    return trainer if evaluation == "overlap" else f"{trainer} {evaluation}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,14 +129,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="convert: only the raw dataset; preprocess: up to nnU-Net's preprocessing and the "
                              "instance maps; all (default): training, prediction, evaluation too")
     parser.add_argument("--dry-run", action="store_true", help="the same as --stages convert")
+    parser.add_argument("--tuned-rows", action="store_true",
+                        help="also the tuned rows: five folds of each --tuned-trainers, tune-postprocessing on them, "
+                             "the tuned postprocessing applied to the five-fold ensemble's test predictions")
+    parser.add_argument("--tuned-trainers", nargs="+", default=TUNED_TRAINERS,
+                        help=f"trainers of the tuned rows (default: {' '.join(TUNED_TRAINERS)})")
+    parser.add_argument("--tuned-seed", type=int, default=None,
+                        help="training seed of the tuned rows (default: the first of --seeds)")
+    parser.add_argument("--list-commands", action="store_true",
+                        help="print every stage's command and whether it is done; run and remove nothing")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation (default 2)")
     args = parser.parse_args(argv)
     if args.trainers[0] != STOCK:
         parser.error(f"--trainers: the first trainer is the baseline of the tests and must be {STOCK}")
-    unknown = [t for t in args.trainers if t not in demo_trainer_bases()]
-    if unknown:
-        parser.error(f"--trainers: unknown {', '.join(unknown)}; choose from {', '.join(sorted(demo_trainer_bases()))}")
+    for option, trainers in (("--trainers", args.trainers), ("--tuned-trainers", args.tuned_trainers)):
+        unknown = [t for t in trainers if t not in demo_trainer_bases()]
+        if unknown:
+            parser.error(f"{option}: unknown {', '.join(unknown)}; choose from "
+                         f"{', '.join(sorted(demo_trainer_bases()))}")
     try:
         run(args)
     except (ConversionError, StageError) as e:
@@ -136,22 +159,26 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> None:
     start = time.time()
     root = args.workspace.expanduser().resolve()
-    device = _device(args.device)
+    device = choose_device(args.device)
     base_features = (8 if device == "cpu" else None) if args.base_features is None else (args.base_features or None)
     only = "convert" if args.dry_run else args.stages
+    listing = args.list_commands
+    stages_class = CommandListing if listing else Stages
     raw = root / "nnUNet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
     preprocessed = root / "nnUNet_preprocessed" / raw.name
-    shared = Stages(root, demo_environment(root, {"nnUNet_def_n_proc": str(args.np)}), 1 if only == "convert" else 4)
+    shared = stages_class(root, demo_environment(root, {"nnUNet_def_n_proc": str(args.np)}),
+                          1 if only == "convert" else 4)
     conversion = {"dsb_folder": str(args.dsb_folder.resolve()), "cut_touching": args.cut_touching,
                   "max_images": args.max_images, "split_seed": args.split_seed, "test_fraction": args.test_fraction}
     shared.run("convert", lambda: _convert(args, raw, root), f"DSB2018 fluorescence nuclei -> {raw.name}",
                key=json.dumps(conversion, sort_keys=True))
     if only == "convert":
         return
-    train_cases = json.loads((root / "conversion.json").read_text())["train_cases"]
-    if train_cases < MIN_TRAINING_CASES:
-        raise ConversionError(f"{train_cases} training cases: nnU-Net's five-fold split of the training cases needs "
-                              f"at least {MIN_TRAINING_CASES}; raise --max-images")
+    if not listing:
+        train_cases = json.loads((root / "conversion.json").read_text())["train_cases"]
+        if train_cases < MIN_TRAINING_CASES:
+            raise ConversionError(f"{train_cases} training cases: nnU-Net's five-fold split of the training cases "
+                                  f"needs at least {MIN_TRAINING_CASES}; raise --max-images")
     shared.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", TARGET.configuration,
                                        "-np", args.np, "-npfp", args.np, "--verify_dataset_integrity"],
                "nnUNetv2_plan_and_preprocess (2d)", after=["convert"])
@@ -162,11 +189,19 @@ def run(args: argparse.Namespace) -> None:
                                  args.np], "nnunet_blob preprocess (instance maps)", after=["reduce_plans"])
     if only == "preprocess":
         return
-    _check_settings(root, {"epochs": args.epochs, "iterations": args.iterations,
-                           "val_iterations": args.val_iterations, "base_features": base_features, "device": device})
+    if not listing:
+        check_settings(root / SETTINGS, {"epochs": args.epochs, "iterations": args.iterations,
+                                         "val_iterations": args.val_iterations, "base_features": base_features,
+                                         "device": device})
     chosen = evaluations(raw)
-    summaries = {seed: run_seed(root, raw, preprocessed, args, seed, device, chosen) for seed in args.seeds}
+    summaries = {seed: run_seed(root, raw, preprocessed, args, seed, device, chosen, stages_class)
+                 for seed in args.seeds}
+    tuned = run_tuned(root, raw, preprocessed, args, device, chosen, stages_class) if args.tuned_rows else None
+    if listing:
+        return
     text = results_markdown(root, args, summaries, chosen, base_features, device)
+    if tuned is not None:
+        text += "\n" + tuned_markdown(root, args, tuned)
     atomic_write_bytes(root / "results.md", text.encode())
     print("\n" + text)
     print(f"written: {root / 'results.md'}; the split: {root / 'split.json'}; Wilcoxon reports in "
@@ -181,23 +216,24 @@ def _convert(args: argparse.Namespace, raw: Path, root: Path) -> str:
     return report.summary() + f"\nsplit written to {root / 'split.json'}, counts to {root / 'conversion.json'}"
 
 
+def seed_environment(root: Path, args: argparse.Namespace, seed: int) -> dict:
+    """nnU-Net's raw and preprocessed folders of ``root`` (shared by the seeds), the budget, ``seed``, the trainers."""
+    return {"nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+            **budget_environment(args.epochs, args.iterations, args.val_iterations, seed),
+            EXT_TRAINER_VARIABLE: ext_trainer_value(), "nnUNet_def_n_proc": str(args.np)}
+
+
 def run_seed(root: Path, raw: Path, preprocessed: Path, args: argparse.Namespace, seed: int, device: str,
-             chosen: dict[str, list]) -> dict[str, dict[str, Path]]:
+             chosen: dict[str, list], stages_class: type[Stages] = Stages) -> dict[str, dict[str, Path]]:
     """Train, predict, evaluate and compare every trainer with ``seed`` in ``root/seed<seed>`` on the shared
     preprocessed dataset; returns {evaluation: {trainer: summary}}."""
     folder = root / f"seed{seed}"
-    environment = {"nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
-                   **budget_environment(args.epochs, args.iterations, args.val_iterations, seed),
-                   EXT_TRAINER_VARIABLE: ext_trainer_value(), "nnUNet_def_n_proc": str(args.np)}
     several = len(args.trainers) > 1
     total = 1 + len(args.trainers) * (2 + len(chosen)) + (len(chosen) if several else 0)
-    stages = Stages(folder, demo_environment(folder, environment), total)
+    stages = stages_class(folder, demo_environment(folder, seed_environment(root, args, seed)), total)
     stages.say(f"seed {seed}: {len(args.trainers)} trainers, {args.epochs} epochs of {args.iterations} iterations, "
                f"device {device}, in {folder}")
-    # the shared stages are in root's markers: this seed's stages restart when the shared data were rebuilt
-    shared_marker = json.loads((root / ".stages" / "instance_maps.done").read_text())
-    stages.run("instance_maps", lambda: f"preprocessed data and instance maps of {root}",
-               "the shared preprocessed dataset", key=str(shared_marker.get("finished")))
+    _shared_data(stages, root)
     summaries: dict[str, dict[str, Path]] = {name: {} for name in chosen}
     for trainer in args.trainers:
         summaries["overlap"][trainer] = train_predict_evaluate(stages, trainer, raw, preprocessed, device, args.np,
@@ -212,6 +248,44 @@ def run_seed(root: Path, raw: Path, preprocessed: Path, args: argparse.Namespace
             names = [row_key(row_name(t, name)) for t in rows]
             stages.run(f"compare_{name}", ["nnunet_blob", "compare", *rows.values(), "--names", *names],
                        f"nnunet_blob compare ({name})", after=[f"evaluate_{n}" for n in names], key=" ".join(names))
+    return summaries
+
+
+def _shared_data(stages: Stages, root: Path) -> None:
+    """The shared stages are in root's markers: a seed's stages restart when the shared data were rebuilt."""
+    stages.run("instance_maps", lambda: f"preprocessed data and instance maps of {root}",
+               "the shared preprocessed dataset", key=marker_time(root / ".stages", "instance_maps"))
+
+
+def run_tuned(root: Path, raw: Path, preprocessed: Path, args: argparse.Namespace, device: str,
+              chosen: dict[str, list], stages_class: type[Stages] = Stages) -> dict[str, dict[str, dict[str, Path]]]:
+    """The tuned rows in ``root/tuned``: per trainer of ``--tuned-trainers``, nnU-Net's five folds of the training
+    split, the five-fold ensemble's test predictions, the postprocessing tuned on the folds' validation predictions
+    (cross-validated rule) applied to them; returns {evaluation: {"raw" | "tuned": {trainer: summary}}}."""
+    seed = args.seeds[0] if args.tuned_seed is None else args.tuned_seed
+    folds = CROSS_VALIDATION_FOLDS
+    folder = root / "tuned"
+    per_trainer = len(folds) + 1 + 2 * len(chosen) + 2
+    stages = stages_class(folder, demo_environment(folder, seed_environment(root, args, seed)),
+                          1 + per_trainer * len(args.tuned_trainers))
+    stages.say(f"tuned rows: {len(args.tuned_trainers)} trainers x {len(folds)} folds, seed {seed}, "
+               f"{args.epochs} epochs of {args.iterations} iterations, device {device}, in {folder}")
+    _shared_data(stages, root)
+    summaries: dict[str, dict[str, dict[str, Path]]] = {name: {"raw": {}, "tuned": {}} for name in chosen}
+    for trainer in args.tuned_trainers:
+        summaries["overlap"]["raw"][trainer] = train_predict_evaluate(stages, trainer, raw, preprocessed, device,
+                                                                      args.np, args.epochs, folds, target=TARGET)
+        summaries["overlap"]["tuned"][trainer] = tune_apply_evaluate(
+            stages, trainer, raw, preprocessed, args.np, folds, TARGET, tune_options=["--rule", "cross-validated"])
+        for name, options in chosen.items():
+            if name == "overlap":
+                continue
+            for kind, predictions, after in (("raw", "predictions", f"predict_{trainer}"),
+                                             ("tuned", "predictions_tuned", f"apply_{trainer}")):
+                row = row_name(trainer + (TUNED_SUFFIX if kind == "tuned" else ""), name)
+                summaries[name][kind][trainer] = evaluate(stages, row, raw, preprocessed,
+                                                          folder / predictions / trainer, args.np, after=after,
+                                                          pictures=False, options=options)
     return summaries
 
 
@@ -234,65 +308,59 @@ def results_markdown(root: Path, args: argparse.Namespace, summaries: dict, chos
              f"Machine: {machine()}", ""]
     for name in chosen:
         rows = {seed: summaries[seed][name] for seed in seeds}
-        columns = {c: m for c, m in METRICS[name].items() if _has_metric(rows[seeds[0]][STOCK], m)}
+        columns = {c: m for c, m in METRICS[name].items() if has_metric(rows[seeds[0]][STOCK], m)}
         lines += [f"## {name}: {DESCRIPTIONS[name]}", "",
                   f"Mean{' +- sd over the seeds' if len(seeds) > 1 else ''} of the test-split means:", "",
                   "| trainer | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for trainer in args.trainers:
-            cells = [_mean_sd([_foreground_mean(rows[s][trainer], m) for s in seeds]) for m in columns.values()]
+            cells = [mean_sd([foreground_mean(rows[s][trainer], m) for s in seeds]) for m in columns.values()]
             lines.append(f"| {trainer} | " + " | ".join(cells) + " |")
         if len(args.trainers) > 1:
             lines += ["", f"Paired Wilcoxon signed-rank p against {STOCK} over the test images, per seed "
                           f"({' / '.join(map(str, seeds))}):", "",
                       "| trainer | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
             for trainer in args.trainers[1:]:
-                cells = [" / ".join(f"{_p_value(rows[s][STOCK], rows[s][trainer], m):.2g}" for s in seeds)
+                cells = [" / ".join(f"{p_value(rows[s][STOCK], rows[s][trainer], m):.2g}" for s in seeds)
                          for m in columns.values()]
                 lines.append(f"| {trainer} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _has_metric(summary: Path, metric: str) -> bool:
-    return metric in json.loads(Path(summary).read_text())["foreground_mean"]
+def tuned_markdown(root: Path, args: argparse.Namespace, summaries: dict) -> str:
+    """Per evaluation: the five-fold ensemble's test-split means, raw / with the tuned postprocessing, per trainer;
+    then the postprocessing each trainer's tuning chose."""
+    seed = args.seeds[0] if args.tuned_seed is None else args.tuned_seed
+    folds = CROSS_VALIDATION_FOLDS
+    lines = [f"# Tuned rows: five-fold cross-validation of the training split (seed {seed}), postprocessing tuned "
+             f"on the folds' validation predictions (nnunet_blob tune-postprocessing --rule cross-validated), "
+             f"applied to the five-fold ensemble's test predictions", ""]
+    for name, kinds in summaries.items():
+        raw_rows, tuned_rows = kinds["raw"], kinds["tuned"]
+        first = next(iter(raw_rows.values()))
+        columns = {c: m for c, m in METRICS[name].items() if has_metric(first, m)}
+        lines += [f"## {name}: {DESCRIPTIONS[name]}", "", "Test-split means, raw / tuned:", "",
+                  "| trainer | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for trainer in raw_rows:
+            cells = [f"{foreground_mean(raw_rows[trainer], m):.3f} / {foreground_mean(tuned_rows[trainer], m):.3f}"
+                     for m in columns.values()]
+            lines.append(f"| {trainer} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Postprocessing chosen (per trainer, on its folds' validation predictions):", ""]
+    for trainer in args.tuned_trainers:
+        file = tuned_postprocessing_file(root / "tuned", root / "nnUNet_raw" / f"Dataset{DATASET_ID:03d}_"
+                                         f"{DATASET_NAME}", trainer, folds, TARGET)
+        lines.append(f"- {trainer}: {chosen_postprocessing(file)} ({file})")
+    lines.append("")
+    return "\n".join(lines)
 
 
-def _foreground_mean(summary: Path, metric: str) -> float:
-    return float(json.loads(Path(summary).read_text())["foreground_mean"][metric])
-
-
-def _mean_sd(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
-
-
-def _p_value(stock: Path, other: Path, metric: str) -> float:
-    """Paired two-sided Wilcoxon over the test images of the (only) foreground label."""
-    a, b = load_summary(str(stock)), load_summary(str(other))
-    label = next(iter(a))
-    cases = sorted(a[label][metric])
-    return paired_wilcoxon([a[label][metric][c] for c in cases], [b[label][metric][c] for c in cases])
-
-
-def _check_settings(root: Path, wanted: dict) -> None:
-    """A workspace trained with another budget or network is refused, not mixed."""
-    file = root / SETTINGS
-    if file.is_file():
-        previous = json.loads(file.read_text())
-        if previous != wanted:
-            raise StageError(f"{root} holds runs with {previous}, not {wanted}; choose another --workspace (the "
-                             f"converted dataset can stay: only the seed<k> folders and {SETTINGS} depend on this)")
-    else:
-        write_json(wanted, file)
-
-
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def chosen_postprocessing(file: Path) -> str:
+    """The settings of a ``postprocessing_instances.json`` in words, with its decision's p-value where recorded."""
+    data = json.loads(Path(file).read_text())
+    settings = "; ".join(s["description"] for s in data["settings"]) or "nothing"
+    tested = [(c["best"], c["p_value"]) for c in data.get("tuning", []) if c.get("p_value") is not None]
+    return settings + "".join(f"; best on the folds: {best}, p = {p:.3g}" for best, p in tested)
 
 
 if __name__ == "__main__":

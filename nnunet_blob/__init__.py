@@ -2,7 +2,10 @@
 
 Layout, from the bottom up (a module imports only from the lines above it; ``tests/test_code_quality.py`` checks):
 
-* :mod:`nnunet_blob.io`: atomic file writes, the ``nnUNet_extTrainer`` registration, command error reports;
+* :mod:`nnunet_blob.files` (atomic file writes, locks), :mod:`nnunet_blob.registration` (the ``nnUNet_extTrainer``
+  registration), :mod:`nnunet_blob.cli_errors` (a command's errors as one line), :mod:`nnunet_blob.axes` (axis
+  orders in messages); :mod:`nnunet_blob.io` gathers them under one name;
+* :mod:`nnunet_blob.workers`: the one pool of worker processes of every parallel command;
 * :mod:`nnunet_blob.instances`: what an instance is (connectivity, components per class or region, the sampling
   tables and their file, detection counts and instance sensitivity/precision/F1);
 * :mod:`nnunet_blob.losses`: blob loss, TopK-Dice and Tversky, on their own;

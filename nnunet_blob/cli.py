@@ -1,7 +1,7 @@
 """``nnunet_blob`` command line: one entry point, one sub-command per feature.
 
-Each feature package exposes ``add_parser(subparsers)`` which registers its sub-command and sets
-``func`` (called with the parsed namespace, returns an exit code or None); :func:`nnunet_blob.io.reports` turns a
+Each feature package exposes ``add_parser(subparsers)`` which registers its sub-command and sets ``func`` (called
+with the parsed namespace, returns an exit code or None); :func:`nnunet_blob.cli_errors.reports` turns a
 sub-command's expected errors into one line on stderr.
 """
 from __future__ import annotations
@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nnunet_blob {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:  # feature not built yet
-                continue
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(module_name).add_parser(subparsers)
     return parser
 
 

@@ -8,13 +8,21 @@ ended, and :class:`WorkerDied` names the job the worker held and the likely caus
 reports its dead workers). An exception raised by a job is re-raised in the caller with the worker's traceback
 attached as its ``__cause__``, as ``multiprocessing.Pool`` does.
 
+Jobs that write files name them (``outputs``); they write them atomically (:mod:`nnunet_blob.files`), so a
+worker killed while writing leaves its temporary file, never half an output: a failed pass removes the
+temporaries of the jobs it did not finish. Ctrl-C (``KeyboardInterrupt`` in the caller) is such a failure: the
+workers are ended and their temporaries removed before it goes on.
+
 Workers are started with the ``spawn`` method (nnU-Net's data readers are not fork-safe; the start method the
 loader must work with) and, on Linux, are killed by the kernel when the process that started them dies, so a
 killed run leaves no orphan writing files. A :class:`Workers` pool is started once and serves every pass over the
-cases (starting a spawn worker imports torch and nnU-Net again, which costs seconds).
+cases (starting a spawn worker imports the job's modules again, nnU-Net's readers and SciPy, torch where a job
+needs it, which costs seconds).
 
-Users: the instance-map step (:mod:`nnunet_blob.preprocessing`), ``nnunet_blob evaluate``
-(:mod:`nnunet_blob.evaluation.folder`) and the postprocessing decisions (:mod:`nnunet_blob.decisions`).
+Users: every parallel command: ``nnunet_blob preprocess`` and the trainers' instance maps
+(:mod:`nnunet_blob.preprocessing`), ``evaluate`` (:mod:`nnunet_blob.evaluation.folder`), ``tune-postprocessing``,
+``apply-postprocessing`` and ``find-best`` (:mod:`nnunet_blob.decisions`), ``border-core-dataset`` and
+``instances-from-border-core`` (:mod:`nnunet_blob.border_core`); the demo runs these commands.
 """
 from __future__ import annotations
 
@@ -26,8 +34,13 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from nnunet_blob.files import remove_temporaries
+
 #: seconds given to a worker to end after it was asked to (then it is killed)
 STOP_SECONDS = 5.0
+
+#: ``outputs(job)``: the files a job writes atomically
+Outputs = Callable[[Any], Iterable[str | os.PathLike]]
 
 
 class WorkerDied(RuntimeError):
@@ -41,13 +54,21 @@ class RemoteTraceback(Exception):
         return f"\n\"\"\"\n{self.args[0]}\"\"\""
 
 
+def default_num_processes() -> int:
+    """nnU-Net's default number of worker processes (``nnUNet_def_n_proc``, else 8; ``nnunetv2.configuration``)."""
+    from nnunetv2.configuration import default_num_processes as nnunet_default
+
+    return int(nnunet_default)
+
+
 def run_jobs(function: Callable[[Any], Any], jobs: Iterable, num_processes: int,
-             describe: Callable[[Any], str] = str) -> Iterator:
+             describe: Callable[[Any], str] = str, outputs: Outputs | None = None) -> Iterator:
     """``function(job)`` for every job in ``num_processes`` spawned worker processes; results as they come (not
     in the jobs' order).
 
     ``function`` must be picklable (a module-level function); ``describe(job)`` names a job in error messages
-    (e.g. ``"case X"``). With one process or one job everything runs in this process.
+    (e.g. ``"case X"``); ``outputs(job)`` are the files it writes atomically (their temporaries are removed when
+    the run fails). With one process or one job everything runs in this process.
 
     Raises:
         WorkerDied: a worker ended (killed by a signal, or exited) before reporting the job it held, or while
@@ -56,16 +77,16 @@ def run_jobs(function: Callable[[Any], Any], jobs: Iterable, num_processes: int,
     """
     jobs = list(jobs)
     with Workers(min(num_processes, len(jobs))) as workers:
-        for _, result in workers.unordered(function, jobs, (), describe):
+        for _, result in workers.unordered(function, jobs, (), describe, outputs):
             yield result
 
 
 def run_cases(function: Callable, jobs: Sequence, extra: tuple, num_processes: int, desc: str,
-              describe: Callable[[Any], str] = str) -> list:
+              describe: Callable[[Any], str] = str, outputs: Outputs | None = None) -> list:
     """One pass: ``[function(job, *extra) for job in jobs]`` (in order, with a progress bar) in ``num_processes``
-    workers; errors as :func:`run_jobs`."""
+    workers; errors and ``outputs`` as :func:`run_jobs`."""
     with Workers(min(num_processes, len(jobs))) as workers:
-        return workers.map(function, jobs, extra, desc, describe)
+        return workers.map(function, jobs, extra, desc, describe, outputs)
 
 
 class Workers:
@@ -96,25 +117,25 @@ class Workers:
         self._workers = []
 
     def map(self, function: Callable, jobs: Sequence, extra: tuple = (), desc: str = "",
-            describe: Callable[[Any], str] = str) -> list:
+            describe: Callable[[Any], str] = str, outputs: Outputs | None = None) -> list:
         """``[function(job, *extra) for job in jobs]``, in order, with a progress bar titled ``desc``."""
         from tqdm import tqdm
 
         results: list = [None] * len(jobs)
-        for index, result in tqdm(self.unordered(function, jobs, extra, describe), total=len(jobs), desc=desc,
-                                  disable=None):
+        for index, result in tqdm(self.unordered(function, jobs, extra, describe, outputs), total=len(jobs),
+                                  desc=desc, disable=None):
             results[index] = result
         return results
 
     def unordered(self, function: Callable, jobs: Sequence, extra: tuple = (),
-                  describe: Callable[[Any], str] = str) -> Iterator[tuple[int, Any]]:
-        """``(index, function(jobs[index], *extra))`` as the results come."""
+                  describe: Callable[[Any], str] = str, outputs: Outputs | None = None) -> Iterator[tuple[int, Any]]:
+        """``(index, function(jobs[index], *extra))`` as the results come; ``outputs`` as :func:`run_jobs`."""
         jobs = list(jobs)
-        if self.num_processes <= 1 or len(jobs) <= 1:
+        if self.num_processes <= 1 or len(jobs) <= 1:  # atomic writes clean up after themselves in this process
             for index, job in enumerate(jobs):
                 yield index, function(job, *extra)
             return
-        yield from _Pass(self, function, jobs, extra, describe).results()
+        yield from _Pass(self, function, jobs, extra, describe, outputs).results()
 
     def _started(self, n: int) -> list[_Worker]:
         import multiprocessing
@@ -128,10 +149,12 @@ class Workers:
 class _Pass:
     """One pass of a function over jobs on a :class:`Workers` pool."""
 
-    def __init__(self, pool: Workers, function: Callable, jobs: list, extra: tuple, describe: Callable):
-        self.pool, self.function, self.extra, self.describe = pool, function, extra, describe
+    def __init__(self, pool: Workers, function: Callable, jobs: list, extra: tuple, describe: Callable,
+                 outputs: Outputs | None):
+        self.pool, self.function, self.extra, self.describe, self.outputs = pool, function, extra, describe, outputs
         self.jobs = jobs
         self.pending = list(range(len(jobs)))[::-1]  # popped from the end: in order
+        self.finished: set[int] = set()
 
     def results(self) -> Iterator[tuple[int, Any]]:
         from multiprocessing.connection import wait
@@ -149,13 +172,23 @@ class _Pass:
                     if worker.connection in ready or worker.connection.poll():
                         for item in self._receive(worker):
                             done += 1
+                            self.finished.add(item[0])
                             yield item
                     elif worker.process.sentinel in ready:
                         self._died(worker)
             completed = True
         finally:
             if not completed:
-                self.pool.close(graceful=False)
+                self.pool.close(graceful=False)  # no worker writes any more
+                self._remove_temporaries()
+
+    def _remove_temporaries(self) -> None:
+        if self.outputs is None:
+            return
+        for index, job in enumerate(self.jobs):
+            if index not in self.finished:
+                for path in self.outputs(job):
+                    remove_temporaries(path)
 
     def _receive(self, worker: _Worker) -> Iterator[tuple[int, Any]]:
         try:
@@ -237,8 +270,8 @@ def _cause(exitcode: int | None) -> str:
 def _hint(exitcode: int | None, started: bool) -> str:
     if exitcode is not None and -exitcode == getattr(signal, "SIGKILL", 9):
         return ("A process killed by SIGKILL was most likely ended by the operating system's out-of-memory killer "
-                "(see `dmesg` or your job scheduler's log): run with fewer processes (-np) or on a machine with more "
-                "memory.")
+                "(see `dmesg` or your job scheduler's log): run with fewer processes (-np, down to -np 1) or on a "
+                "machine with more memory.")
     if not started:
         return ("It could not start: its own error, if it printed one, is above (e.g. a working directory or "
                 "Python environment this user cannot read, or too little memory for a new process).")

@@ -252,3 +252,59 @@ def test_evaluate_options_are_detected_by_the_parser():
     if "instances" in evaluations:  # the annotated nuclei of the test split as the reference objects
         assert evaluations["instances"][:4] == ["--reference-instances", Path("raw") / "instancesTs", "--matching",
                                                 "one-to-one"]
+
+
+def test_tuned_rows_listed_in_order_without_running_anything(tmp_path, capfd):
+    """--list-commands: the tuned rows' five folds (--npz), the five-fold ensemble's test predictions with their
+    probabilities, tune-postprocessing with the cross-validated rule, apply-postprocessing of the file it writes and
+    the evaluation of the tuned predictions -- printed, nothing trained or converted."""
+    import bench_real
+
+    ws = tmp_path / "ws"
+    assert bench_real.main(["--dsb-folder", str(tmp_path / "absent"), "--workspace", str(ws), "--list-commands",
+                            "--seeds", "3", "--trainers", "nnUNetTrainer", "--tuned-rows", "--tuned-trainers",
+                            "nnUNetTrainer", "nnUNetTrainerCCDiceCE", "--device", "cpu"]) == 0
+    out = capfd.readouterr().out  # the stages print to the process's stdout
+    tuned = out[out.index("tuned rows:"):]
+    assert "seed 3" in tuned and "(done)" not in out
+    lines = [line.split(": ", 1)[1] for line in tuned.splitlines()[1:]]
+    model = ws / "tuned" / "nnUNet_results" / RAW.name / "nnUNetTrainerCCDiceCE_demo__nnUNetPlans__2d"
+    ccdice = lines[lines.index(next(x for x in lines if "-tr nnUNetTrainerCCDiceCE_demo" in x)):]
+    assert ccdice[:5] == [f"nnUNetv2_train 992 2d {k} -tr nnUNetTrainerCCDiceCE_demo -device cpu --npz"
+                          for k in range(5)]
+    assert ccdice[5].startswith(f"nnUNetv2_predict -i {ws / RAW / 'imagesTs'} -o "
+                                f"{ws / 'tuned' / 'predictions' / 'nnUNetTrainerCCDiceCE'} -d 992 -c 2d -f 0 1 2 3 4")
+    assert ccdice[5].endswith("--save_probabilities")
+    assert ccdice[7] == ("nnunet_blob tune-postprocessing -d 992 -c 2d -tr nnUNetTrainerCCDiceCE_demo -f 0 1 2 3 4 "
+                         "-np 2 --rule cross-validated")
+    assert ccdice[8] == (f"nnunet_blob apply-postprocessing -i {ws / 'tuned' / 'predictions' / 'nnUNetTrainerCCDiceCE'}"
+                         f" -o {ws / 'tuned' / 'predictions_tuned' / 'nnUNetTrainerCCDiceCE'} -pp "
+                         f"{model / 'crossval_results_folds_0_1_2_3_4' / 'postprocessing_instances.json'} -np 2")
+    assert ccdice[9].startswith(f"nnunet_blob evaluate {ws / RAW / 'labelsTs'} "
+                                f"{ws / 'tuned' / 'predictions_tuned' / 'nnUNetTrainerCCDiceCE'} ")
+    assert not (ws / "nnUNet_raw").exists() and not (ws / "tuned" / "nnUNet_results").exists()
+
+
+def test_tuned_table_raw_and_tuned_means_and_the_chosen_postprocessing(tmp_path):
+    import argparse
+
+    import bench_real
+
+    summaries: dict = {"overlap": {"raw": {}, "tuned": {}}}
+    for k, trainer in enumerate(("nnUNetTrainer", "nnUNetTrainerBlobDice")):
+        for kind, value in (("raw", 0.5 + k / 10), ("tuned", 0.55 + k / 10)):
+            path = tmp_path / f"{trainer}_{kind}.json"
+            path.write_text(json.dumps({"metric_per_case": [], "foreground_mean": {"Dice": value, "F1": value / 2}}))
+            summaries["overlap"][kind][trainer] = path
+        model = (tmp_path / "tuned" / "nnUNet_results" / RAW.name / f"{trainer}_demo__nnUNetPlans__2d"
+                 / "crossval_results_folds_0_1_2_3_4")
+        model.mkdir(parents=True)
+        (model / "postprocessing_instances.json").write_text(json.dumps(
+            {"settings": [{"description": f"remove components under {k + 1} mm3"}],
+             "tuning": [{"best": f"min volume {k + 1}", "p_value": 0.01 * (k + 1)}]}))
+    args = argparse.Namespace(seeds=[0], tuned_seed=None, tuned_trainers=["nnUNetTrainer", "nnUNetTrainerBlobDice"])
+    text = bench_real.tuned_markdown(tmp_path, args, summaries)
+    assert "| nnUNetTrainer | 0.500 / 0.550 | 0.250 / 0.275 |" in text
+    assert "| nnUNetTrainerBlobDice | 0.600 / 0.650 | 0.300 / 0.325 |" in text
+    assert "- nnUNetTrainerBlobDice: remove components under 2 mm3; best on the folds: min volume 2, p = 0.02" in text
+    assert "seed 0" in text and "--rule cross-validated" in text

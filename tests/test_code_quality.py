@@ -19,24 +19,30 @@ PACKAGE = ROOT / "nnunet_blob"
 #: what each part of the package may import of the package (besides itself and the package root's __version__).
 #: Parts: sub-packages and top-level modules. ``demo`` may import anything; nothing but tests imports ``demo``.
 ALLOWED = {
-    "io": set(),
-    "workers": set(),  # the one pool of worker processes
+    "files": set(),  # atomic writes, locks
+    "registration": set(),  # nnUNet_extTrainer; imported at interpreter start-up
+    "cli_errors": set(),  # a command's errors as one line
+    "axes": set(),  # axis orders in messages
+    "io": {"files", "registration", "cli_errors", "axes"},  # one import path for the four above
+    "workers": {"files"},  # the one pool of worker processes
     "synthetic": set(),
-    "_autoregister": {"io"},
-    "cli": {"io"},  # sub-commands are found by name at run time (importlib), not imported
-    "instances": {"io"},
+    "_autoregister": {"registration"},
+    "cli": {"cli_errors"},  # sub-commands are found by name at run time (importlib), not imported
+    "instances": {"files"},
     "losses": set(),
-    "preprocessing": {"instances", "io", "nnunet_internals", "workers"},
-    "evaluation": {"instances", "io", "nnunet_internals", "workers"},
-    "nnunet_internals": {"io"},
-    "trainers": {"losses", "instances", "preprocessing", "evaluation", "io", "nnunet_internals", "workers"},
+    "preprocessing": {"instances", "files", "cli_errors", "axes", "nnunet_internals", "workers"},
+    "evaluation": {"instances", "files", "cli_errors", "axes", "nnunet_internals", "workers"},
+    "nnunet_internals": {"files"},
+    "trainers": {"losses", "instances", "preprocessing", "evaluation", "files", "registration", "nnunet_internals",
+                 "workers"},
     # a dotted entry allows one module of a part: decisions reads where the data is, not the instance maps
-    "decisions": {"instances", "evaluation", "io", "nnunet_internals", "preprocessing.locate", "workers"},
+    "decisions": {"instances", "evaluation", "files", "cli_errors", "nnunet_internals", "preprocessing.locate",
+                  "workers"},
     # border-core conversion reads label files as evaluation does and runs cases in the worker pool
-    "border_core": {"instances", "evaluation", "io", "nnunet_internals", "workers"},
-    "benchmark": {"io", "trainers", "preprocessing.locate", "preprocessing.errors"},
-    "demo": {"io", "synthetic", "instances", "losses", "preprocessing", "evaluation", "trainers", "nnunet_internals",
-             "decisions", "cli", "workers", "benchmark"},
+    "border_core": {"instances", "evaluation", "files", "cli_errors", "nnunet_internals", "workers"},
+    "benchmark": {"files", "registration", "cli_errors", "trainers", "preprocessing.locate", "preprocessing.errors"},
+    "demo": {"files", "registration", "cli_errors", "synthetic", "instances", "losses", "preprocessing", "evaluation",
+             "trainers", "nnunet_internals", "decisions", "cli", "workers", "benchmark"},
 }
 
 

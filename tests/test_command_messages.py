@@ -76,7 +76,7 @@ def test_a_bar_left_open_by_a_generator_ends_before_the_error(monkeypatch):
     then follow."""
     from tqdm import tqdm
 
-    from nnunet_blob.io import reports
+    from nnunet_blob.cli_errors import reports
 
     stream = TerminalStream()
     monkeypatch.setattr("sys.stderr", stream)

@@ -172,7 +172,7 @@ def test_metric_the_tables_do_not_give_and_lower_is_better(tmp_path):
     assert (surface.after["SurfaceDice"] > surface.before["SurfaceDice"]).all()
     fp = tune(predictions, metric_named("FP_instances"), min_volumes=[3.0])
     assert fp.classes[0].setting == Setting(1, 3.0) and (fp.after["FP_instances"] == 0).all()
-    with pytest.raises(ValueError, match="higher or lower"):
+    with pytest.raises(ValueError, match="neither higher nor lower"):
         metric_named("n_pred")
 
 

@@ -8,13 +8,18 @@ import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
+import nnunet_blob.demo
 from helpers import BIN, run_cli
-from nnunet_blob.io import DEMO_TRAINER_FOLDER
+from nnunet_blob.registration import FOLDER_NAME
 
 LOOKUP_LINE = "not found in nnunetv2.training.nnUNetTrainer"
+
+#: the folder of the demo's ``<trainer>_demo`` classes that nnU-Net's lookup scans
+DEMO_TRAINER_FOLDER = str(Path(nnunet_blob.demo.__file__).parent / FOLDER_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +182,36 @@ def test_tune_trains_five_folds_and_reports_raw_and_tuned_rows(tmp_path):
     refused = run_cli("nnunet_blob", "demo", "--budget", "smoke", "--workspace", workspace, "--trainers",
                       "nnUNetTrainerBlobDice", check=False)
     assert refused.returncode == 1 and "'tune': True" in refused.stderr and "--clean" in refused.stderr
+
+
+CHILD = """
+import signal, sys, time
+def stop(*_):
+    time.sleep(0.3)  # ends its workers, removes its temporaries
+    open(sys.argv[1], "w").close()
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop if sys.argv[2] == "ends" else signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("child", ["ends", "ignores"])
+def test_a_stage_tool_gets_time_to_end_after_ctrl_c_then_is_killed(tmp_path, monkeypatch, child):
+    """Ctrl-C reaches the stage's tool too (one process group): it may end on its own (and clean up); one that does
+    not is killed after a few seconds."""
+    import signal
+    import time
+
+    from nnunet_blob.demo import stages
+
+    monkeypatch.setattr(stages, "STOP_SECONDS", 2.0)
+    cleaned = tmp_path / "cleaned"
+    process = subprocess.Popen([str(BIN / "python"), "-c", CHILD, str(cleaned), child], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    stages._end(process)
+    assert process.returncode == (130 if child == "ends" else -signal.SIGKILL)
+    assert cleaned.exists() == (child == "ends") and time.monotonic() - start < 10

@@ -1,4 +1,4 @@
-"""nnunet_blob.io: atomic writes and the nnUNet_extTrainer registration."""
+"""Atomic writes and locks (nnunet_blob.files), the nnUNet_extTrainer registration (nnunet_blob.registration)."""
 from __future__ import annotations
 
 import json
@@ -11,18 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_blob.io import (
-    DEMO_TRAINER_FOLDER,
-    TRAINER_FOLDER,
-    TRAINER_FOLDERS,
+import nnunet_blob.demo
+import nnunet_blob.trainers
+from nnunet_blob.files import (
     atomic_path,
+    atomic_path_and_companions,
     atomic_write_bytes,
     atomic_write_json,
+    file_lock,
+    remove_temporaries,
+    temporary_path,
+)
+from nnunet_blob.registration import (
+    FOLDER_NAME,
+    TRAINER_FOLDERS,
     export_line,
     ext_trainer_value,
-    file_lock,
-    register_trainer_folder,
+    register_trainer_folders,
 )
+
+TRAINER_FOLDER = str(Path(nnunet_blob.trainers.__file__).parent / FOLDER_NAME)
+DEMO_TRAINER_FOLDER = str(Path(nnunet_blob.demo.__file__).parent / FOLDER_NAME)
 
 
 def test_atomic_writes_replace_the_target(tmp_path):
@@ -47,14 +56,39 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["case.b2nd"]
 
 
+def test_a_writer_with_companion_files_is_atomic_and_a_killed_writers_temporaries_are_removed(tmp_path):
+    """nnU-Net's TIFF writer puts ``<case>.json`` beside ``<case>.tif``: both land, or neither."""
+    import numpy as np
+    from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
+
+    target = tmp_path / "case.tif"
+    with atomic_path_and_companions(target) as tmp:
+        Tiff3DIO().write_seg(np.ones((2, 3, 4), np.uint8), str(tmp), {"spacing": (2.0, 1.0, 1.0)})
+        assert sorted(os.listdir(tmp.parent)) == ["case.json", "case.tif"] and not target.exists()
+    assert sorted(os.listdir(tmp_path)) == ["case.json", "case.tif"]
+    assert json.loads((tmp_path / "case.json").read_text()) == {"spacing": [2.0, 1.0, 1.0]}
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path_and_companions(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["case.json", "case.tif"]
+    # what writers killed before their rename leave behind: a temporary file, a temporary folder
+    temporary_path(target).write_bytes(b"half")
+    temporary_path(target).mkdir()
+    (tmp_path / ".tmp-0123abcd-other.tif").write_bytes(b"another case's")
+    remove_temporaries(target)
+    assert sorted(os.listdir(tmp_path)) == [".tmp-0123abcd-other.tif", "case.json", "case.tif"]
+
+
 def test_registration_appends_once_and_keeps_the_users_folders():
     environ = {"nnUNet_extTrainer": os.pathsep.join(["/a", "", "/b"])}
-    assert TRAINER_FOLDERS == (TRAINER_FOLDER, DEMO_TRAINER_FOLDER)
-    assert register_trainer_folder(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER, DEMO_TRAINER_FOLDER])
-    assert register_trainer_folder(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER, DEMO_TRAINER_FOLDER])
-    assert register_trainer_folder({}) == os.pathsep.join(TRAINER_FOLDERS)
+    assert TRAINER_FOLDERS == (TRAINER_FOLDER, DEMO_TRAINER_FOLDER)  # every part's nnunet_ext folder, ours first
+    assert register_trainer_folders(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER, DEMO_TRAINER_FOLDER])
+    assert register_trainer_folders(environ) == os.pathsep.join(["/a", "/b", TRAINER_FOLDER, DEMO_TRAINER_FOLDER])
+    assert register_trainer_folders({}) == os.pathsep.join(TRAINER_FOLDERS)
     only_ours = {"nnUNet_extTrainer": os.pathsep.join([DEMO_TRAINER_FOLDER, "/a"])}
-    assert register_trainer_folder(only_ours) == os.pathsep.join([DEMO_TRAINER_FOLDER, "/a", TRAINER_FOLDER])
+    assert register_trainer_folders(only_ours) == os.pathsep.join([DEMO_TRAINER_FOLDER, "/a", TRAINER_FOLDER])
     assert ext_trainer_value({}, Path("/demo")) == "/demo"
     assert Path(TRAINER_FOLDER, "nnunet_blob_trainers.py").is_file()
     assert Path(DEMO_TRAINER_FOLDER, "nnunet_blob_demo_trainers.py").is_file()
@@ -78,7 +112,7 @@ def test_the_start_up_module_imports_only_os():
 
 HOLD_LOCK = """
 import sys, time
-from nnunet_blob.io import file_lock
+from nnunet_blob.files import file_lock
 with file_lock(sys.argv[1], exclusive=sys.argv[2] == "exclusive") as locked:
     print("locked" if locked else "not locked", flush=True)
     time.sleep(float(sys.argv[3]))

@@ -1,24 +1,27 @@
 """One-to-one matching and panoptic quality (``--matching one-to-one``) against a literal implementation written
-from the definition (every matching enumerated) and, where it is importable, against panoptica itself.
+from the definition (every matching enumerated) and against panoptica's own results.
 
 panoptica is not in the test extra: its releases pin numpy < 2.3 and connected-components-3d < 4, so installing it
-would downgrade both below what ``pip install .`` gives. The literal implementation follows panoptica's
-definitions (connected components with 26-connectivity, pairs with IoU >= 0.5 eligible, RQ = TP / (TP + FP/2 +
-FN/2), SQ = mean IoU of the pairs, PQ = SQ * RQ, zero with no pair and NaN without any instance); the comparison
-with panoptica runs where it is installed (``pip install --no-deps panoptica`` beside the test extra).
+would downgrade both below what ``pip install .`` gives. Its results on the cases of ``matching_cases.py`` are
+recorded once in its own environment (``fixtures/make_panoptica_reference.py``, which says how) and compared here.
+The literal implementation follows panoptica's definitions (connected components with 26-connectivity, pairs with
+IoU >= 0.5 eligible, RQ = TP / (TP + FP/2 + FN/2), SQ = mean IoU of the pairs, PQ = SQ * RQ, zero with no pair and
+NaN without any instance).
 """
+import base64
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from matching_cases import HAND_BUILT, NAN, panoptica_cases, random_case
 from nnunet_blob.evaluation.metrics import label_metrics
 from nnunet_blob.evaluation.options import EvaluationOptions
 from nnunet_blob.instances.matching import match_components, maximum_matching, overlap_table
-
-NAN = float("nan")
 
 
 def literal_components(mask):
@@ -81,29 +84,6 @@ def assert_same(got: dict, want: dict):
         assert (math.isnan(mine) and math.isnan(value)) or mine == pytest.approx(value, abs=1e-12), (key, mine, value)
 
 
-def line(mask, x0, x1, z=2, y=2):
-    mask[z, y, x0:x1 + 1] = True
-    return mask
-
-
-def empty():
-    return np.zeros((5, 8, 12), bool)
-
-
-# name, reference, prediction, expected (n_matched, RQ, SQ)
-HAND_BUILT = [
-    ("split lesion: two halves, each IoU 1/3", line(empty(), 0, 5), line(line(empty(), 0, 1), 4, 5), (0, 0.0, 0.0)),
-    ("merged lesions: the larger reaches IoU 1/2", line(line(empty(), 0, 2), 4, 5), line(empty(), 0, 5),
-     (1, 2 / 3, 0.5)),
-    ("IoU 1/4", line(empty(), 0, 3), line(empty(), 2, 7), (0, 0.0, 0.0)),
-    ("IoU 4/8 at the threshold is eligible", line(empty(), 0, 5), line(empty(), 2, 7), (1, 1.0, 0.5)),
-    ("IoU 4/9 just below", line(empty(), 0, 5), line(empty(), 2, 8), (0, 0.0, 0.0)),
-    ("both empty", empty(), empty(), (0, NAN, NAN)),
-    ("empty reference", empty(), line(empty(), 0, 2), (0, 0.0, 0.0)),
-    ("empty prediction", line(empty(), 0, 2), empty(), (0, 0.0, 0.0)),
-]
-
-
 @pytest.mark.parametrize("name,ref,pred,expected", HAND_BUILT, ids=[c[0] for c in HAND_BUILT])
 def test_hand_built_cases(name, ref, pred, expected):
     got = ours(ref, pred)
@@ -117,16 +97,6 @@ def test_hand_built_cases(name, ref, pred, expected):
     assert got["TP_ref_instances"] == got["TP_pred_instances"] == n
     if got["n_ref_instances"] + got["n_pred_instances"]:
         assert got["F1"] == pytest.approx(got["RQ"])
-
-
-def random_case(rng, shape=(8, 14, 14), density=0.02):
-    """Blobs and their shifted, grown or eroded copies: splits, merges and overlaps of every size."""
-    ref = ndimage.binary_dilation(rng.random(shape) > 1 - density, iterations=1)
-    pred = np.roll(ref, rng.integers(-1, 2, 3), axis=(0, 1, 2))
-    pred = ndimage.binary_dilation(pred) if rng.random() < 0.3 else pred
-    pred = pred & (rng.random(shape) > 0.15)
-    pred |= rng.random(shape) > 0.995
-    return ref, pred
 
 
 @pytest.mark.parametrize("metric,threshold", [("iou", 0.5), ("iou", 0.2), ("dice", 0.5), ("dice", 0.1)])
@@ -169,28 +139,31 @@ def test_threshold_outside_unit_interval_is_refused():
         EvaluationOptions(matching="one-to-one", match_threshold=0.0)
 
 
-PANOPTICA_CASES = [(c[1], c[2]) for c in HAND_BUILT if c[0] != "both empty"]
+PANOPTICA_REFERENCE = Path(__file__).parent / "fixtures" / "panoptica_reference.json"
 
 
-def _panoptica_result(ref, pred):
-    panoptica = pytest.importorskip("panoptica")
-    evaluator = panoptica.Panoptica_Evaluator(
-        expected_input=panoptica.InputType.SEMANTIC,
-        instance_approximator=panoptica.ConnectedComponentsInstanceApproximator(),
-        instance_matcher=panoptica.NaiveThresholdMatching(), verbose=False)
-    return next(iter(evaluator.evaluate(pred.astype(np.uint8), ref.astype(np.uint8), verbose=False).values()))
+def _unpack(text: str, shape) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))
+    return bits[:int(np.prod(shape))].reshape(shape).astype(bool)
 
 
-@pytest.mark.filterwarnings("ignore")
-def test_equal_to_panoptica_where_installed():
-    """panoptica's own numbers (its default evaluator: connected components, IoU >= 0.5) on the hand-built and
-    random cases; skipped where panoptica is not installed (see the module docstring)."""
-    rng = np.random.default_rng(11)
-    cases = PANOPTICA_CASES + [random_case(rng) for _ in range(15)]
-    for ref, pred in cases:
-        theirs = _panoptica_result(ref, pred)
-        got = ours(ref, pred)
-        assert (got["n_matched"], got["n_ref_instances"], got["n_pred_instances"]) == \
-            (theirs.tp, theirs.n_ref_instances, theirs.n_pred_instances)
-        for key, value in (("RQ", theirs.rq), ("SQ", theirs.sq), ("PQ", theirs.pq), ("SQ_Dice", theirs.sq_dsc)):
-            assert got[key] == pytest.approx(value, abs=1e-12), key
+def test_panoptica_reference_is_of_these_cases():
+    """The recorded arrays are the cases of ``matching_cases.py`` (a changed case needs a new recording)."""
+    record = json.loads(PANOPTICA_REFERENCE.read_text())
+    cases = panoptica_cases()
+    assert [c["name"] for c in record["cases"]] == [name for name, _, _ in cases]
+    for case, (_, ref, pred) in zip(record["cases"], cases, strict=True):
+        assert np.array_equal(_unpack(case["reference"], case["shape"]), ref), case["name"]
+        assert np.array_equal(_unpack(case["prediction"], case["shape"]), pred), case["name"]
+
+
+@pytest.mark.parametrize("case", json.loads(PANOPTICA_REFERENCE.read_text())["cases"], ids=lambda c: c["name"])
+def test_equal_to_panoptica(case):
+    """panoptica's own numbers (its default evaluator: connected components, IoU >= 0.5), recorded by
+    ``fixtures/make_panoptica_reference.py``."""
+    ref, pred = _unpack(case["reference"], case["shape"]), _unpack(case["prediction"], case["shape"])
+    got = ours(ref, pred)
+    assert (got["n_matched"], got["n_ref_instances"], got["n_pred_instances"]) == \
+        (case["tp"], case["n_ref_instances"], case["n_pred_instances"])
+    for key in ("RQ", "SQ", "PQ", "SQ_Dice"):
+        assert got[key] == pytest.approx(case[key], abs=1e-12), key

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nnunet_blob.io import TRAINER_FOLDERS
+from nnunet_blob.registration import TRAINER_FOLDERS
 
 USER_FOLDER = os.path.join(os.sep, "somewhere", "my_trainers")
 

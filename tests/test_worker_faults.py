@@ -1,26 +1,41 @@
-"""Worker processes that die (out-of-memory killer, failed start) end the run within seconds, naming the case.
+"""Worker processes that die (out-of-memory killer, failed start) end the run within seconds, naming the case; every
+parallel command ends so, and on Ctrl-C, with no worker left running and no half-written output.
 
-Faults are real: a worker kills itself with SIGKILL, or a worker's interpreter exits while starting
-(``tests/fault_hooks/sitecustomize.py``, put on PYTHONPATH for the spawned workers only by these tests).
+Faults are real: a worker kills itself with SIGKILL, stops on a case, or its interpreter exits while starting
+(``tests/fault_hooks/sitecustomize.py``, put on PYTHONPATH for the spawned workers only by these tests); Ctrl-C is
+a real SIGINT.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from helpers import TESTS, build_trainer, run_cli
+from helpers import BIN, TESTS, build_trainer, run_cli
+from nnunet_blob.border_core.representation import border_core_labels
+from nnunet_blob.cli import main
+from nnunet_blob.decisions.rules import LabelLayout, Setting
+from nnunet_blob.decisions.settings import PostprocessingFile
 from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
 from nnunet_blob.workers import RemoteTraceback, WorkerDied, Workers, run_jobs
+from test_border_core import LAYOUT_3D, touching_nuclei
+from test_decisions_crossval import planted_model
+from test_decisions_tuning import write
 from worker_jobs import power, square_or_die, square_or_raise
 
 #: a run with a dead worker must end within this many seconds (spawning and importing included)
 PROMPTLY = 60
+#: a command must end within this many seconds of its worker's death, or of Ctrl-C
+SECONDS_AFTER_FAULT = 15
 
 
 def no_workers_left() -> bool:
@@ -48,7 +63,7 @@ def test_one_pool_serves_several_passes_in_order_and_recovers_after_a_failed_one
 def test_a_worker_killed_mid_job_ends_the_run_naming_the_job():
     start = time.monotonic()
     with pytest.raises(WorkerDied, match=r"the worker process computing job 7 died \(killed by SIGKILL\).*"
-                                         r"out-of-memory killer.*fewer processes \(-np\)"):
+                                         r"out-of-memory killer.*fewer processes \(-np, down to -np 1\)"):
         list(run_jobs(square_or_die, range(12), 2, describe=lambda job: f"job {job}"))
     assert time.monotonic() - start < PROMPTLY and no_workers_left()
 
@@ -61,13 +76,17 @@ def test_an_error_in_a_job_is_raised_with_the_workers_traceback():
 
 
 @pytest.fixture
-def faulty_workers(monkeypatch):
-    """``faulty_workers(fault)``: spawned worker processes of this test fail as ``fault`` says (see the hook)."""
+def faulty_workers(monkeypatch, tmp_path):
+    """``faulty_workers(fault)``: spawned worker processes of this test fail as ``fault`` says (see the hook); a
+    worker writes the time of its fault to ``tmp_path / "fault"`` and its process id into ``tmp_path / "pids"``."""
+    (tmp_path / "pids").mkdir()
 
     def set_fault(fault: str) -> dict:
         path = os.pathsep.join(p for p in (str(TESTS / "fault_hooks"), os.environ.get("PYTHONPATH")) if p)
         monkeypatch.setenv("PYTHONPATH", path)
         monkeypatch.setenv("NNUNET_BLOB_TEST_WORKER_FAULT", fault)
+        monkeypatch.setenv("NNUNET_BLOB_TEST_FAULT_STAMP", str(tmp_path / "fault"))
+        monkeypatch.setenv("NNUNET_BLOB_TEST_WORKER_PIDS", str(tmp_path / "pids"))
         return dict(os.environ)
 
     return set_fault
@@ -118,24 +137,134 @@ def test_trainer_start_with_a_worker_killed_on_a_case_fails_naming_it(blobs, fau
     assert time.monotonic() - start < PROMPTLY and no_workers_left()
 
 
-def test_evaluate_with_a_worker_killed_on_a_case_fails_naming_it(tmp_path, faulty_workers):
-    """``nnunet_blob evaluate -np 2`` (the package's one worker pool, as the postprocessing decisions use it): a
-    worker killed while it reads a case ends the command with an error naming the case, instead of a hang."""
-    import numpy as np
-    import SimpleITK as sitk
+DATASET = "Dataset994_Faults"
+NUCLEI = "Dataset993_Nuclei"
 
-    for sub in ("gt", "pred"):
-        (tmp_path / sub).mkdir()
-        for i in range(4):
-            seg = np.zeros((4, 8, 8), np.uint8)
-            seg[1:3, 2:5, 2:5] = 1
-            sitk.WriteImage(sitk.GetImageFromArray(seg), str(tmp_path / sub / f"case_{i}.nii.gz"))
-    env = faulty_workers("kill-on-file:case_2.nii.gz")
-    start = time.monotonic()
-    result = run_cli("nnunet_blob", "evaluate", tmp_path / "gt", tmp_path / "pred", "-l", 1, "-np", 2, env=env,
-                     timeout=PROMPTLY + 60, check=False)
-    assert time.monotonic() - start < PROMPTLY, "the run did not end promptly"
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "nnunet_blob evaluate: error: the worker process computing case case_2 died (killed by SIGKILL)" in \
-        result.stderr, result.stderr
-    assert "out-of-memory killer" in result.stderr
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Tiny inputs of every parallel command: a trained model's cross-validation predictions, planted (folds 0 and
+    1; tune-postprocessing, find-best; fold 0's for evaluate and apply-postprocessing), a postprocessing file, a raw
+    dataset of touching nuclei (border-core-dataset) and border-core segmentations (instances-from-border-core)."""
+    root = tmp_path_factory.mktemp("commands")
+    _, preprocessed = planted_model(root, DATASET, [0, 1] * 3)
+    (preprocessed / DATASET / "nnUNetPlans.json").write_text(json.dumps({"configurations": {"3d_fullres": {}}}))
+    PostprocessingFile((Setting(1, 3.0),), LabelLayout((1,)), ".nii.gz", "SimpleITKIO").write(root / "pp.json")
+    nuclei, segmentations = root / "raw" / NUCLEI, root / "border_core"
+    for folder in (nuclei / "imagesTr", nuclei / "labelsTr", segmentations):
+        folder.mkdir(parents=True)
+    for i in range(3):
+        ids = touching_nuclei(**LAYOUT_3D)
+        write(nuclei / "imagesTr" / f"c{i}_0000.nii.gz", ids.astype(np.float32))
+        write(nuclei / "labelsTr" / f"c{i}.nii.gz", ids)
+        write(segmentations / f"c{i}.nii.gz", border_core_labels(ids, (2.0, 1.0, 1.0))[0])
+    (nuclei / "dataset.json").write_text(json.dumps({"channel_names": {"0": "x"}, "labels": {"background": 0,
+                                                     "cell": 1}, "numTraining": 3, "file_ending": ".nii.gz"}))
+    return root
+
+
+def validation(root: Path, fold: int = 0) -> Path:
+    return root / "results" / DATASET / "Planted__nnUNetPlans__3d_fullres" / f"fold_{fold}" / "validation"
+
+
+#: (command line, the worker's fault, the case named, the outputs that must not exist after the failed run); case_002
+#: is in fold 0, c1 a nucleus case; "replace" faults kill the worker after it wrote a whole output, before its rename
+COMMANDS = {
+    "evaluate": (lambda r: ["evaluate", r / "preprocessed" / DATASET / "gt_segmentations", validation(r), "-l", "1",
+                            "--chill", "-o", r / "evaluated.json"],
+                 "kill-on-file:case_002.nii.gz", "case_002", lambda r: [r / "evaluated.json"]),
+    "tune-postprocessing": (lambda r: ["tune-postprocessing", "-d", DATASET, "-c", "3d_fullres", "-tr", "Planted",
+                                       "-f", "0", "1"],
+                            "kill-on-file:case_001.npz", "case_001",
+                            lambda r: list((r / "results").rglob("postprocessing_instances.json"))),
+    "find-best": (lambda r: ["find-best", "-d", DATASET, "-c", "3d_fullres", "-tr", "Planted", "-f", "0", "1"],
+                  "kill-on-file:case_001.npz", "case_001",
+                  lambda r: [*(r / "results").rglob("postprocessing_instances.json"),
+                             *(r / "results" / DATASET).glob("inference_*")]),
+    "apply-postprocessing": (lambda r: ["apply-postprocessing", "-i", validation(r), "-o", r / "applied", "-pp",
+                                        r / "pp.json"],
+                             "kill-on-replace:case_002.nii.gz", "case_002",
+                             lambda r: [r / "applied" / "case_002.nii.gz"]),
+    "border-core-dataset": (lambda r: ["border-core-dataset", "-i", NUCLEI, "-o", "992"],
+                            "kill-on-replace:c1.nii.gz", "c1", lambda r: [r / "raw" / "Dataset992_NucleiBorderCore"]),
+    "instances-from-border-core": (lambda r: ["instances-from-border-core", "-i", r / "border_core", "-o",
+                                              r / "decoded"],
+                                   "kill-on-replace:c1.nii.gz", "c1", lambda r: [r / "decoded" / "c1.nii.gz"]),
+}
+
+
+@pytest.fixture
+def workspace(inputs, monkeypatch):
+    for variable, folder in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"),
+                             ("nnUNet_results", "results")):
+        monkeypatch.setenv(variable, str(inputs / folder))
+    return inputs
+
+
+def partial_files(root: Path) -> list[Path]:
+    """Temporaries of atomic writes (files or folders) anywhere under ``root``."""
+    return sorted(root.rglob(".tmp-*"))
+
+
+def fault_time(tmp_path: Path) -> float:
+    return float((tmp_path / "fault").read_text().split()[0])
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie that its new parent has not reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_worker_killed_ends_every_parallel_command_naming_the_case(workspace, faulty_workers, tmp_path, capsys,
+                                                                     command):
+    """Each parallel command with ``-np 2`` (the package's one worker pool): a worker killed on a case (SIGKILL, as
+    the out-of-memory killer does) ends the command within seconds with an error naming the case and the fix, and no
+    output of the unfinished cases is left, whole or half-written."""
+    argv, fault, case, outputs = COMMANDS[command]
+    faulty_workers(fault)
+    code = main([str(a) for a in [*argv(workspace), "-np", "2"]])
+    ended = time.time()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert f"nnunet_blob {command}: error: the worker process computing case {case} died (killed by SIGKILL)" in err
+    assert "out-of-memory killer" in err and "-np 1" in err, err
+    assert ended - fault_time(tmp_path) < SECONDS_AFTER_FAULT, "the command did not end promptly"
+    assert no_workers_left()
+    assert not partial_files(workspace) and not [p for p in outputs(workspace) if p.exists()]
+
+
+#: (command, where its worker stops on the case, who gets the SIGINT): the parent only, or the whole process group
+#: as a terminal sends it
+INTERRUPTED = [("evaluate", "kill-on-file", "parent"), ("apply-postprocessing", "kill-on-replace", "group")]
+
+
+@pytest.mark.parametrize("command,fault,to", INTERRUPTED)
+def test_ctrl_c_leaves_no_worker_and_no_partial_output(workspace, faulty_workers, tmp_path, command, fault, to):
+    """Ctrl-C while a worker is on a case (the "replace" fault: its output written, not yet renamed): the command
+    ends within seconds, says it was interrupted, and leaves no worker process and no output of that case."""
+    argv, _, case, outputs = COMMANDS[command]
+    env = faulty_workers(fault.replace("kill", "pause") + ":" + f"{case}.nii.gz")
+    process = subprocess.Popen([str(BIN / "nnunet_blob"), *map(str, argv(workspace)), "-np", "2"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "fault").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no worker reached the case"
+            time.sleep(0.1)
+        (os.kill if to == "parent" else os.killpg)(process.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert time.monotonic() - interrupted < SECONDS_AFTER_FAULT, "the command did not end promptly"
+    assert process.returncode == 130 and err.strip().endswith(f"nnunet_blob {command}: interrupted"), err
+    assert "Traceback" not in err, err
+    workers = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+    assert len(workers) == 2 and all(gone(pid) for pid in workers), "a worker process outlived the command"
+    assert not partial_files(workspace) and not [p for p in outputs(workspace) if p.exists()]

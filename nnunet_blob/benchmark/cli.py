@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from nnunet_blob.benchmark.run import BenchmarkError, Budget, run_benchmark
-from nnunet_blob.io import reports
+from nnunet_blob.cli_errors import reports
 
 DESCRIPTION = (
     "Time stock nnUNetTrainer and the trainers you name on your own preprocessed dataset, the way nnU-Net's "

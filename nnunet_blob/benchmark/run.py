@@ -18,7 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_blob.io import atomic_write_json, register_trainer_folder
+from nnunet_blob.files import atomic_write_json
+from nnunet_blob.registration import register_trainer_folders
 
 STOCK = "nnUNetTrainer"
 #: the two ways each trainer runs: JSON key, benchmark trainer suffix, name in the console
@@ -181,7 +182,7 @@ def _run_one(dataset_name: str, configuration: str, fold: int, plans: str, train
         record_file = Path(scratch) / "record.json"
         env = {**os.environ, **budget.environment(), "PYTHONUNBUFFERED": "1",
                "NNUNET_BLOB_BENCHMARK_RECORD": str(record_file)}
-        register_trainer_folder(env)  # where the start-up hook did not run (editable install)
+        register_trainer_folders(env)  # where the start-up hook did not run (editable install)
         epoch = 0
         with open(log, "w") as log_file:
             log_file.write("$ " + " ".join(command) + "\n")

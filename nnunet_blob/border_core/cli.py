@@ -3,17 +3,13 @@ background/core/border labels for nnU-Net, and predictions back to instances."""
 from __future__ import annotations
 
 from nnunet_blob.border_core.representation import BorderCoreError
+from nnunet_blob.cli_errors import reports
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
-from nnunet_blob.io import reports
-from nnunet_blob.workers import WorkerDied
+from nnunet_blob.workers import WorkerDied, default_num_processes
 
 
 def _processes(value: int | None) -> int:
-    if value is not None:
-        return value
-    from nnunetv2.configuration import default_num_processes
-
-    return int(default_num_processes)
+    return default_num_processes() if value is None else value
 
 
 @reports(BorderCoreError, WorkerDied, command="border-core-dataset")

@@ -42,6 +42,7 @@ from nnunet_blob.border_core.representation import (
     default_border_thickness,
     instances_from_border_core,
 )
+from nnunet_blob.files import atomic_write_bytes
 
 #: labels of the converted dataset
 LABELS = {"background": 0, "core": 1, "border": 2}
@@ -325,7 +326,7 @@ def convert_dataset(source: str, target: str, border_thickness: float | None = N
             "source": source_path.name, "border_thickness": thickness, "connectivity": connectivity,
             "instancesTr": "each nucleus' id of the source on its core voxels, 0 on border and background",
         }
-        (target_path / "dataset.json").write_text(json.dumps(written, indent=4))
+        atomic_write_bytes(target_path / "dataset.json", json.dumps(written, indent=4).encode())
     except BaseException:
         shutil.rmtree(target_path, ignore_errors=True)  # never leave half a dataset that nnU-Net would take
         raise

@@ -129,5 +129,6 @@ def decode_folder(input_folder: str | Path, output_folder: str | Path, core_labe
     target.mkdir(parents=True, exist_ok=True)
     jobs = [DecodeJob(case, str(path), str(target / f"{case}{ending}"), reader_writer, core_label, border_label,
                       min_core_size, connectivity) for case, path in files.items()]
-    results = run_jobs(decode_case, jobs, num_processes, describe=lambda job: f"case {job.case}")
+    results = run_jobs(decode_case, jobs, num_processes, describe=lambda job: f"case {job.case}",
+                       outputs=lambda job: [job.output])
     return list(tqdm(results, total=len(jobs), desc="instances", unit="case", disable=not progress or None))

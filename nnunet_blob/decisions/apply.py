@@ -17,6 +17,7 @@ import numpy as np
 from nnunet_blob.decisions.cases import reader_writer_class
 from nnunet_blob.decisions.rules import LabelLayout, postprocess
 from nnunet_blob.decisions.settings import DecisionError, PostprocessingFile, read_postprocessing
+from nnunet_blob.files import atomic_path_and_companions
 from nnunet_blob.workers import run_cases
 
 
@@ -28,6 +29,7 @@ class ApplyJob:
     properties: str | None
     output: str
     postprocessing: PostprocessingFile
+    reader_writer: type  # nnU-Net's class named by the file, found once (finding it imports every reader)
 
 
 def apply_case(job: ApplyJob) -> str:
@@ -35,7 +37,7 @@ def apply_case(job: ApplyJob) -> str:
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
     pp = job.postprocessing
-    rw = reader_writer_class(pp.reader_writer)()
+    rw = job.reader_writer()
     try:
         if pp.uses_probabilities or job.segmentation is None:
             assert job.probabilities is not None and job.properties is not None
@@ -51,7 +53,8 @@ def apply_case(job: ApplyJob) -> str:
     except (ValueError, KeyError, OSError, RuntimeError) as e:
         raise DecisionError(f"case {job.case}: cannot apply the postprocessing ({type(e).__name__}: {e}); the "
                             f"prediction must come from the model the file was tuned for") from e
-    rw.write_seg(result, job.output, properties)
+    with atomic_path_and_companions(job.output) as tmp:
+        rw.write_seg(result, str(tmp), properties)
     return job.output
 
 
@@ -95,6 +98,7 @@ def apply_jobs(input_folder: str | Path, output_folder: str | Path, pp: Postproc
         cases = sorted(set(labels) | set(arrays))
     if not cases:
         raise DecisionError(f"no predictions (*{ending} or *.npz) in {source}")
+    reader_writer = reader_writer_class(pp.reader_writer)
     jobs = []
     for case in cases:
         segmentation = str(labels[case]) if case in labels else None
@@ -104,7 +108,7 @@ def apply_jobs(input_folder: str | Path, output_folder: str | Path, pp: Postproc
             raise DecisionError(f"case {case}: {case}.npz has no {case}.pkl (nnU-Net's properties) beside it in "
                                 f"{source}; nnUNetv2_predict --save_probabilities writes both, keep them together")
         jobs.append(ApplyJob(case, segmentation, probabilities, str(properties) if properties.is_file() else None,
-                             str(target / f"{case}{ending}"), pp))
+                             str(target / f"{case}{ending}"), pp, reader_writer))
     return jobs
 
 
@@ -115,4 +119,4 @@ def apply_to_folder(input_folder: str | Path, output_folder: str | Path, pp_file
     jobs = apply_jobs(input_folder, output_folder, pp, str(pp_file))
     Path(output_folder).mkdir(parents=True, exist_ok=True)
     return run_cases(apply_case, jobs, (), num_processes, f"postprocessing {len(jobs)} cases",
-                     describe=lambda job: f"case {job.case}")
+                     describe=lambda job: f"case {job.case}", outputs=lambda job: [job.output])

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from nnunet_blob.cli_errors import reports
 from nnunet_blob.decisions.significance import CROSS_VALIDATED, RULES
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
-from nnunet_blob.io import reports
 from nnunet_blob.preprocessing.locate import InstanceMapError
 from nnunet_blob.workers import WorkerDied
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from nnunet_blob.decisions.cases import crossval_folder, model_folder, results_root
 from nnunet_blob.decisions.selection import INFORMATION_FILE, INSTRUCTIONS_FILE
 from nnunet_blob.decisions.settings import FILE_NAME, DecisionError
-from nnunet_blob.io import atomic_path
+from nnunet_blob.files import atomic_path
 from nnunet_blob.nnunet_internals import CHECKPOINT_TRAINER_KEY, builds_nnunets_network, find_trainer_class
 from nnunet_blob.preprocessing.locate import dataset_name
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunet_blob.decisions.rules import LabelLayout, Setting
-from nnunet_blob.io import atomic_write_json
+from nnunet_blob.files import atomic_write_json
 
 #: the file's name, next to nnU-Net's ``postprocessing.pkl``
 FILE_NAME = "postprocessing_instances.json"

@@ -52,7 +52,7 @@ from nnunet_blob.decisions.significance import (
 )
 from nnunet_blob.decisions.tables import TABLE_METRICS, component_table, grid_counts, metrics_of_counts
 from nnunet_blob.evaluation.compare import paired_wilcoxon
-from nnunet_blob.evaluation.metric_facts import METRICS
+from nnunet_blob.evaluation.metric_facts import FACTS, METRICS, SIZE_BIN_PREFIX
 from nnunet_blob.evaluation.metrics import label_metrics, spatial_view
 from nnunet_blob.nnunet_internals import label_or_region_key
 from nnunet_blob.workers import Workers
@@ -85,16 +85,33 @@ class Metric:
 
 
 def metric_named(name: str, direction: str | None = None) -> Metric:
-    """The metric ``name`` of ``nnunet_blob evaluate``; ``direction`` (``"higher"``/``"lower"``) is needed for metrics
-    whose direction is not known here."""
+    """The metric ``name`` of ``nnunet_blob evaluate``, with its direction from the metric facts
+    (:mod:`nnunet_blob.evaluation.metric_facts`); ``direction`` (``"higher"``/``"lower"``) is needed only for
+    metrics not known there.
+
+    Raises:
+        DecisionError: a direction other than higher/lower; a metric that only an evaluation option computes (the
+            tuning evaluates every setting with the default options); a count without a better direction; an
+            unknown metric without a direction.
+    """
+    if direction is not None and direction not in ("higher", "lower"):
+        raise DecisionError(f"direction must be 'higher' or 'lower', got {direction!r}")
+    known = sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER)
+    facts = FACTS.get(name)
+    if facts is not None and not facts.always:
+        raise DecisionError(f"metric {name!r} is computed only with nnunet_blob evaluate's {facts.needs}; "
+                            f"tune-postprocessing evaluates each setting with the default options: tune one of "
+                            f"{known}")
+    if facts is not None and facts.higher_is_better is None and direction is None:
+        raise DecisionError(f"metric {name!r} is a count: neither higher nor lower is better; tune one of {known}")
     if direction is not None:
-        if direction not in ("higher", "lower"):
-            raise DecisionError(f"direction must be 'higher' or 'lower', got {direction!r}")
         return Metric(name, direction == "higher")
-    if name in HIGHER_IS_BETTER or name in LOWER_IS_BETTER:
-        return Metric(name, name in HIGHER_IS_BETTER)
+    if facts is not None:
+        return Metric(name, bool(facts.higher_is_better))
+    if name.startswith(SIZE_BIN_PREFIX):
+        return Metric(name, True)
     raise DecisionError(f"metric {name!r}: is higher or lower better? Say so with --higher-is-better or "
-                        f"--lower-is-better (known: {sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER)})")
+                        f"--lower-is-better (known: {known})")
 
 
 def default_min_volumes(reference_volumes: np.ndarray, voxel_volume_mm3: float,

@@ -1,7 +1,7 @@
 """``<trainer>_demo``: every nnunet_blob trainer (and stock ``nnUNetTrainer``) with the demo's budget.
 
 Defined here, once, so that the classes are the package's own (picklable by name); the folder
-``nnunet_blob/demo/trainers`` that the start-up hook lists in ``nnUNet_extTrainer`` re-exports them, so
+``nnunet_blob/demo/nnunet_ext`` that the start-up hook lists in ``nnUNet_extTrainer`` re-exports them, so
 ``nnUNetv2_train``/``nnUNetv2_predict -tr <trainer>_demo`` find them from any shell. The budget comes from
 ``NNUNET_BLOB_EPOCHS``/``_ITERATIONS``/``_VAL_ITERATIONS``/``_SEED`` (:func:`nnunet_blob.demo.budgets.with_budget`);
 prediction does not use it.

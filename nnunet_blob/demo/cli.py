@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from nnunet_blob.cli_errors import reports
 from nnunet_blob.demo.run import DemoError, StageError, run_demo
-from nnunet_blob.io import reports
 
 
 @reports(DemoError, StageError, command="demo")

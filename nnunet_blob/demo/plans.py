@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nnunet_blob.io import atomic_write_bytes
+from nnunet_blob.files import atomic_write_bytes
 
 
 def shrink_plans(plans_file: Path, base_features: int = 4, batch_size: int = 2) -> str:

@@ -18,13 +18,8 @@ from nnunet_blob.demo.budgets import BUDGETS, DEMO_SUFFIX, Budget
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.demo.report import TUNED_SUFFIX, results_table, row_key
 from nnunet_blob.demo.stages import EpochProgress, StageError, Stages, demo_environment
-from nnunet_blob.io import (
-    EXT_TRAINER_VARIABLE,
-    atomic_write_bytes,
-    atomic_write_json,
-    ext_trainer_value,
-    is_registered,
-)
+from nnunet_blob.files import atomic_write_bytes, atomic_write_json
+from nnunet_blob.registration import EXT_TRAINER_VARIABLE, ext_trainer_value, is_registered
 
 DATASET_ID, DATASET_NAME = 991, "BlobDemo"
 CONFIGURATION = "3d_fullres"
@@ -120,8 +115,8 @@ def run_demo(workspace: str | Path = "nnunet_blob_demo", budget: str = "default"
         summaries[trainer] = train_predict_evaluate(stages, trainer, raw, preprocessed, device, num_processes,
                                                     plan.epochs, folds)
         if tune:
-            summaries[trainer + TUNED_SUFFIX] = _tune_apply_evaluate(stages, trainer, raw, preprocessed,
-                                                                     num_processes, folds)
+            summaries[trainer + TUNED_SUFFIX] = tune_apply_evaluate(stages, trainer, raw, preprocessed,
+                                                                    num_processes, folds)
     if len(summaries) > 1:
         names = [row_key(name) for name in summaries]
         stages.run("compare", ["nnunet_blob", "compare", *summaries.values(), "--names", *names],
@@ -197,7 +192,7 @@ def train_fold(stages: Stages, trainer: str, raw: Path, device: str, num_process
     resume = (not finished and stages.started(train, dependencies)
               and any((results / f).is_file() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")))
     if not finished and not resume:  # a stale or never-checkpointed run: start afresh
-        shutil.rmtree(results, ignore_errors=True)
+        stages.remove_stale(results)
     which = f" fold {fold}" if keep_probabilities else ""
     stages.run(train, ["nnUNetv2_train", target.dataset_id, target.configuration, fold, "-tr", name, "-device", device,
                        *(["--npz"] if keep_probabilities else []), *(["--c"] if resume else [])],
@@ -207,33 +202,43 @@ def train_fold(stages: Stages, trainer: str, raw: Path, device: str, num_process
     return train
 
 
-def _tune_apply_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: Path, num_processes: int,
-                         folds: Sequence[int]) -> Path:
-    """Postprocessing tuned on the folds' validation predictions, applied to the test predictions, evaluated."""
+def tuned_postprocessing_file(root: Path, raw: Path, trainer: str, folds: Sequence[int],
+                              target: Target = Target()) -> Path:
+    """Where ``nnunet_blob tune-postprocessing`` writes the postprocessing it chose for ``trainer``'s ``folds``."""
     from nnunet_blob.decisions.settings import FILE_NAME
 
+    return (model_folder(root, raw, trainer, target) / f"crossval_results_folds_{'_'.join(map(str, folds))}"
+            / FILE_NAME)
+
+
+def tune_apply_evaluate(stages: Stages, trainer: str, raw: Path, preprocessed: Path, num_processes: int,
+                        folds: Sequence[int], target: Target = Target(), tune_options: Sequence = (),
+                        evaluate_options: Sequence = ()) -> Path:
+    """Postprocessing tuned on the folds' validation predictions (``tune_options``: more options of
+    ``tune-postprocessing``), applied to the test predictions (``predictions/<trainer>``), evaluated (stages
+    ``tune_<trainer>``, ``apply_<trainer>``, ``evaluate_<trainer> tuned``); returns the evaluation summary."""
     trained = [_train_stage(trainer, fold) for fold in folds]
-    stages.run(f"tune_{trainer}", ["nnunet_blob", "tune-postprocessing", "-d", DATASET_ID, "-c", CONFIGURATION,
-                                   "-tr", trainer + DEMO_SUFFIX, "-f", *folds, "-np", num_processes],
+    stages.run(f"tune_{trainer}", ["nnunet_blob", "tune-postprocessing", "-d", target.dataset_id, "-c",
+                                   target.configuration, "-tr", trainer + DEMO_SUFFIX, "-f", *folds, "-np",
+                                   num_processes, *tune_options],
                f"nnunet_blob tune-postprocessing {trainer} (on the {len(folds)} folds' validation predictions)",
                after=trained)
-    postprocessing = (model_folder(stages.root, raw, trainer)
-                      / f"crossval_results_folds_{'_'.join(map(str, folds))}" / FILE_NAME)
+    postprocessing = tuned_postprocessing_file(stages.root, raw, trainer, folds, target)
     tuned = stages.root / "predictions_tuned" / trainer
     stages.run(f"apply_{trainer}", ["nnunet_blob", "apply-postprocessing", "-i", stages.root / "predictions" / trainer,
                                     "-o", tuned, "-pp", postprocessing, "-np", num_processes],
                f"nnunet_blob apply-postprocessing {trainer} (the tuned postprocessing on the test predictions)",
                after=[f"tune_{trainer}", f"predict_{trainer}"])
     return evaluate(stages, trainer + TUNED_SUFFIX, raw, preprocessed, tuned, num_processes,
-                    after=f"apply_{trainer}", pictures=False)
+                    after=f"apply_{trainer}", pictures=False, options=evaluate_options)
 
 
 def evaluate(stages: Stages, row: str, raw: Path, preprocessed: Path, predictions: Path, num_processes: int,
-             after: str, pictures: bool, options: Sequence = ()) -> Path:
-    """``nnunet_blob evaluate`` of ``predictions`` against ``raw/labelsTs`` with ``options`` (more of its command-line
+             after: str, pictures: bool, options: Sequence = (), labels: str = "labelsTs") -> Path:
+    """``nnunet_blob evaluate`` of ``predictions`` against ``raw/<labels>`` with ``options`` (more of its command-line
     options) into ``evaluation/<row>/summary_instances.json`` (stage ``evaluate_<row>``); returns that summary."""
     summary = stages.root / "evaluation" / row_key(row) / "summary_instances.json"
-    stages.run(_evaluate_stage(row), ["nnunet_blob", "evaluate", raw / "labelsTs", predictions, "-djfile",
+    stages.run(_evaluate_stage(row), ["nnunet_blob", "evaluate", raw / labels, predictions, "-djfile",
                                       raw / "dataset.json", "-pfile", preprocessed / "nnUNetPlans.json", "-o",
                                       summary, "-np", num_processes, *options,
                                       *(["--png", summary.parent / "pictures", "--images", raw / "imagesTs"]

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
-from nnunet_blob.io import atomic_write_json
+from nnunet_blob.files import atomic_write_json
 
 
 class StageError(RuntimeError):
@@ -55,6 +56,10 @@ class Stages:
             return False
         dependencies = [self.markers / f"{d}.done" for d in after]
         return all(d.is_file() and d.stat().st_mtime <= marker.stat().st_mtime for d in dependencies)
+
+    def remove_stale(self, folder: Path) -> None:
+        """Delete the partial output of a stage that will start afresh."""
+        shutil.rmtree(folder, ignore_errors=True)
 
     def log_file(self, name: str) -> Path:
         return self.logs / f"{name}.log"
@@ -130,8 +135,7 @@ class Stages:
                     self._progress(progress, [pending])
                 code = process.wait()
             except KeyboardInterrupt:
-                process.kill()
-                process.wait()
+                _end(process)
                 raise
         if code != 0:
             raise StageError(self._failure(name, f"{command[0]} exited with code {code}"))
@@ -227,3 +231,20 @@ def demo_environment(root: Path, extra: dict) -> dict:
                 "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
+
+
+#: seconds a tool is given to end on its own after Ctrl-C (then it is killed)
+STOP_SECONDS = 10.0
+
+
+def _end(process: subprocess.Popen) -> None:
+    """After Ctrl-C: the terminal sent it to the tool too, which ends its workers and removes its temporary files;
+    it is given :data:`STOP_SECONDS` for that (a second Ctrl-C cuts the wait short), then killed."""
+    try:
+        process.wait(timeout=STOP_SECONDS)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_blob.io import axis_order, file_reader
+from nnunet_blob.axes import axis_order, file_reader
 
 _CHUNK = 1 << 20
 

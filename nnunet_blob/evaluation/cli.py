@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnunet_blob.cli_errors import reports
 from nnunet_blob.evaluation.options import BRATS_PRESETS
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
-from nnunet_blob.io import reports
 from nnunet_blob.workers import WorkerDied
 
 

@@ -12,20 +12,15 @@ from pathlib import Path
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, subfiles
-from nnunetv2.imageio.reader_writer_registry import (
-    determine_reader_writer_from_dataset_json,
-    determine_reader_writer_from_file_ending,
-)
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_blob.evaluation.checks import instance_ids, read_instances, read_pair, read_probabilities
 from nnunet_blob.evaluation.confidence import average_precision, froc
-from nnunet_blob.evaluation.lesions import pooled_cell_scores
+from nnunet_blob.evaluation.lesions import panoptic_from_counts, pooled_cell_scores
 from nnunet_blob.evaluation.metric_facts import SUMMED
 from nnunet_blob.evaluation.metrics import COUNT_METRICS, label_evaluation, spatial_view
 from nnunet_blob.evaluation.options import EvaluationOptions
+from nnunet_blob.files import atomic_write_json
 from nnunet_blob.instances.detection import instance_scores
-from nnunet_blob.io import atomic_write_json
 from nnunet_blob.nnunet_internals import label_or_region_key
 from nnunet_blob.workers import run_cases
 
@@ -139,10 +134,7 @@ def _pooled_lesions(results: list[dict], r, options: EvaluationOptions) -> dict:
         n_ref = int(sum(m["n_ref_instances"] for m in cases))
         n_pred = int(sum(m["n_pred_instances"] for m in cases))
         iou_sum = float(sum(m["SQ"] * m["n_matched"] for m in cases if m["n_matched"]))
-        rq = matched / (matched + 0.5 * (n_pred - matched) + 0.5 * (n_ref - matched)) if n_ref + n_pred else \
-            float("nan")
-        sq = iou_sum / matched if matched else (float("nan") if n_ref + n_pred == 0 else 0.0)
-        out.update({"n_matched": matched, "RQ": rq, "SQ": sq, "PQ": sq * rq})
+        out.update({"n_matched": matched, **panoptic_from_counts(matched, n_ref, n_pred, iou_sum)})
     if options.cell_scores:
         out.update(pooled_cell_scores(cases))
     if options.brats:
@@ -305,7 +297,8 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
     if png_dir:
         os.makedirs(png_dir, exist_ok=True)
     results = run_cases(_evaluate_case_star, jobs, (), num_processes, f"evaluating {len(jobs)} cases",
-                        describe=lambda job: f"case {os.path.basename(job[0])[:-len(file_ending)]}")
+                        describe=lambda job: f"case {os.path.basename(job[0])[:-len(file_ending)]}",
+                        outputs=lambda job: [job[7]] if job[7] else [])  # the case's picture
     summary = summarize(results, list(labels_or_regions), options=options)
     if left_out:
         summary["references_without_prediction"] = left_out
@@ -325,6 +318,9 @@ def evaluate_folder_from_json(folder_ref: str, folder_pred: str, dataset_json: s
         if not isinstance(value, dict) and not os.path.isfile(value):
             raise FileNotFoundError(f"{option} {value} does not exist; give the dataset's dataset.json and "
                                     f"plans.json (in nnUNet_preprocessed/DatasetXXX_Name or the model folder)")
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # imports torch: not in the workers
+
     dataset_json = load_json(dataset_json) if not isinstance(dataset_json, dict) else dataset_json
     file_ending = dataset_json["file_ending"]
     _existing_folder(folder_ref, "GT_FOLDER")
@@ -347,6 +343,8 @@ def evaluate_folder_simple(folder_ref: str, folder_pred: str, labels, ignore_lab
                            output_file: str | Path | None = None, **kwargs) -> dict:
     """As nnU-Net's ``compute_metrics_on_folder_simple``: reader from the file ending, labels given (the files may
     hold these, the background and the ignore label)."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+
     _existing_folder(folder_ref, "GT_FOLDER")
     examples = subfiles(folder_ref, join=True)
     if not examples:

@@ -39,15 +39,24 @@ from nnunet_blob.instances.voronoi import component_cells
 NAN = float("nan")
 
 
+def panoptic_from_counts(tp: int, n_ref: int, n_pred: int, iou_sum: float) -> dict:
+    """``RQ``, ``SQ`` and ``PQ`` from the counts of a one-to-one matching (module docstring), of one case or pooled
+    over cases: ``RQ = TP / (TP + FP/2 + FN/2)`` with ``FP = n_pred - TP``, ``FN = n_ref - TP``,
+    ``SQ = iou_sum / TP``, ``PQ = SQ * RQ``; all three 0 when nothing was matched and NaN without any instance."""
+    if tp == 0:
+        zero = NAN if n_ref + n_pred == 0 else 0.0
+        return {"RQ": zero, "SQ": zero, "PQ": zero}
+    rq = tp / (tp + 0.5 * (n_pred - tp) + 0.5 * (n_ref - tp))
+    sq = iou_sum / tp
+    return {"RQ": rq, "SQ": sq, "PQ": sq * rq}
+
+
 def panoptic_quality(matching: Matching, n_ref: int, n_pred: int) -> dict:
     """``n_matched``, ``RQ``, ``SQ``, ``PQ`` and ``SQ_Dice`` of a one-to-one matching (module docstring)."""
     tp = matching.n_matched
-    if tp == 0:
-        zero = NAN if n_ref + n_pred == 0 else 0.0
-        return {"n_matched": 0, "RQ": zero, "SQ": zero, "PQ": zero, "SQ_Dice": zero}
-    rq = tp / (tp + 0.5 * (n_pred - tp) + 0.5 * (n_ref - tp))
-    sq = float(np.mean(matching.iou))
-    return {"n_matched": tp, "RQ": rq, "SQ": sq, "PQ": sq * rq, "SQ_Dice": float(np.mean(matching.dice))}
+    out = {"n_matched": tp, **panoptic_from_counts(tp, n_ref, n_pred, float(np.sum(matching.iou)))}
+    out["SQ_Dice"] = float(np.mean(matching.dice)) if tp else out["SQ"]
+    return out
 
 
 def cell_scores(table: OverlapTable, thresholds=CELL_THRESHOLDS) -> dict:
@@ -63,14 +72,20 @@ def cell_scores(table: OverlapTable, thresholds=CELL_THRESHOLDS) -> dict:
     return out
 
 
+def detection_ratios(tp: int, n_ref: int, n_pred: int) -> dict:
+    """``AP``, ``F1``, ``precision`` and ``recall`` of a one-to-one matching with ``tp`` pairs (module docstring):
+    with ``FP = n_pred - TP`` and ``FN = n_ref - TP``, ``AP = TP / (TP + FP + FN)``,
+    ``F1 = 2 TP / (2 TP + FP + FN)``, ``precision = TP / n_pred``, ``recall = TP / n_ref`` (NaN over zero)."""
+    fp, fn = n_pred - tp, n_ref - tp
+    return {"AP": _ratio(tp, tp + fp + fn), "F1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "precision": _ratio(tp, n_pred), "recall": _ratio(tp, n_ref)}
+
+
 def _cell_ratios(tp: int, n_ref: int, n_pred: int, t: float) -> dict:
     """``AP@t`` (and at the reported threshold ``F1``, ``precision``, ``recall``) from the counts."""
-    fp, fn = n_pred - tp, n_ref - tp
-    out = {at("AP", t): _ratio(tp, tp + fp + fn)}
-    if t == CELL_REPORTED_THRESHOLD:
-        out |= {at("F1", t): _ratio(2 * tp, 2 * tp + fp + fn), at("precision", t): _ratio(tp, n_pred),
-                at("recall", t): _ratio(tp, n_ref)}
-    return out
+    ratios = detection_ratios(tp, n_ref, n_pred)
+    kept = ratios if t == CELL_REPORTED_THRESHOLD else {"AP": ratios["AP"]}
+    return {at(name, t): value for name, value in kept.items()}
 
 
 def pooled_cell_scores(cases: list[dict], thresholds=CELL_THRESHOLDS) -> dict:
@@ -83,11 +98,10 @@ def pooled_cell_scores(cases: list[dict], thresholds=CELL_THRESHOLDS) -> dict:
     table: dict = {"thresholds": list(thresholds), "TP": [], "AP": [], "F1": [], "precision": [], "recall": []}
     for t in thresholds:
         tp = int(sum(m[at("TP", t)] for m in cases))
-        fp, fn = n_pred - tp, n_ref - tp
         out[at("TP", t)] = tp
         out.update(_cell_ratios(tp, n_ref, n_pred, t))
-        for name, value in (("TP", tp), ("AP", _ratio(tp, tp + fp + fn)), ("F1", _ratio(2 * tp, 2 * tp + fp + fn)),
-                            ("precision", _ratio(tp, n_pred)), ("recall", _ratio(tp, n_ref))):
+        table["TP"].append(tp)
+        for name, value in detection_ratios(tp, n_ref, n_pred).items():
             table[name].append(value)
     out["DSB_AP"] = NAN if n_ref + n_pred == 0 else float(np.mean(table["AP"]))
     out["cell_scores"] = table

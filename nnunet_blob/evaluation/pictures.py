@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from nnunet_blob.io import atomic_path  # noqa: E402
+from nnunet_blob.files import atomic_path  # noqa: E402
 
 GREEN, BLUE, RED = (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 0.0, 0.0)
 PANEL_INCHES, LEGEND_INCHES, DPI = 3, 1, 100

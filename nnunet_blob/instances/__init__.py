@@ -10,6 +10,6 @@
 * :mod:`.matching`: the overlap table of two component maps and their one-to-one matching (panoptic quality,
   PI-CAI detection).
 
-This package imports nothing else of nnunet_blob but :mod:`nnunet_blob.io`; preprocessing, evaluation and the
+This package imports nothing else of nnunet_blob but :mod:`nnunet_blob.files`; preprocessing, evaluation and the
 trainers build on it.
 """

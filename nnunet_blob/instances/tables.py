@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from nnunet_blob.io import atomic_write_bytes
+from nnunet_blob.files import atomic_write_bytes
 
 #: voxels kept per instance (all of them if it has fewer)
 SAMPLES_PER_INSTANCE = 50

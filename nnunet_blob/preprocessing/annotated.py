@@ -33,9 +33,9 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from nnunet_blob.axes import axis_order, file_reader
 from nnunet_blob.instances.components import CaseInstances, smallest_id_dtype
 from nnunet_blob.instances.connectivity import cc3d_connectivity
-from nnunet_blob.io import axis_order, file_reader
 from nnunet_blob.nnunet_internals import (
     CROP_BBOX_KEY,
     LOADER_SEG_DTYPE,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnunet_blob.cli_errors import reports
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
-from nnunet_blob.io import reports
 from nnunet_blob.preprocessing.errors import InstanceMapError
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_blob.files import atomic_write_json, temporary_path
 from nnunet_blob.instances.components import compute_instances, instances_per_region
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
-from nnunet_blob.io import atomic_write_json, temporary_path
 from nnunet_blob.nnunet_internals import dataset_class_for, identifiers_in_folder, load_case, transpose_forward
 from nnunet_blob.preprocessing.annotated import (
     ANNOTATION_FOLDER,
@@ -37,15 +37,10 @@ from nnunet_blob.preprocessing.store import (
     file_unchanged,
     seg_fingerprint,
 )
+from nnunet_blob.workers import default_num_processes
 
 #: connectivity of new maps when none is asked for (the blob loss paper's)
 DEFAULT_CONNECTIVITY = 26
-
-
-def default_num_processes() -> int:
-    from nnunetv2.configuration import default_num_processes as nnunet_default
-
-    return nnunet_default
 
 
 def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",

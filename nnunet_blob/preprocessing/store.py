@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_blob.files import TEMPORARY_PREFIX, atomic_path, atomic_write_json, file_lock
 from nnunet_blob.instances.components import CaseInstances
 from nnunet_blob.instances.tables import (
     InstanceLocations,
@@ -47,7 +48,6 @@ from nnunet_blob.instances.tables import (
     sample_instance_locations,
     write_table,
 )
-from nnunet_blob.io import TEMPORARY_PREFIX, atomic_path, atomic_write_json, file_lock
 from nnunet_blob.nnunet_internals import blosc2_block_and_chunk
 from nnunet_blob.preprocessing.errors import InstanceMapError
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnunet_blob.io import atomic_write_json
+from nnunet_blob.files import atomic_write_json
 from nnunet_blob.nnunet_internals import stop_loader
 from nnunet_blob.trainers.variants import comparable_trainers
 

@@ -1,7 +1,7 @@
 """``nnunet_blob trainers``: list our trainers and print the ``nnUNet_extTrainer`` export line."""
 from __future__ import annotations
 
-from nnunet_blob.io import TRAINER_FOLDERS, export_line, is_registered
+from nnunet_blob.registration import TRAINER_FOLDERS, export_line, is_registered
 
 DESCRIPTION = (
     "List the nnU-Net trainers of nnunet_blob (use one with nnUNetv2_train DATASET CONFIG FOLD -tr NAME) and say "

@@ -45,14 +45,13 @@ class FinalLesionWiseValidation(nnUNetTrainer):
         super().perform_actual_validation(save_probabilities)
         if self.local_rank != 0:
             return
-        from nnunetv2.configuration import default_num_processes
-
         from nnunet_blob.evaluation.folder import evaluate_validation_folder
+        from nnunet_blob.workers import default_num_processes
 
         summary = evaluate_validation_folder(join(self.output_folder, "validation"),
                                              join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
                                              self.dataset_json, self.plans_manager.plans,
-                                             num_processes=default_num_processes)
+                                             num_processes=default_num_processes())
         pooled = json.loads(summary.read_text())["pooled_instances"]
         scores = {k: {m: round(v[m], 4) for m in ("F1", "IS", "IP")} for k, v in pooled.items()}
         self.print_to_log_file(f"nnunet_blob: lesion-wise validation metrics (pooled over cases) {scores}; "

@@ -1,4 +1,5 @@
-"""A folder of ``nnUNet_extTrainer`` (:data:`nnunet_blob.io.TRAINER_FOLDERS`): the demo's ``<trainer>_demo`` classes.
+"""A folder of ``nnUNet_extTrainer`` (:data:`nnunet_blob.registration.TRAINER_FOLDERS`): the demo's
+``<trainer>_demo`` classes.
 
 nnU-Net imports every module here under its bare name and forgets it afterwards, so this module only re-exports
 the classes of :mod:`nnunet_blob.demo.budget_trainers` with an absolute import: the classes nnU-Net finds are the
