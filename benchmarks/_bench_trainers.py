@@ -94,7 +94,7 @@ def make_batch(trainer, batch: int, patch: int, instances: int, seed: int = 0):
         seg[: patch // 4, : patch // 4, : patch // 4] = 1
         for _ in range(instances - 1):
             lo = rng.integers(patch // 4 + 1, patch - 4, size=3)
-            seg[tuple(slice(a, a + w) for a, w in zip(lo, rng.integers(1, 4, size=3)))] = 1
+            seg[tuple(slice(a, a + w) for a, w in zip(lo, rng.integers(1, 4, size=3), strict=True))] = 1
         ids = cc3d.connected_components(seg, connectivity=26).astype(np.int16)
         image = torch.from_numpy(rng.normal(size=(1, *seg.shape)).astype(np.float32) + seg)
         seg_t = torch.from_numpy(seg)[None]

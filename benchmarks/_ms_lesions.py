@@ -136,7 +136,7 @@ def _geometry(image) -> tuple:
 
 
 def _same_geometry(a: tuple, b: tuple) -> bool:
-    return a[0] == b[0] and all(np.allclose(x, y, atol=GEOMETRY_TOLERANCE) for x, y in zip(a[1:], b[1:]))
+    return a[0] == b[0] and all(np.allclose(x, y, atol=GEOMETRY_TOLERANCE) for x, y in zip(a[1:], b[1:], strict=True))
 
 
 def _header(path: Path):

@@ -121,7 +121,7 @@ def make_benchmark_dataset(root: Path, mode: Mode, processes: int) -> dict:
     for sub in ("imagesTr", "labelsTr"):
         (target / sub).mkdir(parents=True, exist_ok=True)
     cases: dict = {}
-    for part, (label, name) in zip(parts, names):
+    for part, (label, name) in zip(parts, names, strict=True):
         shutil.move(str(part / "imagesTr" / "case_000_0000.nii.gz"), target / "imagesTr" / f"{name}_0000.nii.gz")
         shutil.move(str(part / "labelsTr" / "case_000.nii.gz"), target / "labelsTr" / f"{name}.nii.gz")
         cases.setdefault(label, []).append(name)
@@ -287,7 +287,8 @@ def machine(device) -> str:
             f"{get_allowed_n_proc_DA()}")
 
 
-def main() -> int:
+def parse_arguments() -> tuple[argparse.Namespace, Mode]:
+    """The command line and the mode it chooses (restricted to the densities asked for)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--quick", action="store_true", help="fewer rounds and iterations")
@@ -301,19 +302,111 @@ def main() -> int:
     parser.add_argument("--densities", nargs="+", help="a subset of the instance densities, e.g. 1 1000")
     parser.add_argument("--keep", action="store_true", help="keep the workspace")
     args = parser.parse_args()
-    mode = MODES["smoke" if args.smoke else "quick" if args.quick else "default"]
+    mode = MODES[mode_name(args)]
     if args.densities:
         unknown = set(args.densities) - {label for label, _ in mode.densities}
         if unknown:
             parser.error(f"unknown densities {sorted(unknown)}; this mode has {[d for d, _ in mode.densities]}")
         mode = replace(mode, densities=tuple(d for d in mode.densities if d[0] in args.densities))
+    return args, mode
+
+
+def mode_name(args: argparse.Namespace) -> str:
+    return "smoke" if args.smoke else "quick" if args.quick else "default"
+
+
+def load_plans(root: Path, mode: Mode) -> tuple[dict, dict]:
+    """nnU-Net's plans (reduced for the CPU in the smoke mode) and dataset.json of the preprocessed dataset."""
+    import json
+
+    base = root / "preprocessed" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+    if mode.reduced_plans:
+        from nnunet_blob.demo.plans import shrink_plans
+
+        say("  reduced plans for the CPU: " + shrink_plans(base / "nnUNetPlans.json").replace("\n", "; "))
+    plans = json.loads((base / "nnUNetPlans.json").read_text())
+    configuration = plans["configurations"]["3d_fullres"]
+    say(f"  plans: patch {configuration['patch_size']}, batch {configuration['batch_size']}, "
+        f"{configuration['architecture']['arch_kwargs']['n_stages']} stages, features "
+        f"{configuration['architecture']['arch_kwargs']['features_per_stage']}")
+    return plans, json.loads((base / "dataset.json").read_text())
+
+
+def stop_loaders(trainer) -> None:
+    """Stop the trainer's data loader processes (those it has)."""
+    from nnunet_blob.nnunet_internals import stop_loader
+
+    for loader in (trainer.dataloader_train, trainer.dataloader_val):
+        if loader is not None:
+            stop_loader(loader)
+
+
+def failure(name: str, e: Exception, trainer_log: Path) -> str:
+    """Report a trainer's failure (traceback to the log) and return the table's entry for it."""
+    traceback.print_exc()
+    say(f"  {name} failed ({type(e).__name__}: {e}); see {trainer_log}")
+    return f"failed: {type(e).__name__}: {e}"
+
+
+def warm_up(trainer, name: str, label: str, cases: list, mode: Mode, clock: Clock, first: bool) -> None:
+    """Point the trainer's loaders at this density's cases and run its warm-up steps and one validation epoch."""
+    from nnunet_blob.nnunet_internals import compile_enabled
+
+    stop_loaders(trainer)
+    trainer.bench_cases = cases
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    start = clock.now()
+    trainer.network.train()
+    for _ in range(mode.warmup):
+        trainer.train_step(next(trainer.dataloader_train))
+    validation_epoch(trainer, 1)
+    compiled = compile_enabled(trainer) and first
+    say(f"  ~{label} instances: {name} warmed up in {clock.now() - start:.1f} s"
+        + (" (includes compiling)" if compiled else ""))
+
+
+def measure_rounds(trainers: dict, results: dict, label: str, mode: Mode, clock: Clock, budget_minutes: float,
+                   trainer_log: Path) -> None:
+    """The interleaved rounds of one density: each round measures every trainer that has not failed, starting at
+    another one each round; no new round after ``budget_minutes`` of the run."""
+    names_in_order = [n for n in trainers if isinstance(results[n], Figures)]
+    for r in range(mode.rounds):
+        if time.monotonic() - _START > 60 * budget_minutes and r:
+            say(f"  time budget of {budget_minutes} minutes reached: {r} rounds")
+            break
+        shift = r % max(1, len(names_in_order))
+        for name in names_in_order[shift:] + names_in_order[:shift]:
+            if not isinstance(results[name], Figures):
+                continue
+            try:
+                measure(trainers[name], mode, clock, results[name])
+            except Exception as e:  # noqa: BLE001 - the other trainers still run
+                results[name] = failure(name, e, trainer_log)
+        say(f"  ~{label} instances: round {r + 1}/{mode.rounds} done")
+
+
+def bench_density(trainers: dict, label: str, names: list, first: bool, mode: Mode, clock: Clock,
+                  budget_minutes: float, trainer_log: Path) -> dict:
+    """Every trainer's figures on one density (or why it failed)."""
+    results: dict = {}
+    for name, trainer in trainers.items():
+        try:
+            warm_up(trainer, name, label, names, mode, clock, first)
+            results[name] = Figures([], [], [])
+        except Exception as e:  # noqa: BLE001 - the other trainers still run
+            results[name] = failure(name, e, trainer_log)
+    measure_rounds(trainers, results, label, mode, clock, budget_minutes, trainer_log)
+    return results
+
+
+def main() -> int:
+    args, mode = parse_arguments()
     candidates = ["nnUNetTrainer"] + [t for t in args.trainers if t != "nnUNetTrainer"]
     root = make_workspace(args.keep)
     if args.smoke:
         os.environ.setdefault("nnUNet_n_proc_DA", "2")
     trainer_log = root / "trainers.log"
-    say(f"workspace {root} ({'kept' if args.keep else 'removed at exit'}); mode "
-        f"{'smoke' if args.smoke else 'quick' if args.quick else 'default'}")
+    say(f"workspace {root} ({'kept' if args.keep else 'removed at exit'}); mode {mode_name(args)}")
 
     import torch
 
@@ -329,19 +422,7 @@ def main() -> int:
 
     say("stage 2/4: nnUNetv2_plan_and_preprocess -c 3d_fullres (nnU-Net's default plans)")
     plan_and_preprocess(args.processes, trainer_log)
-    import json
-
-    base = root / "preprocessed" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
-    if mode.reduced_plans:
-        from nnunet_blob.demo.plans import shrink_plans
-
-        say("  reduced plans for the CPU: " + shrink_plans(base / "nnUNetPlans.json").replace("\n", "; "))
-    plans = json.loads((base / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((base / "dataset.json").read_text())
-    configuration = plans["configurations"]["3d_fullres"]
-    say(f"  plans: patch {configuration['patch_size']}, batch {configuration['batch_size']}, "
-        f"{configuration['architecture']['arch_kwargs']['n_stages']} stages, features "
-        f"{configuration['architecture']['arch_kwargs']['features_per_stage']}")
+    plans, dataset_json = load_plans(root, mode)
 
     say("stage 3/4: instance maps (ensure_instance_maps)")
     from nnunet_blob.preprocessing import ensure_instance_maps
@@ -352,58 +433,19 @@ def main() -> int:
     instances = {label: "/".join(str(per_case[c]) for c in names) for label, names in cases.items()}
 
     say(f"stage 4/4: trainers {candidates} on {device} (log: {trainer_log})")
-    from nnunet_blob.nnunet_internals import compile_enabled, stop_loader
+    from nnunet_blob.nnunet_internals import compile_enabled
 
     clock = Clock(device)
     with open(trainer_log, "a") as log, contextlib.redirect_stdout(log):
         trainers = build_trainers(plans, dataset_json, device, candidates)
         say(f"  torch.compile: {compile_enabled(trainers['nnUNetTrainer'])}; AMP: {device.type == 'cuda'}")
-        for label, names in cases.items():
-            results: dict = {}
-            for name, trainer in trainers.items():
-                try:
-                    for loader in (trainer.dataloader_train, trainer.dataloader_val):
-                        if loader is not None:
-                            stop_loader(loader)
-                    trainer.bench_cases = names
-                    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-                    start = clock.now()
-                    trainer.network.train()
-                    for _ in range(mode.warmup):
-                        trainer.train_step(next(trainer.dataloader_train))
-                    validation_epoch(trainer, 1)
-                    compiled = compile_enabled(trainer) and label == next(iter(cases))
-                    say(f"  ~{label} instances: {name} warmed up in {clock.now() - start:.1f} s"
-                        + (" (includes compiling)" if compiled else ""))
-                    results[name] = Figures([], [], [])
-                except Exception as e:  # noqa: BLE001 - the other trainers still run
-                    results[name] = f"failed: {type(e).__name__}: {e}"
-                    traceback.print_exc()
-                    say(f"  {name} failed ({type(e).__name__}: {e}); see {trainer_log}")
-            names_in_order = [n for n in trainers if isinstance(results[n], Figures)]
-            for r in range(mode.rounds):
-                if time.monotonic() - _START > 60 * args.budget_minutes and r:
-                    say(f"  time budget of {args.budget_minutes} minutes reached: {r} rounds")
-                    break
-                shift = r % max(1, len(names_in_order))
-                for name in names_in_order[shift:] + names_in_order[:shift]:
-                    if not isinstance(results[name], Figures):
-                        continue
-                    try:
-                        measure(trainers[name], mode, clock, results[name])
-                    except Exception as e:  # noqa: BLE001
-                        results[name] = f"failed: {type(e).__name__}: {e}"
-                        traceback.print_exc()
-                        say(f"  {name} failed ({type(e).__name__}: {e}); see {trainer_log}")
-                say(f"  ~{label} instances: round {r + 1}/{mode.rounds} done")
+        for i, (label, names) in enumerate(cases.items()):
+            results = bench_density(trainers, label, names, i == 0, mode, clock, args.budget_minutes, trainer_log)
             report(label, instances[label], results, device.type == "cuda")
         for trainer in trainers.values():
-            for loader in (trainer.dataloader_train, trainer.dataloader_val):
-                if loader is not None:
-                    stop_loader(loader)
+            stop_loaders(trainer)
     say("done")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

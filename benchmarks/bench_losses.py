@@ -42,7 +42,7 @@ def make_batch(batch, classes, size, num_instances, seed=0):
         for n in range(2, num_instances + 1):
             lo = rng.integers(half + 1, size - 4, size=3)
             w = rng.integers(1, 4, size=3)
-            box = (b, 0) + tuple(slice(a, a + d) for a, d in zip(lo, w))
+            box = (b, 0) + tuple(slice(a, a + d) for a, d in zip(lo, w, strict=True))
             target[box], instances[box] = rng.integers(1, classes), n
     return torch.from_numpy(target), torch.from_numpy(instances)
 
@@ -97,6 +97,22 @@ def interleaved_best(candidates: dict, logits, repeats: int) -> dict:
     return {name: min(t) for name, t in times.items()}
 
 
+def timed_losses(losses: dict, target, instances, cells, with_loop: bool) -> dict:
+    """The timed functions of the logits, each bound to this batch's target, instance map and Voronoi cells."""
+    candidates = {
+        "dice": lambda x: losses["dice"](x, target),
+        "dc_ce": lambda x: losses["dc_ce"](x, target),
+        "blob": lambda x: losses["blob"].blob_term(x, target, instances),
+        "tversky": lambda x: losses["tversky"].blob_term(x, target, instances),
+        "topk": lambda x: topk_dice_loss(torch.softmax(x, 1), target, 50),
+        "ce_topk": lambda x: losses["ce_topk"](x, target),
+        "cc": lambda x: losses["cc"].instance_term(x, target, cells),
+    }
+    if with_loop:
+        candidates["loop"] = lambda x: loop_blob_dice(x, target, instances)
+    return candidates
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128)
@@ -116,12 +132,10 @@ def main():
         common.COMPACT_ON_HOST = args.path == "host"
 
     dice_kwargs = {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}
-    me_dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **dice_kwargs)
-    dc_ce = DC_and_CE_loss(dice_kwargs, {}, dice_class=MemoryEfficientSoftDiceLoss)
-    blob_dice = BlobCompoundLoss(None, 0, 1, "dice")
-    blob_tversky = BlobCompoundLoss(None, 0, 1, "tversky")
-    ce_topk = TopKDiceAndCELoss(k=50)
-    cc_term = CCDiceCELoss(None, 0, 1)
+    losses = {"dice": MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **dice_kwargs),
+              "dc_ce": DC_and_CE_loss(dice_kwargs, {}, dice_class=MemoryEfficientSoftDiceLoss),
+              "blob": BlobCompoundLoss(None, 0, 1, "dice"), "tversky": BlobCompoundLoss(None, 0, 1, "tversky"),
+              "ce_topk": TopKDiceAndCELoss(k=50), "cc": CCDiceCELoss(None, 0, 1)}
 
     shape = (args.batch, args.classes, args.size, args.size, args.size)
     print(f"# bench_losses: patch {shape}, device {device}, torch {torch.__version__}, "
@@ -136,17 +150,7 @@ def main():
     for index, count in enumerate(args.counts):
         target, instances = (t.to(device) for t in make_batch(args.batch, args.classes, args.size, count))
         cells = voronoi_cells(target, args.classes).to(torch.int16)  # computed by the data loader in training
-        candidates = {
-            "dice": lambda x: me_dice(x, target),
-            "dc_ce": lambda x: dc_ce(x, target),
-            "blob": lambda x: blob_dice.blob_term(x, target, instances),
-            "tversky": lambda x: blob_tversky.blob_term(x, target, instances),
-            "topk": lambda x: topk_dice_loss(torch.softmax(x, 1), target, 50),
-            "ce_topk": lambda x: ce_topk(x, target),
-            "cc": lambda x: cc_term.instance_term(x, target, cells),
-        }
-        if count <= args.loop_max:
-            candidates["loop"] = lambda x: loop_blob_dice(x, target, instances)
+        candidates = timed_losses(losses, target, instances, cells, with_loop=count <= args.loop_max)
         if index == 0:  # the process's first rounds run slower (allocator and thread pool warming up): discard
             interleaved_best(candidates, logits, args.repeats)
         t = interleaved_best(candidates, logits, args.repeats)

@@ -45,18 +45,10 @@ def validation_epoch(trainer, batches, device) -> float:
     return time.perf_counter() - start
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_shape_arguments(parser)
-    parser.add_argument("--steps", type=int, default=5, help="validation steps per epoch (distinct batches)")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
-
+def candidate_trainers(plans: dict, device) -> dict:
+    """The three candidates, built from ``plans`` with the same network weights."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_blob.trainers.instance_transforms import unpack_instances
-    from nnunet_blob.trainers.online_detection import labels_to_host, patch_detection_counts, predicted_labels
     from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
 
     class BlobDice(nnUNetTrainerBlobDice):
@@ -75,43 +67,72 @@ def main():
         def _online_scorer(self):
             return NoScore(1)
 
-    device = torch.device(args.device)
-    placeholder_dataset()
-    plans = make_plans(args.patch, args.stages, args.batch, args.features)
     trainers = {"nnUNetTrainer": build(nnUNetTrainer, plans, device),
                 "nnUNetTrainerBlobDice": build(BlobDice, plans, device),
                 WITHOUT: build(BlobDiceWithoutOnlineScore, plans, device)}
     for name in ("nnUNetTrainerBlobDice", WITHOUT):
         trainers[name].network.load_state_dict(trainers["nnUNetTrainer"].network.state_dict())
-    batches = {name: [] for name in trainers}
+    return trainers
+
+
+def validation_batches(trainers: dict, args: argparse.Namespace) -> dict:
+    """``args.steps`` batches per candidate: the same images, the stock target or the packed one."""
+    batches: dict = {name: [] for name in trainers}
     for seed in range(args.steps):
         data, stock_target, packed_target, _ = make_batch(trainers["nnUNetTrainer"], args.batch, args.patch,
                                                           args.instances, seed)
         batches["nnUNetTrainer"].append({"data": data, "target": stock_target})
         batches["nnUNetTrainerBlobDice"].append({"data": data, "target": packed_target})
         batches[WITHOUT].append({"data": data, "target": packed_target})
+    return batches
 
-    times = {name: [] for name in trainers}
+
+def interleaved_epochs(trainers: dict, batches: dict, rounds: int, device) -> dict:
+    """Seconds of each candidate's validation epochs over ``rounds`` rounds (after one warm-up round), the order
+    rotated each round."""
+    times: dict = {name: [] for name in trainers}
     names = list(trainers)
-    for round_index in range(args.rounds + 1):
+    for round_index in range(rounds + 1):
         for name in names[round_index % 3:] + names[:round_index % 3]:  # rotate the order
             trainers[name].current_epoch = round_index  # one logged value per epoch, as in training
             seconds = validation_epoch(trainers[name], batches[name], device)
             if round_index:  # round 0 warms up
                 times[name].append(seconds)
+    return times
 
-    # the host part alone: components and counts of one batch's uint8 prediction
-    blob = trainers["nnUNetTrainerBlobDice"]
+
+def host_part_seconds(blob, batches: list, device) -> list[float]:
+    """Seconds of the host part alone per batch: components and counts of the batch's uint8 prediction."""
+    from nnunet_blob.trainers.instance_transforms import unpack_instances
+    from nnunet_blob.trainers.online_detection import labels_to_host, patch_detection_counts, predicted_labels
+
     host = []
     scorer = blob._online_scorer()
     with torch.no_grad():
-        for batch in batches["nnUNetTrainerBlobDice"]:
+        for batch in batches:
             output = blob.network(batch["data"].to(device))[0]
             labels = labels_to_host(predicted_labels(output, False), output.shape[1])
             reference, instances = unpack_instances(batch["target"][0], 1)
             start = time.perf_counter()
             patch_detection_counts(labels, reference.numpy(), instances.numpy(), **scorer.options)
             host.append(time.perf_counter() - start)
+    return host
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_arguments(parser)
+    parser.add_argument("--steps", type=int, default=5, help="validation steps per epoch (distinct batches)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    placeholder_dataset()
+    trainers = candidate_trainers(make_plans(args.patch, args.stages, args.batch, args.features), device)
+    batches = validation_batches(trainers, args)
+    times = interleaved_epochs(trainers, batches, args.rounds, device)
+    host = host_part_seconds(trainers["nnUNetTrainerBlobDice"], batches["nnUNetTrainerBlobDice"], device)
 
     median = {name: statistics.median(t) for name, t in times.items()}
     stock = median["nnUNetTrainer"]

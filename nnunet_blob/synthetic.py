@@ -19,7 +19,7 @@ import numpy as np
 
 def _ellipsoid(shape, centre, radii):
     grids = np.ogrid[tuple(slice(0, s) for s in shape)]
-    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1.0
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii, strict=True)) <= 1.0
 
 
 def make_case(shape: Sequence[int], num_classes: int, rng: np.random.Generator, small_objects=(8, 14),
@@ -30,7 +30,7 @@ def make_case(shape: Sequence[int], num_classes: int, rng: np.random.Generator, 
     image = rng.normal(0.0, 0.35, size=shape).astype(np.float32)
     for _ in range(rng.integers(1, 3)):  # one or two large structures
         radii = [s * rng.uniform(0.12, 0.2) for s in shape]
-        centre = [rng.uniform(r + 1, s - r - 1) for r, s in zip(radii, shape)]
+        centre = [rng.uniform(r + 1, s - r - 1) for r, s in zip(radii, shape, strict=True)]
         mask = _ellipsoid(shape, centre, radii)
         seg[mask] = 1
         image[mask] += rng.uniform(1.2, 1.8)

@@ -53,7 +53,7 @@ ACCUMULATING_OPS = frozenset({
 
 def addressed_bytes(t: torch.Tensor) -> int:
     """Bytes of the memory a tensor addresses: broadcast (stride 0) axes count once."""
-    numel = math.prod(size for size, stride in zip(t.shape, t.stride()) if stride != 0)
+    numel = math.prod(size for size, stride in zip(t.shape, t.stride(), strict=True) if stride != 0)
     return numel * t.element_size()
 
 
@@ -79,6 +79,19 @@ def _scatter_slots(self_shape, dim: int, index: torch.Tensor) -> torch.Tensor:
     return slot
 
 
+def _index_put_slots(self_shape, indices) -> torch.Tensor | None:
+    """The flat destination slot of each entry of ``index_put(self, indices, ...)`` over the indexed axes (None
+    where no axis is indexed); boolean masks count as the indices of their true entries."""
+    slot = None
+    for axis, index in enumerate(indices):
+        if index is None:
+            continue
+        if index.dtype in (torch.bool, torch.uint8):
+            index = index.nonzero()[:, 0]
+        slot = index.long().cpu() if slot is None else slot * self_shape[axis] + index.long().cpu()
+    return slot
+
+
 def _pile(name: str, args: tuple, kwargs: dict) -> tuple[int, int] | None:
     """(largest number of entries one accumulating call adds into one destination slot, entries); None where the
     call does not accumulate."""
@@ -93,14 +106,7 @@ def _pile(name: str, args: tuple, kwargs: dict) -> tuple[int, int] | None:
     if name in ("index_put", "index_put_", "_index_put_impl_"):
         if not arg(3, "accumulate", False):
             return None
-        target, indices = arg(0, "self"), arg(1, "indices")
-        slot = None
-        for axis, index in enumerate(indices):
-            if index is None:
-                continue
-            if index.dtype in (torch.bool, torch.uint8):
-                index = index.nonzero()[:, 0]
-            slot = index.long().cpu() if slot is None else slot * target.shape[axis] + index.long().cpu()
+        slot = _index_put_slots(arg(0, "self").shape, arg(1, "indices"))
         return None if slot is None else _largest_pile(slot)
     if name in ("put", "put_"):
         return _largest_pile(arg(1, "index")) if arg(3, "accumulate", False) else None
@@ -178,7 +184,7 @@ def lesion_batch(classes: int, size: int, batch: int = 2, lesions: int = 20, see
         target[b, 0][ball], instances[b, 0][ball] = 1, 1
         for n in range(2, lesions + 2):
             lo = rng.integers(int(size * 0.7), size - 4, size=3)
-            box = (b, 0, *[slice(a, a + w) for a, w in zip(lo, rng.integers(2, 5, size=3))])
+            box = (b, 0, *[slice(a, a + w) for a, w in zip(lo, rng.integers(2, 5, size=3), strict=True)])
             target[box], instances[box] = rng.integers(1, classes), n
     return torch.from_numpy(target), torch.from_numpy(instances)
 

@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 from skimage.transform import resize
 
-from conftest import build_trainer, run_cli
+from helpers import build_trainer, run_cli
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
 from nnunet_blob.preprocessing.annotated import (
@@ -35,6 +35,8 @@ SHAPE = (28, 32, 24)  # (z, y, x) raw voxels: enough for a network with deep sup
 #: and 1 are resampled in 3d_fullres
 SPACINGS_X = (1.5, 2.1, 1.8, 1.8, 1.8)
 TOUCHING = (1, 2)  # annotated ids of the two class-1 boxes that share a face
+#: the class of each annotated id (:func:`make_case`)
+ANNOTATION_CLASSES = {1: 1, 2: 1, 7: 2, 40: 1}
 
 
 def write(array: np.ndarray, path: Path, spacing) -> None:
@@ -124,8 +126,7 @@ def test_command_makes_maps_from_the_annotation_through_nnunets_geometry(annotat
                 properties = pickle.load(f)
             cropped |= tuple(properties["shape_after_cropping_and_before_resampling"]) != SHAPE
             resampled |= tuple(properties["shape_after_cropping_and_before_resampling"]) != seg.shape
-            classes = {1: 1, 2: 1, 7: 2, 40: 1}
-            expected_class = np.vectorize(lambda v: classes.get(int(v), 0))(expected)
+            expected_class = np.vectorize(lambda v: ANNOTATION_CLASSES.get(int(v), 0))(expected)
             agree = expected_class == np.where(seg > 0, seg, 0)
             # where nnU-Net's segmentation agrees with the pushed annotation, the stored id is the annotated id
             assert np.array_equal(annotation_ids[stored][agree], expected[agree])
@@ -201,7 +202,7 @@ def test_blob_trainer_step_on_annotated_maps(annotated, single_process_loading):
     before = [p.detach().clone() for p in trainer.network.parameters()]
     loss = trainer.train_step(batch)["loss"]
     assert np.isfinite(loss)
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters(), strict=True))
 
 
 def test_without_the_raw_dataset_annotated_maps_are_kept(annotated, monkeypatch, tmp_path):
@@ -239,7 +240,7 @@ def test_region_dataset_tables_list_the_annotated_instances_of_each_region(annot
         table = store.region_table(case)
         assert sorted(table.classes.tolist()) == [1, 1, 1, 1, 2]  # region 1 = labels 1 and 2: all four instances
         assert sorted(table.sizes[table.classes == 2].tolist()) == sorted(
-            s for s, c in zip(record["instance_sizes"], record["instance_classes"]) if c == 2)
+            s for s, c in zip(record["instance_sizes"], record["instance_classes"], strict=True) if c == 2)
 
 
 # ---- unit level: the checks of the raw annotation and the reconciliation rule -----------------------------------

@@ -59,7 +59,7 @@ def write_open_ms_data(root: Path) -> Path:
         if patient != "patient05":
             write(mask(patient), folder / "consensus_gt.nii.gz")
     mni = base / "MNI" / "patient07"
-    for channel, name in ms.SPACES["MNI"].channels.items():
+    for name in ms.SPACES["MNI"].channels.values():
         write(rng.normal(size=SHAPE).astype(np.float32), mni / name)
     write(mask("patient02"), mni / ms.SPACES["MNI"].label)
     return root / "open_ms_data"
@@ -155,7 +155,7 @@ def test_results_table_means_and_each_patient(tmp_path):
         for trainer, f1 in values.items():
             path = tmp_path / f"{trainer}_{name}.json"
             per_case = [{"reference_file": f"/gt/{c}.nii.gz", "metrics": {"1": {"F1": v, "Dice": v / 2}}}
-                        for c, v in zip(cases, f1)]
+                        for c, v in zip(cases, f1, strict=True)]
             path.write_text(json.dumps({"metric_per_case": per_case,
                                         "foreground_mean": {"F1": np.mean(f1), "Dice": np.mean(f1) / 2}}))
             summaries[name][trainer] = path

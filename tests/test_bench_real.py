@@ -225,7 +225,7 @@ def test_results_table_means_over_seeds_and_wilcoxon_against_stock(tmp_path):
         path = tmp_path / f"{seed}_{trainer}.json"
         cases = [{"reference_file": f"/gt/c{i}.png", "metrics": {"1": {"Dice": d, "F1": f}}}
                  for i, (d, f) in enumerate(values)]
-        means = dict(zip(("Dice", "F1"), values.mean(0)))
+        means = dict(zip(("Dice", "F1"), values.mean(0), strict=True))
         path.write_text(json.dumps({"metric_per_case": cases, "foreground_mean": means}))
         summaries.setdefault(seed, {"overlap": {}})["overlap"][trainer] = path
     (tmp_path / "conversion.json").write_text(json.dumps({"train_cases": 30, "test_cases": 8, "nuclei": 99}))

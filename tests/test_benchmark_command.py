@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import nnunet_blob
-from conftest import build_trainer, run_cli
+from helpers import build_trainer, run_cli
 from nnunet_blob.synthetic import make_dataset
 
 TRAINERS = ["nnUNetTrainer", "nnUNetTrainerBlobDice"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import build_trainer
+from helpers import build_trainer
 from nnunet_blob.nnunet_internals import logged_values
 from nnunet_blob.trainers.lesion_validation import (
     BEST_INSTANCES_CHECKPOINT,

@@ -37,7 +37,7 @@ def random_instance_batch(shape, num_classes, instances_per_sample, seed, max_si
         for n in range(1, instances_per_sample[b] + 1):
             lo = [rng.integers(0, s) for s in spatial]
             size = [rng.integers(1, max_size + 1) for _ in spatial]
-            box = tuple(slice(a, min(a + w, s)) for a, w, s in zip(lo, size, spatial))
+            box = tuple(slice(a, min(a + w, s)) for a, w, s in zip(lo, size, spatial, strict=True))
             instances[(b, 0) + box] = n + id_offset
             target[(b, 0) + box] = rng.integers(1, num_classes)
     return torch.from_numpy(target), torch.from_numpy(instances)

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from conftest import run_cli
+from helpers import run_cli
 from nnunet_blob.instances.detection import label_components
 from nnunet_blob.trainers.cells import VoronoiCellsPerScale, make_cell_aware
 from nnunet_blob.trainers.instance_transforms import unpack_instances
@@ -49,7 +49,7 @@ def test_cells_of_every_scale_are_the_nearest_components_of_that_scale():
                 assert not cells[channel].any()
                 continue
             nearest = literal_nearest_components(components, None)
-            assert all(int(c) in ids for c, ids in zip(cells[channel].ravel(), nearest))
+            assert all(int(c) in ids for c, ids in zip(cells[channel].ravel(), nearest, strict=True))
 
 
 def test_region_cells_and_ignore_label():

@@ -91,8 +91,8 @@ def random_instances(rng, shape, n_objects: int) -> np.ndarray:
     out = np.zeros(shape, np.int64)
     for k in range(1, n_objects + 1):
         lo = [int(rng.integers(0, s - 3)) for s in shape]
-        hi = [min(s, a + int(rng.integers(3, 10))) for a, s in zip(lo, shape)]
-        out[tuple(slice(a, b) for a, b in zip(lo, hi))] = k
+        hi = [min(s, a + int(rng.integers(3, 10))) for a, s in zip(lo, shape, strict=True)]
+        out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = k
     ids = np.unique(out[out > 0])  # objects covered completely are gone: renumber 1..n
     return np.where(out > 0, np.searchsorted(ids, out) + 1, 0)
 

@@ -1,7 +1,10 @@
 """``--help`` of the commands a newcomer meets first says what each does and how long it takes."""
 from __future__ import annotations
 
-from conftest import run_cli
+import os
+
+from helpers import TESTS, run_cli
+from nnunet_blob.demo.budgets import MEASURED_CPU_SECONDS
 
 
 def test_trainers_help_describes_the_command_and_registration():
@@ -12,10 +15,20 @@ def test_trainers_help_describes_the_command_and_registration():
 
 
 def test_demo_help_gives_the_measured_cost_and_the_output_options():
-    text = " ".join(run_cli("nnunet_blob", "demo", "--help").stdout.split())
-    assert "about 900 CPU-seconds" in text and "meaningless numbers" in text
-    assert "--verbose" in text and "one line per stage and per training epoch" in text
-    assert "says what it removed" in text
+    wide = {**os.environ, "COLUMNS": "10000"}  # argparse wraps at hyphens too: "CPU-" / "seconds"
+    text = " ".join(run_cli("nnunet_blob", "demo", "--help", env=wide).stdout.split())
+    # the cost it states is the one measured, as the README's budget table gives it
+    readme = (TESTS.parent / "README.md").read_text().splitlines()
+    for budget, cpu_seconds in MEASURED_CPU_SECONDS.items():
+        assert f"{cpu_seconds} CPU-seconds" in text, budget
+        row = next(line for line in readme if line.startswith(f"| `{budget}` |"))
+        assert f"| {cpu_seconds} CPU-seconds |" in row, row
+        if budget == "default":  # the least wall time on an idle 2-core CPU: CPU-seconds / 2 cores
+            minutes = f"{cpu_seconds / 2 / 60:.1f} minutes"
+            assert f"at least {minutes}" in text and f"| {minutes} |" in row, row
+    assert "meaningless" in text  # the smoke budget's numbers
+    for option in ("--verbose", "--clean", "--budget"):
+        assert option in text
 
 
 def test_benchmark_help_says_what_runs_what_it_measures_and_what_it_costs():

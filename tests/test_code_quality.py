@@ -1,7 +1,8 @@
 """Lint (ruff), types (mypy) and the import layering of the package, so that ``pytest`` covers them too.
 
-Configuration in pyproject.toml: ruff rules E, F, W, I (isort), UP (pyupgrade) at 120 columns for Python 3.10;
-mypy on the whole package with ``check_untyped_defs`` (untyped third-party packages are ``Any``).
+Configuration in pyproject.toml: ruff rules E, F, W, I (isort), UP (pyupgrade), B (bugbear: zip without
+``strict=``, late-bound loop variables, mutable defaults, ...) and C901 (McCabe complexity at most 10) at 120 columns
+for Python 3.10; mypy on the whole package with ``check_untyped_defs`` (untyped third-party packages are ``Any``).
 """
 from __future__ import annotations
 

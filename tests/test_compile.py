@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_trainer, run_cli
+from helpers import build_trainer, run_cli
 from nnunet_blob.losses import TverskyLoss
 from nnunet_blob.losses.compiled import COMPILE_ENV, compiled_terms
 from nnunet_blob.nnunet_internals import inner_loss, uncompiled

@@ -49,7 +49,7 @@ def test_deep_supervision_wrapper_sums_scales_with_nnunet_weights():
         targets.append(t), instance_maps.append(n), outputs.append(logits_like(2, 2, s, seed=20 + i))
     inner_loss = BlobCompoundLoss(nnunet_dc_ce(), 2, 1)
     value = DeepSupervisionWrapper(inner_loss, weights)(outputs, targets, instance_maps)
-    expected = sum(w * inner_loss(o, t, n) for w, o, t, n in zip(weights, outputs, targets, instance_maps))
+    expected = sum(w * inner_loss(o, t, n) for w, o, t, n in zip(weights, outputs, targets, instance_maps, strict=True))
     torch.testing.assert_close(value, expected)
 
 

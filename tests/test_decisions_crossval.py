@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from conftest import run_cli
+from helpers import run_cli
 from nnunet_blob.decisions.cases import cross_validation_predictions
 from nnunet_blob.decisions.rules import Setting
 from nnunet_blob.decisions.settings import DecisionError, read_postprocessing
@@ -155,7 +155,7 @@ def planted_model(root, dataset, folds_of_cases):
     gt.mkdir(parents=True)
     splits = [{"train": [], "val": []} for _ in set(folds_of_cases)]
     names = [f"case_{i:03d}" for i in range(len(folds_of_cases))]
-    for name, fold in zip(names, folds_of_cases):
+    for name, fold in zip(names, folds_of_cases, strict=True):
         ref, pred = lesion_case(rng)
         pred[7, 15:19, 15:19] = 1
         validation = model / f"fold_{fold}" / "validation"

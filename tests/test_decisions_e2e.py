@@ -18,7 +18,7 @@ import torch
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from scipy import ndimage
 
-from conftest import run_cli
+from helpers import run_cli
 from nnunet_blob.decisions.cases import cross_validation_predictions, ensemble_predictions
 from nnunet_blob.decisions.rules import LabelLayout, Setting
 from nnunet_blob.decisions.selection import inference_commands
@@ -67,8 +67,8 @@ def far_voxels(ref: np.ndarray, count: int) -> list[tuple]:
     free = ndimage.binary_dilation(ref > 0, FULL, iterations=3) == 0
     free[:3], free[-3:], free[:, :3], free[:, -3:], free[:, :, :3], free[:, :, -3:] = (False,) * 6
     chosen = []
-    for voxel in zip(*np.nonzero(free)):
-        if all(max(abs(a - b) for a, b in zip(voxel, c)) >= 3 for c in chosen):
+    for voxel in zip(*np.nonzero(free), strict=True):
+        if all(max(abs(a - b) for a, b in zip(voxel, c, strict=True)) >= 3 for c in chosen):
             chosen.append(voxel)
             if len(chosen) == count:
                 return chosen

@@ -53,11 +53,11 @@ def random_case(rng, shape=(10, 12, 14), classes=2, ignore=None):
         c = rng.integers(1, classes + 1)
         lo = [rng.integers(0, s - 3) for s in shape]
         size = [rng.integers(1, 4) for _ in shape]
-        box = tuple(slice(a, a + b) for a, b in zip(lo, size))
+        box = tuple(slice(a, a + b) for a, b in zip(lo, size, strict=True))
         ref[box] = c
         if rng.random() < 0.8:
             shifted = tuple(slice(min(a + rng.integers(0, 2), s - b), min(a + rng.integers(0, 2), s - b) + b)
-                            for a, b, s in zip(lo, size, shape))
+                            for a, b, s in zip(lo, size, shape, strict=True))
             pred[shifted] = c
     speckles = rng.random(shape) < 0.01
     pred[speckles] = rng.integers(1, classes + 1, size=int(speckles.sum()))
@@ -133,7 +133,7 @@ def test_table_metrics_equal_evaluate_on_the_postprocessed_masks(ignore):
         for label_or_region in (1, 2, (1, 2)):
             table = component_table(ref, pred, label_or_region, SPACING, ignore)
             counts = grid_counts(table, volumes)
-            for row, volume in zip(counts, volumes):
+            for row, volume in zip(counts, volumes, strict=True):
                 expected = label_metrics(ref, remove_small_components(pred, label_or_region, volume, SPACING),
                                          label_or_region, SPACING, ignore)
                 got = metrics_of_counts(row, table.voxel_volume)

@@ -19,6 +19,7 @@ from nnunet_blob.decisions.tuning import decide, default_min_volumes, metric_nam
 from nnunet_blob.evaluation.folder import evaluate_folder_simple
 
 SPACING_XYZ = (1.0, 1.0, 2.0)  # a voxel is 2 mm³
+ONE_LABEL = LabelLayout((1,))  # one foreground class, label 1
 
 
 def write(path, array):
@@ -39,7 +40,7 @@ def lesion_case(rng, shape=(8, 20, 20)):
     return ref, pred
 
 
-def make_predictions(tmp_path, cases, probabilities=None, layout=LabelLayout((1,)), folds=None) -> Predictions:
+def make_predictions(tmp_path, cases, probabilities=None, layout=ONE_LABEL, folds=None) -> Predictions:
     """A Predictions object over NIfTI files (and .npz probabilities) of (reference, prediction) pairs; ``folds``:
     the fold of each case (default: not known)."""
     (tmp_path / "gt").mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import nnunet_blob.demo
-from conftest import BIN, run_cli
+from helpers import BIN, run_cli
 from nnunet_blob.registration import FOLDER_NAME
 
 LOOKUP_LINE = "not found in nnunetv2.training.nnUNetTrainer"

@@ -161,7 +161,8 @@ def _batch(trainer, classes: int, regions: bool, instance_channel: bool, seed=0)
             segmentation = torch.cat((segmentation, torch.from_numpy(ids)[None]))
         samples.append(pipeline(image=image, segmentation=segmentation))
     targets = [s["segmentation"] for s in samples]
-    target = [torch.stack(t) for t in zip(*targets)] if isinstance(targets[0], list) else torch.stack(targets)
+    per_scale = isinstance(targets[0], list)
+    target = [torch.stack(t) for t in zip(*targets, strict=True)] if per_scale else torch.stack(targets)
     return {"data": torch.stack([s["image"] for s in samples]), "target": target}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN, build_trainer, run_cli
+from helpers import BIN, build_trainer, run_cli
 from map_writers import check_maps, write_maps
 from nnunet_blob.instances.components import compute_instances
 from nnunet_blob.preprocessing import InstanceMapError, InstanceMapStore, ensure_instance_maps
@@ -241,7 +241,7 @@ def test_a_dataset_that_is_not_an_id_or_a_name():
 
 
 def make_read_only(folder: Path, read_only: bool = True) -> None:
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         for f in files:
             os.chmod(os.path.join(root, f), 0o444 if read_only else 0o644)
         os.chmod(root, 0o555 if read_only else 0o755)

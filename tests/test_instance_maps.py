@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from conftest import run_cli
+from helpers import run_cli
 from nnunet_blob.instances.components import compute_instances, instances_per_region
 from nnunet_blob.preprocessing import InstanceMapError, InstanceMapStore, ensure_instance_maps
 from nnunet_blob.preprocessing import store as store_module
@@ -222,7 +222,7 @@ def test_region_dataset_records_labels_and_regions(preprocessed):
         seg = load_seg(folder, case)
         ids = instances_per_region(seg, store.manifest["regions"])
         assert ids.shape == (2, *seg.shape[1:])
-        for channel, region in zip(ids, store.manifest["regions"]):
+        for channel, region in zip(ids, store.manifest["regions"], strict=True):
             mask = np.isin(seg[0], region)
             expected = cc3d.connected_components(mask, connectivity=26)
             assert np.array_equal(channel > 0, mask) and channel.max() == expected.max()

@@ -20,8 +20,8 @@ def test_deterministic_by_seed_and_instance_imbalanced(tmp_path):
     a = read_labels(make_dataset(tmp_path / "a", 1, "A", num_train=3, num_test=1, seed=7))
     b = read_labels(make_dataset(tmp_path / "b", 1, "A", num_train=3, num_test=1, seed=7))
     c = read_labels(make_dataset(tmp_path / "c", 1, "A", num_train=3, num_test=1, seed=8))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
     for seg in a:
         sizes = np.bincount(cc3d.connected_components(seg > 0, connectivity=26).ravel())[1:]
         assert len(sizes) >= 4 and sizes.max() >= 20 * np.median(sizes)  # one large object beside small blobs

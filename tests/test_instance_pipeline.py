@@ -25,7 +25,7 @@ def blobs_case(shape=(40, 40, 40), num_classes=2, seed=0, n=25):
     for _ in range(n):
         lo = [rng.integers(s // 2 + 1, s - 3) for s in shape]
         size = rng.integers(1, 4, size=len(shape))
-        seg[tuple(slice(a, a + w) for a, w in zip(lo, size))] = rng.integers(1, num_classes + 1)
+        seg[tuple(slice(a, a + w) for a, w in zip(lo, size, strict=True))] = rng.integers(1, num_classes + 1)
     instances = np.zeros(shape, dtype=np.int32)
     offset = 0
     for c in range(1, num_classes + 1):
@@ -63,7 +63,7 @@ def run(pipeline, image, seg, instances, num_regions=None, seg_prev=None):
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """a and b label the same voxel sets (equal up to renumbering), 0 in one exactly where 0 in the other."""
-    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist()))
+    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist(), strict=True))
     return (np.array_equal(a == 0, b == 0) and len(pairs) == len(np.unique(a)) == len(np.unique(b)))
 
 
@@ -89,7 +89,7 @@ def test_validation_pipeline_keeps_ids_and_downsamples_like_the_segmentation():
     assert torch.equal(inst[0][0], instances.to(torch.int16))  # no spatial transform: ids unchanged
     assert torch.equal(target[0][0], seg)
     assert out_image.shape == image.shape  # the instance channel does not reach the network input
-    for t, i in zip(target, inst):
+    for t, i in zip(target, inst, strict=True):
         assert t.shape == i.shape
         assert_ids_inside_one_class(t[0, 0], i[0, 0])
 
@@ -100,7 +100,7 @@ def test_spatial_augmentation_moves_ids_with_the_segmentation(seed):
     image, seg, instances = blobs_case(seed=seed)
     out_image, target, inst = run(training_pipeline(force_spatial=True), image, seg, instances)
     assert out_image.shape == (1, 32, 32, 32)
-    for t, i in zip(target, inst):
+    for t, i in zip(target, inst, strict=True):
         assert t.shape == i.shape
         assert_ids_inside_one_class(t[0, 0], i[0, 0])
     assert_ids_cover_the_foreground(target[0][0, 0], inst[0][0, 0])
@@ -130,9 +130,9 @@ def test_mirroring_flips_ids_like_the_segmentation():
         axes = [a for a in (0, 1, 2) if torch.rand(1) < 0.5]  # what MirrorTransform draws with this seed
         torch.manual_seed(seed)
         _, target, inst = run(pipeline, image, seg, instances)
-        flip = (lambda x: torch.flip(x, [a + 1 for a in axes])) if axes else (lambda x: x)
-        assert torch.equal(target[0].long(), flip(seg).long())
-        assert torch.equal(inst[0].long(), flip(instances).long())
+        spatial = [a + 1 for a in axes]  # the channel axis comes first
+        assert torch.equal(target[0].long(), torch.flip(seg, spatial).long())
+        assert torch.equal(inst[0].long(), torch.flip(instances, spatial).long())
         flips.add(tuple(axes))
     assert len(flips) > 1
 
@@ -193,7 +193,7 @@ def test_regions_get_connected_components_per_region():
     for r in range(2):
         expected = cc3d.connected_components(target[0][0, r].numpy().astype(np.uint8), connectivity=26)
         assert np.array_equal(inst[0][0, r].numpy(), expected)
-    for t, i in zip(target, inst):
+    for t, i in zip(target, inst, strict=True):
         assert t.shape == i.shape
 
 

@@ -68,7 +68,7 @@ def test_label_components_and_counts_match_the_definition(shape, connectivity, s
         expected, n_expected = reference_components(mask, connectivity)
         assert n == n_expected > 1
         # the same partition of the voxels (ids may be numbered differently)
-        pairs = set(zip(ours[mask].tolist(), expected[mask].tolist()))
+        pairs = set(zip(ours[mask].tolist(), expected[mask].tolist(), strict=True))
         assert len(pairs) == n and not np.any(ours[~mask])
     counts = detection_counts(ref, pred)
     assert counts.dtype == np.int64 and counts.tolist() == reference_counts(ref, pred)

@@ -117,7 +117,7 @@ def test_maximum_matching_prefers_more_pairs_then_higher_scores():
         rows, cols, scores = rows[keep], cols[keep], rng.random(keep.size)
         chosen = maximum_matching(rows, cols, scores)
         assert len(set(rows[chosen])) == chosen.size == len(set(cols[chosen]))
-        best = literal_best_matching({(r, c): s for r, c, s in zip(rows, cols, scores)})
+        best = literal_best_matching({(r, c): s for r, c, s in zip(rows, cols, scores, strict=True)})
         assert chosen.size == len(best)
         assert scores[chosen].sum() == pytest.approx(sum(best.values()))
 
@@ -127,7 +127,8 @@ def test_overlap_table_counts():
     pred = np.array([[3, 0, 0, 1], [3, 3, 0, 0]])
     table = overlap_table(ref, pred)
     assert table.ref_sizes.tolist() == [3, 3, 2] and table.pred_sizes.tolist() == [4, 1, 0, 3]
-    assert list(zip(table.ref.tolist(), table.pred.tolist(), table.intersection.tolist())) == [(1, 3, 2), (2, 1, 1)]
+    pairs = zip(table.ref.tolist(), table.pred.tolist(), table.intersection.tolist(), strict=True)
+    assert list(pairs) == [(1, 3, 2), (2, 1, 1)]
     assert table.iou().tolist() == [2 / 4, 1 / 2]
     m = match_components(table, "dice", 0.6)
     assert m.ref.tolist() == [1, 2] and m.dice.tolist() == pytest.approx([4 / 6, 2 / 3])

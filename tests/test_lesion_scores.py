@@ -202,7 +202,7 @@ def detection_cases():
 
 def test_detection_entries_froc_ap_equal_literal(detection_cases):
     cases, entries = detection_cases
-    for (ref, pred, prob), mine in zip(cases, entries):
+    for (ref, pred, prob), mine in zip(cases, entries, strict=True):
         assert sorted(map(tuple, mine)) == sorted(map(tuple, literal_entries(ref, pred, prob)))
     pooled = [e for case in entries for e in case]
     assert any(e[0] and e[1] == 0 for e in pooled) and any(not e[0] for e in pooled)  # misses and false positives
@@ -220,7 +220,7 @@ def test_detection_equals_picai_eval(detection_cases):
     picai = pytest.importorskip("picai_eval")
     cases, entries = detection_cases
     detection_maps = []
-    for ref, pred, prob in cases:
+    for _ref, pred, prob in cases:
         pred_labels, n_pred = label_components(pred)
         conf = ndimage.maximum(prob, pred_labels, np.arange(1, n_pred + 1))
         detection_maps.append(np.concatenate(([0.0], np.asarray(conf, float)))[pred_labels].astype(np.float32))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
-from conftest import build_trainer, run_cli
+from helpers import build_trainer, run_cli
 from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.preprocessing import ensure_instance_maps
 from nnunet_blob.trainers.instance_data import renumber_instances
@@ -31,7 +31,7 @@ def test_training_batches(blobs, single_process_loading, configuration):
         assert batch["data"].shape[1] == 1  # the instance channel does not reach the network input
         target, instances = unpack_instances(batch["target"], 1)
         assert len(target) == len(deep_supervision_scales(trainer))
-        for t, i in zip(target, instances):
+        for t, i in zip(target, instances, strict=True):
             assert t.shape == i.shape
             for b in range(t.shape[0]):
                 assert_ids_inside_one_class(t[b, 0], i[b, 0])
@@ -49,7 +49,7 @@ def test_validation_batches_equal_the_cropped_maps_up_to_renumbering(blobs, sing
     _, instances = unpack_instances(batch["target"], 1)
     for j, key in enumerate(batch["keys"]):
         lbs, ubs = boxes[j]
-        crop = crop_and_pad_nd(store.open(key), [[lo, hi] for lo, hi in zip(lbs, ubs)], 0)
+        crop = crop_and_pad_nd(store.open(key), [[lo, hi] for lo, hi in zip(lbs, ubs, strict=True)], 0)
         assert same_partition(instances[0][j, 0].numpy(), renumber_instances(np.asarray(crop)[0]))
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from conftest import build_trainer, run_cli
+from helpers import build_trainer, run_cli
 from nnunet_blob.demo.plans import shrink_plans
 from nnunet_blob.trainers.instance_data import SegWithInstances, id_channels_for, join_ids, split_ids
 from nnunet_blob.trainers.instance_transforms import InstancePacking, make_instance_aware, unpack_instances
@@ -93,7 +93,7 @@ def test_nnunets_training_pipeline_moves_wide_ids_with_the_segmentation(seed):
     image = torch.randn(1, 40, 80, 80)
     pipeline = training_pipeline(patch=(32, 64, 64), force_spatial=True)
     _, target, instances = run_wide(pipeline, image, seg, ids)
-    for t, i in zip(target, instances):
+    for t, i in zip(target, instances, strict=True):
         assert_ids_inside_one_class_fast(t[0, 0], i[0, 0])
     present = torch.unique(instances[0][instances[0] > 0])  # isolated voxels often vanish when resampled
     assert present.numel() > 1000 and set(present.tolist()) <= set(ids.unique().tolist())
@@ -158,7 +158,7 @@ def test_more_than_40000_instances_in_a_patch_through_nnunets_loader_and_a_blob_
     before = [p.detach().clone() for p in trainer.network.parameters()]
     loss = trainer.train_step(batch)["loss"]
     assert np.isfinite(loss)
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters(), strict=True))
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from torch import nn
 from torch.nn.functional import grid_sample
 
-from conftest import build_trainer
+from helpers import build_trainer
 from nnunet_blob import nnunet_internals as internals
 
 
@@ -231,7 +231,7 @@ def test_apply_to_segmentation_mirrors_and_downsamples_like_the_transforms():
     downsample = DownsampleSegForDSTransform([[1, 1, 1], [0.5, 0.5, 0.5]])
     out = internals.apply_to_segmentation(downsample, seg, downsample.get_parameters(segmentation=seg))
     reference = downsample(segmentation=seg.clone())["segmentation"]
-    assert len(out) == 2 and all(torch.equal(a, b) for a, b in zip(out, reference))
+    assert len(out) == 2 and all(torch.equal(a, b) for a, b in zip(out, reference, strict=True))
     assert out[1].shape == (1, 4, 4, 4)
 
 
@@ -291,7 +291,7 @@ def test_dataset_classes_cases_and_load_case(blobs):
 def test_blosc2_block_and_chunk_are_nnunets_4d_shapes():
     blocks, chunks = internals.blosc2_block_and_chunk((1, 64, 64, 64), (32, 32, 32), 2)
     assert len(blocks) == len(chunks) == 4
-    assert all(b <= c <= s for b, c, s in zip(blocks, chunks, (1, 64, 64, 64)))
+    assert all(b <= c <= s for b, c, s in zip(blocks, chunks, (1, 64, 64, 64), strict=True))
 
 
 # ---- preprocessing geometry -----------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def test_nearest_resize_indices_are_nnunets_order_0_segmentation_resampling():
 
     ids = np.random.default_rng(0).integers(0, 5000, (7, 10, 13))
     for shape in [(14, 5, 13), (3, 20, 26), (7, 10, 13), (8, 9, 6), (4, 5, 7)]:
-        ours = ids[np.ix_(*(internals.nearest_resize_indices(o, n) for o, n in zip(ids.shape, shape)))]
+        ours = ids[np.ix_(*(internals.nearest_resize_indices(o, n) for o, n in zip(ids.shape, shape, strict=True)))]
         assert np.array_equal(ours, resize_segmentation(ids, shape, order=0)), shape
 
 
@@ -432,7 +432,8 @@ def test_deep_supervision_scales_are_the_pipelines_target_sizes(blobs):
     seg = torch.zeros(1, *trainer.configuration_manager.patch_size, dtype=torch.int16)
     targets = pipeline(image=torch.zeros(seg.shape), segmentation=seg)["segmentation"]
     assert [tuple(t.shape[1:]) for t in targets] == [
-        tuple(round(p * s) for p, s in zip(trainer.configuration_manager.patch_size, scale)) for scale in scales]
+        tuple(round(p * s) for p, s in zip(trainer.configuration_manager.patch_size, scale, strict=True))
+        for scale in scales]
 
 
 def test_stop_loader_ends_nnunets_loader_processes(blobs):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from conftest import build_trainer
+from helpers import build_trainer
 from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.trainers.instance_transforms import make_instance_aware, unpack_instances
 from nnunet_blob.trainers.online_detection import patch_detection_counts
@@ -26,7 +26,7 @@ def literal_components(mask: np.ndarray, connectivity: int) -> list[set]:
     reach = {6: 1, 18: 2, 26: 3}[connectivity]
     steps = [d for d in itertools.product((-1, 0, 1), repeat=mask.ndim) if 0 < sum(map(abs, d)) <= reach]
     seen, components = set(), []
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=True):
         start = tuple(int(i) for i in start)
         if start in seen:
             continue
@@ -36,8 +36,8 @@ def literal_components(mask: np.ndarray, connectivity: int) -> list[set]:
             voxel = queue.popleft()
             component.add(voxel)
             for step in steps:
-                n = tuple(v + s for v, s in zip(voxel, step))
-                if all(0 <= i < s for i, s in zip(n, mask.shape)) and mask[n] and n not in seen:
+                n = tuple(v + s for v, s in zip(voxel, step, strict=True))
+                if all(0 <= i < s for i, s in zip(n, mask.shape, strict=True)) and mask[n] and n not in seen:
                     seen.add(n)
                     queue.append(n)
         components.append(component)
@@ -71,7 +71,7 @@ def literal_batch_counts(pred, target, instances, num_rows, regions, ignore_labe
 
 
 def box(array, lo, hi, value):
-    array[tuple(slice(a, b) for a, b in zip(lo, hi))] = value
+    array[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = value
 
 
 def hand_made_label_batch():

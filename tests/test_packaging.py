@@ -1,11 +1,13 @@
 """What a wheel and an sdist built from this checkout ship: the licence, the notice, py.typed and the start-up hook."""
 from __future__ import annotations
 
+import configparser
 import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
+from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
@@ -47,10 +49,22 @@ def test_sdist_ships_licence_notice_types_and_hook(built):
     assert {"LICENSE", "NOTICE", "nnunet_blob.pth", "nnunet_blob/py.typed"} <= set(sdist)
 
 
-def test_licence_is_apache_2_and_notice_names_the_surfel_table():
-    licence = (ROOT / "LICENSE").read_text()
-    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
-    assert "END OF TERMS AND CONDITIONS" in licence and len(licence.splitlines()) == 202
+def apache_terms(licence: str) -> str:
+    """The terms of an Apache License 2.0 text (sections 1 to 9), whitespace normalised; '' when it has none."""
+    start, end = licence.find("TERMS AND CONDITIONS FOR USE"), licence.find("END OF TERMS AND CONDITIONS")
+    return " ".join(licence[start:end].split()) if 0 <= start < end else ""
+
+
+def test_licence_is_the_apache_2_text_the_metadata_declares_and_notice_names_the_surfel_table():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config["metadata"]["license"] == "Apache-2.0"  # the SPDX identifier
+    # LICENSE holds, word for word, the terms of the Apache-2.0 licence nnU-Net ships (an Apache-2.0 project)
+    nnunet = distribution("nnunetv2")
+    assert "License :: OSI Approved :: Apache Software License" in nnunet.metadata.get_all("Classifier")
+    theirs = [f.read_text() for f in nnunet.files or () if f.name == "LICENSE"]
+    assert theirs and apache_terms(theirs[0])
+    assert apache_terms((ROOT / "LICENSE").read_text()) == apache_terms(theirs[0])
     notice = (ROOT / "NOTICE").read_text()
     assert "nnunet_blob/evaluation/_surfel_table.py" in notice and "Copyright 2018 Google" in notice
     assert "Copyright 2018 Google" in (ROOT / "nnunet_blob" / "evaluation" / "_surfel_table.py").read_text()

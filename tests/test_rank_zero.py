@@ -15,7 +15,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import build_trainer
+from helpers import build_trainer
 from nnunet_blob.trainers.rank_zero import after_rank_zero
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_trainer
+from helpers import build_trainer
 from nnunet_blob.nnunet_internals import deep_supervision_scales
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice, nnUNetTrainerBlobDice_instSampling
 
@@ -48,7 +48,7 @@ def test_instance_datasets_and_pipelines_survive_pickling(blobs):
         np.random.seed(0)
         outputs.append(transforms(**{k: v.clone() for k, v in sample.items()}))
     assert torch.equal(outputs[0]["image"], outputs[1]["image"])
-    assert all(torch.equal(a, b) for a, b in zip(outputs[0]["segmentation"], outputs[1]["segmentation"]))
+    assert all(torch.equal(a, b) for a, b in zip(outputs[0]["segmentation"], outputs[1]["segmentation"], strict=True))
 
 
 TRAIN_WITH_SPAWN = """

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def results_folder(dataset: str, trainer: str, configuration: str = "3d_fullres") -> Path:

@@ -26,7 +26,7 @@ def literal_nearest_components(components: np.ndarray, spacing) -> list[set[int]
 def assert_cells_are_nearest(components, spacing=None):
     cells = component_cells(components, spacing)
     nearest = literal_nearest_components(components, spacing)
-    assert all(int(c) in n for c, n in zip(cells.ravel(), nearest))
+    assert all(int(c) in n for c, n in zip(cells.ravel(), nearest, strict=True))
     assert np.array_equal(cells[components > 0], components[components > 0])  # a component lies in its own cell
     return cells, nearest
 

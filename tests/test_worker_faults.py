@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from conftest import BIN, TESTS, build_trainer, run_cli
+from helpers import BIN, TESTS, build_trainer, run_cli
 from nnunet_blob.border_core.representation import border_core_labels
 from nnunet_blob.cli import main
 from nnunet_blob.decisions.rules import LabelLayout, Setting

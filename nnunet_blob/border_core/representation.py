@@ -88,7 +88,7 @@ def _integer_ids(array: np.ndarray, what: str) -> np.ndarray:
 def default_border_thickness(spacing: Sequence[float], shape: tuple[int, ...]) -> float:
     """The length of one voxel's diagonal, ``||spacing||_2`` over the axes longer than one voxel (nnU-Net reads a
     2D image as a one-slice volume with spacing 999 on that axis, which is no axis of the image)."""
-    steps = [float(s) for s, n in zip(spacing, shape) if n > 1]
+    steps = [float(s) for s, n in zip(spacing, shape, strict=True) if n > 1]
     return float(np.sqrt(np.sum(np.square(steps)))) if steps else 0.0
 
 
@@ -121,7 +121,7 @@ def border_core_labels(instances: np.ndarray, spacing: Sequence[float], border_t
             if box is None:
                 continue
             crop = tuple(slice(max(b.start - m, 0), min(b.stop + m, n))
-                         for b, m, n in zip(box, margin, instances.shape))
+                         for b, m, n in zip(box, margin, instances.shape, strict=True))
             mask = instances[crop] == index
             if mask.all():  # no voxel outside the nucleus within reach: all core
                 continue
@@ -217,7 +217,7 @@ def compare_instances(reference: np.ndarray, decoded: np.ndarray) -> InstanceCom
     best_r: dict[int, tuple[int, int]] = {}  # nucleus -> (overlap, decoded id) of its largest overlap
     best_d: dict[int, tuple[int, int]] = {}  # decoded id -> (overlap, nucleus)
     sizes: dict[int, int] = {}
-    for (r, d), count in zip(pairs.T.tolist(), counts.tolist()):
+    for (r, d), count in zip(pairs.T.tolist(), counts.tolist(), strict=True):
         partners_r[r] = partners_r.get(r, 0) + 1
         partners_d[d] = partners_d.get(d, 0) + 1
         if r > 0:

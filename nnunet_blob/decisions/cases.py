@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,52 +103,64 @@ def cross_validation_predictions(dataset: str, trainer: str, plans: str, configu
     file and the nnU-Net command that makes it."""
     name = dataset_name(dataset)
     folder = model_folder(name, trainer, plans, configuration)
-    if not folder.is_dir():
-        raise DecisionError(f"no trained model {folder.name} of {name} in {folder.parent}; train it: "
-                            f"{_train_command(dataset, configuration, folds[0], trainer, plans)} (every fold of "
-                            f"{list(folds)}), or check -tr, -p and -c")
-    for required in ("plans.json", "dataset.json"):
-        if not (folder / required).is_file():
-            raise DecisionError(f"{folder / required} is missing; nnUNetv2_train writes it: run "
-                                f"{_train_command(dataset, configuration, folds[0], trainer, plans)}")
-    plans_dict = json.loads((folder / "plans.json").read_text())
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+
+    def train(fold) -> str:
+        return _train_command(dataset, configuration, fold, trainer, plans)
+
+    plans_dict, dataset_json = _trained_model_json(folder, name, folds, train)
     layout, ending, reader_writer = layout_of(plans_dict, dataset_json)
     reference_folder = preprocessed_root() / name / "gt_segmentations"
     cases: dict[str, CaseFiles] = {}
-    missing_npz: list[str] = []
     for fold in folds:
-        validation = folder / f"fold_{fold}" / "validation"
-        files = sorted(p.name for p in validation.glob(f"*{ending}")) if validation.is_dir() else []
-        if not files:
-            raise DecisionError(f"fold {fold} of {folder.name} has no validation predictions ({validation}); run "
-                                f"{_train_command(dataset, configuration, fold, trainer, plans)} (add --val --npz "
-                                f"if it was trained, --npz to keep the probabilities)")
-        for file in files:
-            case = file[: -len(ending)]
-            if case in cases:
-                raise DecisionError(f"case {case} is predicted by two folds of {folder.name} (fold {fold} and "
+        for case in _fold_cases(folder, fold, ending, reference_folder, train):
+            if case.name in cases:
+                raise DecisionError(f"case {case.name} is predicted by two folds of {folder.name} (fold {fold} and "
                                     f"another); use folds of one cross-validation split")
-            reference = reference_folder / file
-            if not reference.is_file():
-                raise DecisionError(f"case {case}: no reference {reference}; the folds must be of this dataset's "
-                                    f"training cases (nnUNetv2_plan_and_preprocess writes gt_segmentations)")
-            npz = validation / f"{case}.npz"
-            if not npz.is_file():
-                missing_npz.append(f"fold {fold} case {case}")
-            cases[case] = CaseFiles(case, str(reference), str(validation / file), (str(npz),) if npz.is_file() else (),
-                                    fold)
+            cases[case.name] = case
+    without = [c for c in cases.values() if not c.probabilities]
     no_probabilities = None
-    if missing_npz:
-        fold_list = sorted({m.split()[1] for m in missing_npz})
-        no_probabilities = (f"{folder.name}: {len(missing_npz)} of {len(cases)} cases have no probabilities (.npz), "
-                            f"e.g. {missing_npz[0]}; to use them run "
-                            + "; ".join(_train_command(dataset, configuration, f, trainer, plans) + " --val --npz"
-                                        for f in fold_list))
+    if without:
+        no_probabilities = (f"{folder.name}: {len(without)} of {len(cases)} cases have no probabilities (.npz), "
+                            f"e.g. fold {without[0].fold} case {without[0].name}; to use them run "
+                            + "; ".join(train(f) + " --val --npz" for f in sorted({str(c.fold) for c in without})))
         cases = {k: CaseFiles(c.name, c.reference, c.segmentation, (), c.fold) for k, c in cases.items()}
     return Predictions(name, folder.name, tuple(folds), [cases[k] for k in sorted(cases)],
                        crossval_folder(folder, folds), layout, ending, reader_writer,
                        [{"trainer": trainer, "plans": plans, "configuration": configuration}], no_probabilities)
+
+
+def _trained_model_json(folder: Path, name: str, folds, train: Callable[..., str]) -> tuple[dict, dict]:
+    """The plans and dataset.json of a trained model's folder; DecisionError with the training command when the
+    model or either file is missing."""
+    if not folder.is_dir():
+        raise DecisionError(f"no trained model {folder.name} of {name} in {folder.parent}; train it: "
+                            f"{train(folds[0])} (every fold of {list(folds)}), or check -tr, -p and -c")
+    for required in ("plans.json", "dataset.json"):
+        if not (folder / required).is_file():
+            raise DecisionError(f"{folder / required} is missing; nnUNetv2_train writes it: run {train(folds[0])}")
+    return json.loads((folder / "plans.json").read_text()), json.loads((folder / "dataset.json").read_text())
+
+
+def _fold_cases(folder: Path, fold, ending: str, reference_folder: Path,
+                train: Callable[..., str]) -> list[CaseFiles]:
+    """The validation cases of one fold (with their probabilities where nnU-Net kept them); DecisionError when the
+    fold has no predictions or a case has no reference."""
+    validation = folder / f"fold_{fold}" / "validation"
+    files = sorted(p.name for p in validation.glob(f"*{ending}")) if validation.is_dir() else []
+    if not files:
+        raise DecisionError(f"fold {fold} of {folder.name} has no validation predictions ({validation}); run "
+                            f"{train(fold)} (add --val --npz if it was trained, --npz to keep the probabilities)")
+    cases = []
+    for file in files:
+        case = file[: -len(ending)]
+        reference = reference_folder / file
+        if not reference.is_file():
+            raise DecisionError(f"case {case}: no reference {reference}; the folds must be of this dataset's "
+                                f"training cases (nnUNetv2_plan_and_preprocess writes gt_segmentations)")
+        npz = validation / f"{case}.npz"
+        cases.append(CaseFiles(case, str(reference), str(validation / file), (str(npz),) if npz.is_file() else (),
+                               fold))
+    return cases
 
 
 def ensemble_predictions(first: Predictions, second: Predictions) -> Predictions:
@@ -166,7 +179,7 @@ def ensemble_predictions(first: Predictions, second: Predictions) -> Predictions
                             f"({sorted(set(names) ^ {c.name for c in second.cases})[:5]}); train the same folds")
     identifier = f"ensemble___{first.identifier}___{second.identifier}___{folds_string(first.folds)}"
     cases = [CaseFiles(a.name, a.reference, None, a.probabilities + b.probabilities, a.fold)
-             for a, b in zip(first.cases, second.cases)]
+             for a, b in zip(first.cases, second.cases, strict=True)]
     return Predictions(first.dataset, identifier, first.folds, cases,
                        results_root() / first.dataset / "ensembles" / identifier, first.layout, first.file_ending,
                        first.reader_writer, first.members + second.members)

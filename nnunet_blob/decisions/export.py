@@ -102,15 +102,8 @@ def export_model(dataset: str, output_file: str | Path, configurations: Sequence
     name = dataset_name(dataset)
     root = results_root()
     for configuration in configurations:
-        folder = model_folder(name, trainer, plans, configuration)
-        if not folder.is_dir():
-            raise DecisionError(f"no trained model {folder.name} of {name} in {folder.parent}; check -tr, -p, -c")
-        for fold in folds:
-            for checkpoint in checkpoints:
-                path = folder / ("fold_all" if fold == "all" else f"fold_{fold}") / checkpoint
-                if not path.is_file():
-                    raise DecisionError(f"{path} does not exist; train fold {fold} (nnUNetv2_train {name} "
-                                        f"{configuration} {fold} -tr {trainer} -p {plans}) or choose -chk")
+        _check_checkpoints(model_folder(name, trainer, plans, configuration), name, configuration, trainer, plans,
+                           folds, checkpoints)
     if stock:
         _check_stock(trainer)
     output_file = Path(output_file)
@@ -121,13 +114,7 @@ def export_model(dataset: str, output_file: str | Path, configurations: Sequence
                                 tuple(checkpoints))
         with atomic_path(output_file) as tmp, zipfile.ZipFile(nnunet_zip) as theirs, \
                 zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as ours:
-            names = set()
-            for info in theirs.infolist():
-                payload = theirs.read(info)
-                if stock and os.path.basename(info.filename) in checkpoints:
-                    payload = stock_checkpoint(payload, info.filename)
-                ours.writestr(info.filename, payload)
-                names.add(info.filename)
+            names = _copy_nnunet_zip(theirs, ours, checkpoints if stock else ())
             for path in our_files(name, configurations, trainer, plans, folds):
                 arcname = os.path.relpath(path, root)
                 if arcname not in names:
@@ -144,3 +131,29 @@ def export_model(dataset: str, output_file: str | Path, configurations: Sequence
         f"checkpoints naming {trainer} (nnU-Net needs the trainer registered to predict)"
     log(f"written {output_file}: {kind}")
     return output_file
+
+
+def _check_checkpoints(folder: Path, name: str, configuration: str, trainer: str, plans: str, folds,
+                       checkpoints: Sequence[str]) -> None:
+    """DecisionError naming the missing model or checkpoint and the command that trains it."""
+    if not folder.is_dir():
+        raise DecisionError(f"no trained model {folder.name} of {name} in {folder.parent}; check -tr, -p, -c")
+    for fold in folds:
+        for checkpoint in checkpoints:
+            path = folder / ("fold_all" if fold == "all" else f"fold_{fold}") / checkpoint
+            if not path.is_file():
+                raise DecisionError(f"{path} does not exist; train fold {fold} (nnUNetv2_train {name} "
+                                    f"{configuration} {fold} -tr {trainer} -p {plans}) or choose -chk")
+
+
+def _copy_nnunet_zip(theirs: zipfile.ZipFile, ours: zipfile.ZipFile, stock_checkpoints: Sequence[str]) -> set[str]:
+    """Copy nnU-Net's export into ours, the checkpoints named in ``stock_checkpoints`` made loadable by plain
+    nnU-Net (:func:`stock_checkpoint`); the names written."""
+    names = set()
+    for info in theirs.infolist():
+        payload = theirs.read(info)
+        if os.path.basename(info.filename) in stock_checkpoints:
+            payload = stock_checkpoint(payload, info.filename)
+        ours.writestr(info.filename, payload)
+        names.add(info.filename)
+    return names

@@ -68,7 +68,8 @@ def segmentation_from_probabilities(probabilities: np.ndarray, layout: LabelLayo
     seg = np.zeros(probabilities.shape[1:], dtype=layout.seg_dtype)
     if layout.has_regions:
         assert layout.regions_class_order is not None
-        for channel, (region, label) in enumerate(zip(layout.labels_or_regions, layout.regions_class_order)):
+        for channel, (region, label) in enumerate(zip(layout.labels_or_regions, layout.regions_class_order,
+                                                      strict=True)):
             t = thresholds.get(region)
             seg[probabilities[channel] > (0.5 if t is None else t)] = label
         return seg

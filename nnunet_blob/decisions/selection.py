@@ -122,7 +122,7 @@ def inference_commands(predictions: Predictions, postprocessing: PostprocessingF
     commands = []
     if p.is_ensemble:
         outputs = [f"OUTPUT_FOLDER_MODEL_{i + 1}" for i in range(len(p.members))]
-        for member, output in zip(p.members, outputs):
+        for member, output in zip(p.members, outputs, strict=True):
             commands += predict_command(p.dataset, member, p.folds, output, probabilities=True)
         commands.append(f"nnUNetv2_ensemble -i {' '.join(outputs)} -o OUTPUT_FOLDER -np {num_processes}"
                         + (" --save_npz" if uses_probabilities else ""))

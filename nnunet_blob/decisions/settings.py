@@ -81,7 +81,8 @@ def read_postprocessing(path: str | Path) -> PostprocessingFile:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DecisionError(f"{path} does not exist; make it with nnunet_blob tune-postprocessing (or find-best)")
+        raise DecisionError(f"{path} does not exist; make it with nnunet_blob tune-postprocessing "
+                            f"(or find-best)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DecisionError(f"{path} is not a readable JSON file ({e}); make it again with nnunet_blob "
                             f"tune-postprocessing") from e

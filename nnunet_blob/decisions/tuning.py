@@ -256,7 +256,7 @@ class ClassTuning:
         if oof is None:
             return []
         return [(fold, sum(f == fold for f in oof.case_folds), self.setting_at(choice))
-                for fold, choice in zip(oof.folds, oof.choices)]
+                for fold, choice in zip(oof.folds, oof.choices, strict=True)]
 
 
 @dataclass
@@ -384,7 +384,7 @@ def _class_record(c: ClassTuning, case_names: list[str]) -> dict:
                       for fold, n, setting in c.fold_choices()],
             "cases": {name: {"fold": fold, "no_change": _number(c.values[i, 0, 0]),
                              "out_of_fold": _number(oof.values[i])}
-                      for i, (name, fold) in enumerate(zip(case_names, oof.case_folds))},
+                      for i, (name, fold) in enumerate(zip(case_names, oof.case_folds, strict=True))},
         }
     record.update({"paired_cases": d.paired_cases, "chosen": c.setting.describe(), "changed": d.accepted})
     return record

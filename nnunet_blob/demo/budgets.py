@@ -66,6 +66,15 @@ BUDGETS = {
                    iterations=100, val_iterations=20, base_features=None),
 }
 
+#: CPU-seconds (user + system, the demo and its child processes) of a whole demo run of two trainers with the default
+#: ``-np 2``, as measured for the README's budget table
+MEASURED_CPU_SECONDS = {"smoke": 149, "default": 891}
+
+
+def idle_minutes(cpu_seconds: float, cores: int = 2) -> float:
+    """The least wall time, in minutes, of ``cpu_seconds`` of work on an idle machine of ``cores`` cores."""
+    return cpu_seconds / cores / 60
+
 
 def demo_trainer_bases() -> dict:
     """Trainers the demo can run, by name: stock ``nnUNetTrainer`` and every trainer of nnunet_blob."""

@@ -15,7 +15,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> None:
-    from nnunet_blob.demo.budgets import BUDGETS, DEFAULT_TRAINERS
+    from nnunet_blob.demo.budgets import BUDGETS, DEFAULT_TRAINERS, MEASURED_CPU_SECONDS, idle_minutes
+
+    smoke, default = MEASURED_CPU_SECONDS["smoke"], MEASURED_CPU_SECONDS["default"]
 
     p = subparsers.add_parser(
         "demo", help="run the whole pipeline on a synthetic dataset and compare stock nnU-Net with blob loss",
@@ -28,10 +30,10 @@ def add_parser(subparsers) -> None:
                    help="folder for data, models and results (default ./nnunet_blob_demo); nnUNet_raw/"
                         "_preprocessed/_results are set inside it, your own nnU-Net folders are not touched")
     p.add_argument("--budget", default="default", choices=list(BUDGETS),
-                   help="smoke: a pipeline check, meaningless numbers (about 150 CPU-seconds); default: two "
-                        "trainers compared (about 900 CPU-seconds: at least 7.5 minutes on an idle 2-core CPU); "
-                        "detection: the detection benchmark's (24 test cases, longer); long: nnU-Net's own "
-                        "network size, for a GPU")
+                   help=f"smoke: a pipeline check, meaningless numbers ({smoke} CPU-seconds measured); default: two "
+                        f"trainers compared ({default} CPU-seconds measured: at least {idle_minutes(default):.1f} "
+                        f"minutes on an idle 2-core CPU); detection: the detection benchmark's (24 test cases, "
+                        f"longer); long: nnU-Net's own network size, for a GPU")
     p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS),
                    help=f"trainers to compare (default: {' '.join(DEFAULT_TRAINERS)}); any nnunet_blob trainer, "
                         f"e.g. nnUNetTrainerBlobTversky nnUNetTrainerTopKDice nnUNetTrainerBlobDice_instSampling")

@@ -54,7 +54,7 @@ def _compare(args: argparse.Namespace) -> int:
         print("nnunet_blob compare: error: --names needs one distinct name per summary", file=sys.stderr)
         return 2
     metrics = metric_directions(args.metrics) if args.metrics else None
-    print(format_report(compare(dict(zip(names, args.summaries)), metrics=metrics, alpha=args.alpha)))
+    print(format_report(compare(dict(zip(names, args.summaries, strict=True)), metrics=metrics, alpha=args.alpha)))
     return 0
 
 

@@ -109,6 +109,35 @@ def _missing_metrics(loaded: dict, summaries: dict, metrics: dict, requested: bo
     return list(dict.fromkeys(notes))
 
 
+def _table(arr: dict[str, np.ndarray], higher: bool) -> dict:
+    """Each method's mean and median over the cases (NaN ignored) and its wins: the cases where it alone is best."""
+    methods = list(arr)
+    stacked = (1.0 if higher else -1.0) * np.vstack([arr[m] for m in methods])
+    filled = np.where(np.isnan(stacked), -np.inf, stacked)
+    best = filled.max(0)
+    unique_best = (filled == best).sum(0) == 1
+    return {m: {"mean": float(np.nanmean(arr[m])) if not np.isnan(arr[m]).all() else np.nan,
+                "median": float(np.nanmedian(arr[m])) if not np.isnan(arr[m]).all() else np.nan,
+                "wins": int(((filled[i] == best) & unique_best & np.isfinite(best)).sum())}
+            for i, m in enumerate(methods)}
+
+
+def _pairwise_scores(arr: dict[str, np.ndarray], higher: bool, alpha: float) -> tuple[dict, dict]:
+    """The paired Wilcoxon p of each pair of methods, and each method's score: how many others it beats (p < alpha,
+    better mean difference)."""
+    sign = 1.0 if higher else -1.0
+    p_values, scores = {}, {m: 0 for m in arr}
+    for m1, m2 in itertools.combinations(arr, 2):
+        p = paired_wilcoxon(arr[m1], arr[m2])
+        p_values[(m1, m2)] = p
+        diff = sign * np.nanmean(arr[m1] - arr[m2]) if not np.isnan(arr[m1] - arr[m2]).all() else 0.0
+        if p < alpha and diff > 0:
+            scores[m1] += 1
+        elif p < alpha and diff < 0:
+            scores[m2] += 1
+    return p_values, scores
+
+
 def compare(summaries: dict[str, str], metrics: dict[str, bool] | None = None, alpha: float = 0.05) -> dict:
     """Compare named summaries (``{method: path}``) on identical case sets.
 
@@ -135,25 +164,9 @@ def compare(summaries: dict[str, str], metrics: dict[str, bool] | None = None, a
             if any(metric not in loaded[m][label] for m in methods):
                 continue  # evaluated with other options: compare what both have
             arr = {m: np.array([loaded[m][label][metric][c] for c in cases]) for m in methods}
-            sign = 1.0 if higher else -1.0
-            stacked = sign * np.vstack([arr[m] for m in methods])
-            filled = np.where(np.isnan(stacked), -np.inf, stacked)
-            best = filled.max(0)
-            unique_best = (filled == best).sum(0) == 1
             key = (label, metric)
-            tables[key] = {m: {"mean": float(np.nanmean(arr[m])) if not np.isnan(arr[m]).all() else np.nan,
-                               "median": float(np.nanmedian(arr[m])) if not np.isnan(arr[m]).all() else np.nan,
-                               "wins": int(((filled[i] == best) & unique_best & np.isfinite(best)).sum())}
-                           for i, m in enumerate(methods)}
-            p_values[key], scores[key] = {}, {m: 0 for m in methods}
-            for m1, m2 in itertools.combinations(methods, 2):
-                p = paired_wilcoxon(arr[m1], arr[m2])
-                p_values[key][(m1, m2)] = p
-                diff = sign * np.nanmean(arr[m1] - arr[m2]) if not np.isnan(arr[m1] - arr[m2]).all() else 0.0
-                if p < alpha and diff > 0:
-                    scores[key][m1] += 1
-                elif p < alpha and diff < 0:
-                    scores[key][m2] += 1
+            tables[key] = _table(arr, higher)
+            p_values[key], scores[key] = _pairwise_scores(arr, higher, alpha)
     if not scores:
         raise ValueError(f"none of the metrics {list(metrics)} is in every summary" +
                          (": " + "; ".join(notes) if notes else ""))

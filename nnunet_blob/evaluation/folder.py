@@ -46,17 +46,10 @@ def evaluate_case(ref_file: str, pred_file: str, reader_writer, labels_or_region
                                          None if options.instance_inputs else allowed_labels,
                                          options.allow_geometry_mismatch)
     case = _case_name(pred_file, reader_writer)
-    instance_maps = []
-    for path, option, seg, seg_file in ((ref_instances_file, "--reference-instances", seg_ref, ref_file),
-                                        (pred_instances_file, "--prediction-instances", seg_pred, pred_file)):
-        if options.instance_inputs:
-            instances = instance_ids(seg, seg_file, case, "--instance-inputs")
-        elif path is not None:
-            instances = read_instances(reader_writer, path, case, option, seg, seg_file, props, ignore_label,
-                                       options.allow_geometry_mismatch)
-        else:
-            instances = None
-        instance_maps.append(None if instances is None else spatial_view(instances, props["spacing"])[0])
+    instance_maps = [_instance_map(reader_writer, path, case, option, seg, seg_file, props, ignore_label, options)
+                     for path, option, seg, seg_file in
+                     ((ref_instances_file, "--reference-instances", seg_ref, ref_file),
+                      (pred_instances_file, "--prediction-instances", seg_pred, pred_file))]
     if options.instance_inputs:
         seg_ref, seg_pred = (seg_ref != 0).astype(np.uint8), (seg_pred != 0).astype(np.uint8)
     ref, spacing = spatial_view(seg_ref, props["spacing"])
@@ -77,12 +70,32 @@ def evaluate_case(ref_file: str, pred_file: str, reader_writer, labels_or_region
     if probabilities is not None:
         result["detections"] = detections
     if png_file is not None:
-        from nnunet_blob.evaluation.pictures import case_png
-
-        image = spatial_view(reader_writer.read_images((image_file,))[0][:1], props["spacing"])[0] \
-            if image_file else None
-        case_png(png_file, image, comps, result["metrics"], title=os.path.basename(ref_file))
+        _write_png(png_file, reader_writer, image_file, props, comps, result["metrics"], ref_file)
     return result
+
+
+def _instance_map(reader_writer, path: str | None, case: str, option: str, seg: np.ndarray, seg_file: str,
+                  props: dict, ignore_label, options: EvaluationOptions) -> np.ndarray | None:
+    """The spatial view of one side's instance map: the segmentation file itself with ``--instance-inputs``, the
+    file at ``path`` (``option`` names it in errors), or None (connected components are matched instead)."""
+    if options.instance_inputs:
+        instances = instance_ids(seg, seg_file, case, "--instance-inputs")
+    elif path is not None:
+        instances = read_instances(reader_writer, path, case, option, seg, seg_file, props, ignore_label,
+                                   options.allow_geometry_mismatch)
+    else:
+        return None
+    return spatial_view(instances, props["spacing"])[0]
+
+
+def _write_png(png_file: str, reader_writer, image_file: str | None, props: dict, comps: dict, metrics: dict,
+               ref_file: str) -> None:
+    """The case's picture (:func:`~nnunet_blob.evaluation.pictures.case_png`), over its image when one is given."""
+    from nnunet_blob.evaluation.pictures import case_png
+
+    image = spatial_view(reader_writer.read_images((image_file,))[0][:1], props["spacing"])[0] \
+        if image_file else None
+    case_png(png_file, image, comps, metrics, title=os.path.basename(ref_file))
 
 
 def _case_name(path: str, reader_writer) -> str:
@@ -213,6 +226,43 @@ def pair_cases(folder_ref: str, folder_pred: str, file_ending: str, chill: bool 
     return [(os.path.join(folder_ref, f), os.path.join(folder_pred, f)) for f in files_pred]
 
 
+def _check_instance_options(options: EvaluationOptions, labels_or_regions) -> None:
+    """ValueError/FileNotFoundError naming the option when the instance-map options cannot apply."""
+    if options.instance_inputs and list(labels_or_regions) != [1]:
+        raise ValueError(f"--instance-inputs: the files are instance maps of one class, evaluated as label 1; give "
+                         f"-l 1 (got {list(labels_or_regions)})")
+    for folder, option in ((options.reference_instances, "--reference-instances"),
+                           (options.prediction_instances, "--prediction-instances")):
+        if folder is not None and not os.path.isdir(folder):
+            raise FileNotFoundError(f"{option} {folder} is not a folder; give the folder of the instance maps (one "
+                                    f"per case, named as its label file)")
+
+
+def _image_file(case: str, images_dir: str | None, file_ending: str) -> str | None:
+    """The case's image (channel 0000) in ``--images``, or None without that option."""
+    if not images_dir:
+        return None
+    image = os.path.join(images_dir, case + "_0000" + file_ending)
+    if not os.path.isfile(image):
+        raise FileNotFoundError(f"case {case}: image {image} not found; --images must be nnU-Net's raw "
+                                f"imagesTr/imagesTs folder (channel 0000)")
+    return image
+
+
+def _instance_files(case: str, options: EvaluationOptions, file_ending: str) -> dict[str, str]:
+    """The case's instance-map files (keyword arguments of :func:`evaluate_case`) in the folders the options give;
+    FileNotFoundError naming the case and the option when one is missing."""
+    files = {}
+    for key, folder, option in (("ref_instances_file", options.reference_instances, "--reference-instances"),
+                                ("pred_instances_file", options.prediction_instances, "--prediction-instances")):
+        if folder is not None:
+            files[key] = os.path.join(folder, case + file_ending)
+            if not os.path.isfile(files[key]):
+                raise FileNotFoundError(f"case {case}: no instance map {files[key]} in {option} "
+                                        f"{folder}; give one instance map per case, named as its label file")
+    return files
+
+
 def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path | None, reader_writer,
                     file_ending: str, labels_or_regions, ignore_label: int | None = None, num_processes: int = 1,
                     tolerance_mm: float = 1.0, connectivity: int = 26, chill: bool = False,
@@ -226,14 +276,7 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
     """
     if options is None:
         options = EvaluationOptions(tolerance_mm=tolerance_mm, connectivity=connectivity)
-    if options.instance_inputs and list(labels_or_regions) != [1]:
-        raise ValueError(f"--instance-inputs: the files are instance maps of one class, evaluated as label 1; give "
-                         f"-l 1 (got {list(labels_or_regions)})")
-    for folder, option in ((options.reference_instances, "--reference-instances"),
-                           (options.prediction_instances, "--prediction-instances")):
-        if folder is not None and not os.path.isdir(folder):
-            raise FileNotFoundError(f"{option} {folder} is not a folder; give the folder of the instance maps (one "
-                                    f"per case, named as its label file)")
+    _check_instance_options(options, labels_or_regions)
     pairs = pair_cases(folder_ref, folder_pred, file_ending, chill)
     predicted = {os.path.basename(pred) for _, pred in pairs}
     left_out = sorted(f[:-len(file_ending)] for f in subfiles(folder_ref, suffix=file_ending, join=False)
@@ -242,26 +285,15 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
     for ref_file, pred_file in pairs:
         case = os.path.basename(ref_file)[: -len(file_ending)]
         png = os.path.join(png_dir, case + ".png") if png_dir else None
-        image = os.path.join(images_dir, case + "_0000" + file_ending) if images_dir else None
-        if image is not None and not os.path.isfile(image):
-            raise FileNotFoundError(f"case {case}: image {image} not found; --images must be nnU-Net's raw "
-                                    f"imagesTr/imagesTs folder (channel 0000)")
+        image = _image_file(case, images_dir, file_ending)
         probabilities = os.path.join(folder_pred, case + ".npz") if options.confidence else None
         if probabilities is not None and not os.path.isfile(probabilities):
             raise FileNotFoundError(f"case {case}: no probabilities {probabilities}; --confidence needs "
                                     f"nnUNetv2_predict ... --save_probabilities (or drop --confidence)")
-        instance_files = {}
-        for key, folder, option in (("ref_instances_file", options.reference_instances, "--reference-instances"),
-                                    ("pred_instances_file", options.prediction_instances, "--prediction-instances")):
-            if folder is not None:
-                instance_files[key] = os.path.join(folder, case + file_ending)
-                if not os.path.isfile(instance_files[key]):
-                    raise FileNotFoundError(f"case {case}: no instance map {instance_files[key]} in {option} "
-                                            f"{folder}; give one instance map per case, named as its label file")
         jobs.append((ref_file, pred_file, reader_writer, list(labels_or_regions), ignore_label,
                      options.tolerance_mm, options.connectivity, png, image,
                      dict(options=options, allowed_labels=allowed_labels, probabilities_file=probabilities,
-                          **instance_files)))
+                          **_instance_files(case, options, file_ending))))
     if png_dir:
         os.makedirs(png_dir, exist_ok=True)
     results = run_cases(_evaluate_case_star, jobs, (), num_processes, f"evaluating {len(jobs)} cases",

@@ -121,7 +121,7 @@ def size_bin_counts(ref_sizes: np.ndarray, found: np.ndarray, voxel_ml: float, e
     n = np.bincount(bins, minlength=len(names))
     tp = np.bincount(bins, weights=np.asarray(found, bool), minlength=len(names)).astype(np.int64)
     out: dict = {}
-    for name, count, hit in zip(names, n, tp):
+    for name, count, hit in zip(names, n, tp, strict=True):
         out[f"n_ref_{name}"] = int(count)
         out[f"TP_ref_{name}"] = int(hit)
         out[f"IS_{name}"] = hit / count if count else NAN

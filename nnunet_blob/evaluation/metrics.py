@@ -97,7 +97,7 @@ def instance_metrics(counts: np.ndarray) -> dict:
     count difference of one row of detection counts, under the summary's names."""
     n_ref, ref_detected, n_pred, pred_correct = (int(v) for v in counts)
     return {
-        **dict(zip(COUNT_METRICS, (n_ref, ref_detected, n_pred, pred_correct))),
+        **dict(zip(COUNT_METRICS, (n_ref, ref_detected, n_pred, pred_correct), strict=True)),
         "FN_instances": n_ref - ref_detected, "FP_instances": n_pred - pred_correct,
         **instance_scores(counts),
         "lesion_count_difference": abs(n_pred - n_ref),

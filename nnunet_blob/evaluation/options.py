@@ -6,6 +6,8 @@ BraTS scores, no confidences). Every check raises ValueError naming the option a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from typing import Any
 
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
 from nnunet_blob.instances.matching import MATCH_METRICS
@@ -46,6 +48,15 @@ class EvaluationOptions:
     froc_fp_per_case: tuple[float, ...] = field(default=FROC_FP_PER_CASE)
 
     def __post_init__(self):
+        self._check_matching()
+        self._check_size_bins()
+        self._check_lesion_rules()
+        if self.instance_inputs and (self.reference_instances or self.prediction_instances):
+            raise ValueError("--instance-inputs: the reference and prediction files are the instance maps already; "
+                             "drop --reference-instances and --prediction-instances")
+
+    def _check_matching(self) -> None:
+        """How components are found and paired: connectivity, tolerance, matching rule and its threshold."""
         if self.connectivity not in CONNECTIVITIES:
             raise ValueError(f"--connectivity must be one of {CONNECTIVITIES}, got {self.connectivity}")
         if self.tolerance_mm < 0:
@@ -59,11 +70,19 @@ class EvaluationOptions:
                              f"[0, 1] and a pair must overlap")
         if self.empty_case not in EMPTY_CASES:
             raise ValueError(f"--empty-case must be one of {EMPTY_CASES}, got {self.empty_case!r}")
+        if not 0.0 < self.detection_iou <= 1.0:
+            raise ValueError(f"--detection-iou must be in (0, 1], got {self.detection_iou}")
+
+    def _check_size_bins(self) -> None:
+        """The volume-bin edges: increasing positive floats (stored as a tuple of floats)."""
         bins = tuple(float(b) for b in self.size_bins_ml)
-        if not bins or any(b <= 0 for b in bins) or any(b >= c for b, c in zip(bins, bins[1:])):
+        if not bins or any(b <= 0 for b in bins) or any(b >= c for b, c in pairwise(bins)):
             raise ValueError(f"--size-bins must be increasing positive volumes in ml, e.g. 0.01 0.1 1 10; got "
                              f"{list(self.size_bins_ml)}")
         object.__setattr__(self, "size_bins_ml", bins)
+
+    def _check_lesion_rules(self) -> None:
+        """The BraTS lesion-wise rules: dilation and smallest lesion volume, the latter only with the former."""
         if self.gt_dilation is not None and self.gt_dilation < 0:
             raise ValueError(f"--gt-dilation must be >= 0 iterations, got {self.gt_dilation}")
         if self.min_lesion_volume_mm3 < 0:
@@ -71,11 +90,6 @@ class EvaluationOptions:
         if self.gt_dilation is None and self.min_lesion_volume_mm3 > 0:
             raise ValueError("--min-lesion-volume belongs to the BraTS lesion-wise scores: add --gt-dilation N "
                              "(0 for none) or a --preset")
-        if not 0.0 < self.detection_iou <= 1.0:
-            raise ValueError(f"--detection-iou must be in (0, 1], got {self.detection_iou}")
-        if self.instance_inputs and (self.reference_instances or self.prediction_instances):
-            raise ValueError("--instance-inputs: the reference and prediction files are the instance maps already; "
-                             "drop --reference-instances and --prediction-instances")
 
     @property
     def brats(self) -> bool:
@@ -84,7 +98,7 @@ class EvaluationOptions:
     def size_bin_names(self) -> list[str]:
         """Names of the volume bins: ``<0.01ml``, ``0.01-0.1ml``, ..., ``>=10ml``."""
         edges = self.size_bins_ml
-        return ([f"<{edges[0]:g}ml"] + [f"{a:g}-{b:g}ml" for a, b in zip(edges, edges[1:])]
+        return ([f"<{edges[0]:g}ml"] + [f"{a:g}-{b:g}ml" for a, b in pairwise(edges)]
                 + [f">={edges[-1]:g}ml"])
 
     def settings(self) -> dict:
@@ -113,26 +127,27 @@ def options_from_arguments(*, preset: str | None = None, gt_dilation: int | None
     if cell_scores is None:
         cell_scores = instances
     if preset is not None:
-        if preset not in BRATS_PRESETS:
-            raise ValueError(f"--preset must be one of {sorted(BRATS_PRESETS)}, got {preset!r}")
-        if gt_dilation is not None or min_lesion_volume is not None:
-            raise ValueError(f"--preset {preset} sets --gt-dilation and --min-lesion-volume; give either the preset "
-                             f"or the two options")
-        gt_dilation, min_lesion_volume = BRATS_PRESETS[preset]
+        gt_dilation, min_lesion_volume = _preset_rules(preset, gt_dilation, min_lesion_volume)
     if matching != "one-to-one" and (match_metric is not None or match_threshold is not None):
         raise ValueError("--match-metric and --match-threshold apply to --matching one-to-one; add it or drop them")
     if not confidence and detection_iou is not None:
         raise ValueError("--detection-iou applies to --confidence (candidates scored from nnU-Net's "
                          "probabilities); add --confidence or drop it")
-    extra: dict = {}
-    if match_metric is not None:
-        extra["match_metric"] = match_metric
-    if match_threshold is not None:
-        extra["match_threshold"] = match_threshold
-    if detection_iou is not None:
-        extra["detection_iou"] = detection_iou
-    if size_bins is not None:
-        extra["size_bins_ml"] = tuple(size_bins)
+    given: dict[str, Any] = {"match_metric": match_metric, "match_threshold": match_threshold,
+                             "detection_iou": detection_iou,
+                             "size_bins_ml": None if size_bins is None else tuple(size_bins)}
+    extra = {name: value for name, value in given.items() if value is not None}  # the others keep their defaults
     return EvaluationOptions(matching=matching, gt_dilation=gt_dilation,
                              min_lesion_volume_mm3=0.0 if min_lesion_volume is None else min_lesion_volume,
                              confidence=confidence, cell_scores=cell_scores, **extra, **kwargs)
+
+
+def _preset_rules(preset: str, gt_dilation: int | None, min_lesion_volume: float | None) -> tuple[int, float]:
+    """The BraTS preset's (dilation, smallest lesion volume); ValueError when the preset is unknown or the two
+    options are given as well."""
+    if preset not in BRATS_PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(BRATS_PRESETS)}, got {preset!r}")
+    if gt_dilation is not None or min_lesion_volume is not None:
+        raise ValueError(f"--preset {preset} sets --gt-dilation and --min-lesion-volume; give either the preset "
+                         f"or the two options")
+    return BRATS_PRESETS[preset]

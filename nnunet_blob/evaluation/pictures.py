@@ -111,7 +111,7 @@ def case_png(png_file: str, image, comps: dict, metrics: dict, title: str) -> st
         groups = {"green": (c.ref_labels, c.ref_detected), "blue": (c.pred_labels, false_positive),
                   "red": (c.ref_labels, missed)}
         counts = {"green": int(c.ref_detected.size), "blue": int(false_positive.size), "red": int(missed.size)}
-        for ax, axis in zip(axes[row], axes_shown):
+        for ax, axis in zip(axes[row], axes_shown, strict=True):
             projected = 0 if axis is None else axis
             rgb = _panel(_background(image, projected, _mip(c.ref_labels, projected).shape), groups, projected)
             ax.imshow(rgb, interpolation="nearest")

@@ -75,9 +75,9 @@ def surface_distances(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequ
     # crop to the union's bounding box plus one empty voxel at the end (DeepMind's _crop_to_bounding_box)
     coords = np.argwhere(mask_ref | mask_pred)
     lo, hi = coords.min(0), coords.max(0) + 1
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     ref, pred = np.zeros(tuple(hi - lo + 1), bool), np.zeros(tuple(hi - lo + 1), bool)
-    inner = tuple(slice(0, b - a) for a, b in zip(lo, hi))
+    inner = tuple(slice(0, b - a) for a, b in zip(lo, hi, strict=True))
     ref[inner], pred[inner] = mask_ref[crop], mask_pred[crop]
 
     areas = _surfel_areas(spacing)

@@ -33,7 +33,7 @@ class CaseInstances:
 
     def counts_per_class(self) -> dict[str, int]:
         labels, counts = np.unique(self.classes, return_counts=True)
-        return {str(int(label)): int(n) for label, n in zip(labels, counts)}
+        return {str(int(label)): int(n) for label, n in zip(labels, counts, strict=True)}
 
 
 def smallest_id_dtype(max_id: int) -> np.dtype:

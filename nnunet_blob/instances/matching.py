@@ -129,8 +129,8 @@ def maximum_matching(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray) -> 
             weight = np.full((r_ids.size, c_ids.size), -bonus * (r_ids.size + c_ids.size + 1))
             weight[r, c] = bonus + scores[members]
             i, j = linear_sum_assignment(weight, maximize=True)
-            lookup = {(a, b): m for a, b, m in zip(r, c, members)}
-            chosen.append(np.array([lookup[(a, b)] for a, b in zip(i, j) if (a, b) in lookup], np.int64))
+            lookup = {(a, b): m for a, b, m in zip(r, c, members, strict=True)}
+            chosen.append(np.array([lookup[(a, b)] for a, b in zip(i, j, strict=True) if (a, b) in lookup], np.int64))
     return np.sort(np.concatenate(chosen))
 
 

@@ -221,7 +221,8 @@ def to_preprocessed_geometry(ids: np.ndarray, properties: dict, transpose: list[
                                f"the case's properties say {cropped}. Re-run nnUNetv2_preprocess for it.")
     if ids.shape == tuple(shape):
         return np.ascontiguousarray(ids)
-    return np.ascontiguousarray(ids[np.ix_(*(nearest_resize_indices(o, n) for o, n in zip(ids.shape, shape)))])
+    indices = (nearest_resize_indices(o, n) for o, n in zip(ids.shape, shape, strict=True))
+    return np.ascontiguousarray(ids[np.ix_(*indices)])
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ def summarize(manifest: dict, voxel_volume_mm3: float = 1.0) -> str:
     for label in classes + ["all"]:
         per_case = np.array([r["num_instances"] if label == "all" else r["instances_per_class"].get(label, 0)
                              for r in cases.values()])
-        sizes = np.array([s for r in cases.values() for s, c in zip(r["instance_sizes"], r["instance_classes"])
+        sizes = np.array([s for r in cases.values()
+                          for s, c in zip(r["instance_sizes"], r["instance_classes"], strict=True)
                           if label == "all" or str(c) == label])
         volume = (f"{np.median(sizes):13.1f} | {np.percentile(sizes, 5):8.1f} | {np.percentile(sizes, 95):8.1f}"
                   if sizes.size else f"{'-':>13} | {'-':>8} | {'-':>8}")

@@ -112,42 +112,15 @@ def benchmark_trainer(base: type, data_loading: bool) -> type:
         def on_train_start(self):
             super().on_train_start()
             if not data_loading:
-                self._reuse_first_batches()
+                reuse_first_batches(self)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
                 torch.cuda.reset_peak_memory_stats(self.device)
 
-        def _reuse_first_batches(self) -> None:
-            """Replace the loaders by one batch each, taken from them: the training batch moved to the device,
-            the validation batch left where the loader delivers it (the validation steps move it, and the
-            online instance F1 reads its host copy, as with the loader); stop the loaders' workers (they would
-            compete for the CPU while the steps are timed)."""
-            trainer: Any = self  # its base class is known at run time only
-            loaders = (trainer.dataloader_train, trainer.dataloader_val)
-            train, val = to_device(next(loaders[0]), self.device), next(loaders[1])
-            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # as nnU-Net's on_train_end
-                for loader in loaders:
-                    stop_loader(loader)
-            trainer.dataloader_train, trainer.dataloader_val = itertools.repeat(train), itertools.repeat(val)
-
         def on_train_end(self):
             super().on_train_end()
             if self.local_rank == 0:
-                self._write_record()
-
-        def _write_record(self) -> None:
-            record = benchmark_record(self, data_loading)
-            world = torch.distributed.get_world_size() if self.is_ddp else 1
-            key = (f"{record['hostname']}__{record['cudnn_version']}__{record['torch_version'].replace(' ', '')}__"
-                   f"{str(record['gpu_name']).replace(' ', '')}__num_gpus_{world}")
-            path = Path(self.output_folder, RESULT_FILE)
-            results = json.loads(path.read_text()) if path.is_file() else {}  # other machines' results stay
-            results[key] = {**record, "num_gpus": world}
-            atomic_write_json(path, results)
-            handover = os.environ.get(RECORD_VARIABLE)
-            if handover:
-                atomic_write_json(handover, {**record, "num_gpus": world})
-            self.print_to_log_file(f"nnunet_blob: fastest epoch {record['fastest_epoch']} s; written to {path}")
+                write_benchmark_record(self, data_loading)
 
     suffix = WITH_DATA_LOADING_SUFFIX if data_loading else NO_DATA_LOADING_SUFFIX
     BenchmarkTrainer.__name__ = BenchmarkTrainer.__qualname__ = base.__name__ + suffix
@@ -156,12 +129,43 @@ def benchmark_trainer(base: type, data_loading: bool) -> type:
     return BenchmarkTrainer
 
 
+def reuse_first_batches(trainer: Any) -> None:
+    """Replace a trainer's loaders by one batch each, taken from them: the training batch moved to the device, the
+    validation batch left where the loader delivers it (the validation steps move it, and the online instance F1
+    reads its host copy, as with the loader); stop the loaders' workers (they would compete for the CPU while the
+    steps are timed)."""
+    loaders = (trainer.dataloader_train, trainer.dataloader_val)
+    train, val = to_device(next(loaders[0]), trainer.device), next(loaders[1])
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # as nnU-Net's on_train_end
+        for loader in loaders:
+            stop_loader(loader)
+    trainer.dataloader_train, trainer.dataloader_val = itertools.repeat(train), itertools.repeat(val)
+
+
+def write_benchmark_record(trainer, data_loading: bool) -> None:
+    """Add the trainer's :func:`benchmark_record` to :data:`RESULT_FILE` in its output folder, keyed by machine and
+    software like nnU-Net's benchmark results (other machines' records stay), and to the file named by
+    :data:`RECORD_VARIABLE` when that is set."""
+    record = benchmark_record(trainer, data_loading)
+    world = torch.distributed.get_world_size() if trainer.is_ddp else 1
+    key = (f"{record['hostname']}__{record['cudnn_version']}__{record['torch_version'].replace(' ', '')}__"
+           f"{str(record['gpu_name']).replace(' ', '')}__num_gpus_{world}")
+    path = Path(trainer.output_folder, RESULT_FILE)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results[key] = {**record, "num_gpus": world}
+    atomic_write_json(path, results)
+    handover = os.environ.get(RECORD_VARIABLE)
+    if handover:
+        atomic_write_json(handover, {**record, "num_gpus": world})
+    trainer.print_to_log_file(f"nnunet_blob: fastest epoch {record['fastest_epoch']} s; written to {path}")
+
+
 def benchmark_record(trainer, data_loading: bool) -> dict:
     """What a benchmark trainer measured: the seconds of each epoch (nnU-Net's logged time stamps), the fastest,
     peak memory (bytes; None off CUDA), the budget and the software."""
     starts = trainer.logger.get_value("epoch_start_timestamps", step=None)
     ends = trainer.logger.get_value("epoch_end_timestamps", step=None)
-    epoch_times = [float(end - start) for start, end in zip(starts, ends)]
+    epoch_times = [float(end - start) for start, end in zip(starts, ends, strict=True)]
     cuda = trainer.device.type == "cuda"
     return {**software_versions(trainer.device),
             "trainer": type(trainer).__name__, "data_loading": data_loading, "device": str(trainer.device),

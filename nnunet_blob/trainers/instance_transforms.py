@@ -226,7 +226,7 @@ class PackInstances(BasicTransform):
         seg, instances = data_dict["segmentation"], data_dict.pop(INSTANCES)
         pack = _pack_one_channel if self.id_channels == 1 else _pack_two_channels
         if isinstance(seg, (list, tuple)):
-            data_dict["segmentation"] = [pack(s, i) for s, i in zip(seg, instances)]
+            data_dict["segmentation"] = [pack(s, i) for s, i in zip(seg, instances, strict=True)]
         else:
             data_dict["segmentation"] = pack(seg, instances)
         return data_dict

@@ -146,7 +146,7 @@ class OnlineInstanceScore(nnUNetTrainer):
         self.logger.log(INSTANCE_F1_KEY, f1, epoch)
         previous = logged_values(self.logger)[INSTANCE_F1_EMA_KEY][epoch - 1] if epoch > 0 else float("nan")
         self.logger.log(INSTANCE_F1_EMA_KEY, moving_average(previous, f1), epoch)
-        totals = dict(zip(COUNT_KEYS, counts.sum(0).tolist()))
+        totals = dict(zip(COUNT_KEYS, counts.sum(0).tolist(), strict=True))
         self.print_to_log_file(f"Online instance F1 (validation patches): {np.round(f1, 4)} {totals}")
 
     def on_epoch_end(self):
