@@ -191,17 +191,14 @@ def _write_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
-def convert(dsb_folder: Path, raw_folder: Path, cut: bool = False, max_images: int | None = None,
-            split_seed: int = 0, test_fraction: float = 0.2) -> tuple[ConversionReport, dict]:
-    """Write the nnU-Net raw dataset ``raw_folder`` (replaced if it exists); returns (report, split)."""
-    report = ConversionReport(cut_touching=cut)
-    ids = image_ids(Path(dsb_folder))
-    report.images_found = len(ids)
+def select_fluorescence(dsb_folder: Path, ids: list[str], report: ConversionReport,
+                        max_images: int | None) -> dict[str, np.ndarray]:
+    """The gray images of the fluorescence cases (R == G == B on a dark background), at most ``max_images``."""
     selected: dict[str, np.ndarray] = {}
     for image_id in ids:
         if max_images is not None and len(selected) >= max_images:
             break
-        gray = read_gray(Path(dsb_folder) / image_id / "images" / f"{image_id}.png")
+        gray = read_gray(dsb_folder / image_id / "images" / f"{image_id}.png")
         report.images_read += 1
         if gray is None:
             report.excluded_colour.append(image_id)
@@ -213,6 +210,37 @@ def convert(dsb_folder: Path, raw_folder: Path, cut: bool = False, max_images: i
     if not selected:
         raise ConversionError(f"{dsb_folder}: none of the {len(ids)} images is a fluorescence image "
                               f"(R == G == B, median < {DARK_BACKGROUND_MEDIAN})")
+    return selected
+
+
+def case_instances(dsb_folder: Path, case: str, shape, cut: bool, report: ConversionReport) -> np.ndarray:
+    """The nucleus id map of one case (touching nuclei cut apart with ``cut``), its counts added to ``report``."""
+    instances, overlap, dropped = nucleus_ids(sorted((dsb_folder / case / "masks").glob("*.png")), shape)
+    report.overlap_pixels += overlap
+    report.dropped_masks += dropped
+    n = int(instances.max())
+    report.nuclei += n
+    report.touching_nuclei += len(touching_ids(instances))
+    report.components_before_cut += components(instances)
+    if cut:
+        cut_map = cut_touching(instances)
+        report.cut_pixels += int(((instances > 0) & (cut_map == 0)).sum())
+        report.nuclei_not_one_component_after_cut += sum(components(cut_map == i) != 1 for i in range(1, n + 1))
+        report.components_after_cut += components(cut_map)
+        instances, _ = renumber(cut_map)
+    if instances.max() > np.iinfo(np.uint16).max:
+        raise ConversionError(f"{case}: {instances.max()} nuclei do not fit a 16-bit instance map")
+    return instances
+
+
+def convert(dsb_folder: Path, raw_folder: Path, cut: bool = False, max_images: int | None = None,
+            split_seed: int = 0, test_fraction: float = 0.2) -> tuple[ConversionReport, dict]:
+    """Write the nnU-Net raw dataset ``raw_folder`` (replaced if it exists); returns (report, split)."""
+    dsb_folder = Path(dsb_folder)
+    report = ConversionReport(cut_touching=cut)
+    ids = image_ids(dsb_folder)
+    report.images_found = len(ids)
+    selected = select_fluorescence(dsb_folder, ids, report, max_images)
     train, test = split_cases(list(selected), test_fraction, split_seed)
     report.train_cases, report.test_cases = len(train), len(test)
     raw_folder = Path(raw_folder)
@@ -222,23 +250,7 @@ def convert(dsb_folder: Path, raw_folder: Path, cut: bool = False, max_images: i
             (raw_folder / f"{sub}{split}").mkdir(parents=True, exist_ok=True)
         for case in cases:
             gray = selected[case]
-            mask_files = sorted((Path(dsb_folder) / case / "masks").glob("*.png"))
-            instances, overlap, dropped = nucleus_ids(mask_files, gray.shape)
-            report.overlap_pixels += overlap
-            report.dropped_masks += dropped
-            n = int(instances.max())
-            report.nuclei += n
-            report.touching_nuclei += len(touching_ids(instances))
-            report.components_before_cut += components(instances)
-            if cut:
-                cut_map = cut_touching(instances)
-                report.cut_pixels += int(((instances > 0) & (cut_map == 0)).sum())
-                report.nuclei_not_one_component_after_cut += sum(
-                    components(cut_map == i) != 1 for i in range(1, n + 1))
-                report.components_after_cut += components(cut_map)
-                instances, _ = renumber(cut_map)
-            if instances.max() > np.iinfo(np.uint16).max:
-                raise ConversionError(f"{case}: {instances.max()} nuclei do not fit a 16-bit instance map")
+            instances = case_instances(dsb_folder, case, gray.shape, cut, report)
             _write_png(gray, raw_folder / f"images{split}" / f"{case}_0000.png")
             _write_png((instances > 0).astype(np.uint8), raw_folder / f"labels{split}" / f"{case}.png")
             _write_png(instances.astype(np.uint16), raw_folder / f"instances{split}" / f"{case}.png")

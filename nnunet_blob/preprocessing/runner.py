@@ -86,16 +86,7 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
         source, instances, instances_why = _choose_instances(store, location)
         settings = _settings(location, connectivity, instances)
         cases = sorted(identifiers_in_folder(location.data_folder))
-        records, todo, reasons = {}, [], {}
-        for case in cases:
-            record = store.record(case)
-            problem, record = ("--overwrite", None) if overwrite else \
-                _staleness(store, location, case, record, settings, writing, source)
-            if problem is None:
-                records[case] = record
-            else:
-                todo.append((case, record))
-                reasons[case] = problem
+        records, todo, reasons = _fresh_and_stale(store, location, cases, settings, writing, source, overwrite)
         gone = sorted(set(store.cases_on_disk()) - set(cases))
         name = f"{location.dataset_name} {configuration}"
         chosen = f"connectivity {connectivity}: {why}; instances: {instances_why}"
@@ -107,22 +98,11 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
             return store
         for case in gone:
             store.remove_case(case)
-        if todo and instances == "annotated" and source is None:
-            raise InstanceMapError(f"{len(todo)} cases of {name} need instance maps from annotated instances "
-                                   f"({', '.join(case for case, _ in todo[:5])}), but this machine has no raw "
-                                   f"dataset {location.dataset_name} (nnUNet_raw) with its {ANNOTATION_FOLDER}/. Set "
-                                   f"nnUNet_raw to the raw data, or run `nnunet_blob preprocess -d "
-                                   f"{location.dataset_name} -c {configuration}` where it is.")
         if todo:
+            _refuse_annotated_without_source(todo, instances, source, name, location, configuration)
             log(f"nnunet_blob: computing instance maps of {len(todo)} of {len(cases)} cases of {name} ({chosen}) "
                 f"into {store.folder}{_why_recomputed(reasons)}")
-            dataset_class = dataset_class_for(location.data_folder)
-            patch_size = tuple(location.configuration_dict.get("patch_size", (128, 128, 128)))
-            transpose = transpose_forward(location.plans)
-            jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record, patch_size,
-                     source, transpose) for case, record in todo]
-            for record in _run(jobs, num_processes or default_num_processes(), progress):
-                records[record["case"]] = record
+            records.update(_compute(store, location, todo, settings, source, num_processes, progress))
             if instances == "annotated":
                 log(_reconciled([records[case] for case, _ in todo]))
         else:
@@ -131,6 +111,43 @@ def ensure_instance_maps(dataset: str | int, plans_identifier: str = "nnUNetPlan
         store.write_manifest(settings, {case: records[case] for case in cases})
         store.expect(records)
     return store
+
+
+def _fresh_and_stale(store: InstanceMapStore, location: ConfigurationLocation, cases: list[str], settings: dict,
+                     writing: bool, source: AnnotationSource | None, overwrite: bool
+                     ) -> tuple[dict, list[tuple[str, dict | None]], dict[str, str]]:
+    """(records of the fresh cases, (case, old record) of the cases to compute, why each is to be computed)."""
+    records, todo, reasons = {}, [], {}
+    for case in cases:
+        problem, record = ("--overwrite", None) if overwrite else \
+            _staleness(store, location, case, store.record(case), settings, writing, source)
+        if problem is None:
+            records[case] = record
+        else:
+            todo.append((case, record))
+            reasons[case] = problem
+    return records, todo, reasons
+
+
+def _refuse_annotated_without_source(todo: list, instances: str, source: AnnotationSource | None, name: str,
+                                     location: ConfigurationLocation, configuration: str) -> None:
+    if instances == "annotated" and source is None:
+        raise InstanceMapError(f"{len(todo)} cases of {name} need instance maps from annotated instances "
+                               f"({', '.join(case for case, _ in todo[:5])}), but this machine has no raw "
+                               f"dataset {location.dataset_name} (nnUNet_raw) with its {ANNOTATION_FOLDER}/. Set "
+                               f"nnUNet_raw to the raw data, or run `nnunet_blob preprocess -d "
+                               f"{location.dataset_name} -c {configuration}` where it is.")
+
+
+def _compute(store: InstanceMapStore, location: ConfigurationLocation, todo: list, settings: dict,
+             source: AnnotationSource | None, num_processes: int | None, progress: bool) -> dict[str, dict]:
+    """The new records of the cases ``todo``, computed by the worker pool."""
+    dataset_class = dataset_class_for(location.data_folder)
+    patch_size = tuple(location.configuration_dict.get("patch_size", (128, 128, 128)))
+    transpose = transpose_forward(location.plans)
+    jobs = [(str(location.data_folder), dataset_class, case, str(store.folder), settings, record, patch_size,
+             source, transpose) for case, record in todo]
+    return {record["case"]: record for record in _run(jobs, num_processes or default_num_processes(), progress)}
 
 
 def _choose_instances(store: InstanceMapStore, location: ConfigurationLocation
