@@ -14,7 +14,7 @@ import sys
 _COMMAND_MODULES = (
     "nnunet_blob.preprocessing.cli",
     "nnunet_blob.evaluation.cli",
-    "nnunet_blob.decisions.cli",
+    "nnunet_blob.postprocessing.cli",
     "nnunet_blob.trainers.cli",
     "nnunet_blob.border_core.cli",
     "nnunet_blob.benchmark.cli",

@@ -21,7 +21,7 @@ needs it, which costs seconds).
 
 Users: every parallel command: ``nnunet_blob preprocess`` and the trainers' instance maps
 (:mod:`nnunet_blob.preprocessing`), ``evaluate`` (:mod:`nnunet_blob.evaluation.folder`), ``tune-postprocessing``,
-``apply-postprocessing`` and ``find-best`` (:mod:`nnunet_blob.decisions`), ``border-core-dataset`` and
+``apply-postprocessing`` and ``find-best`` (:mod:`nnunet_blob.postprocessing`), ``border-core-dataset`` and
 ``instances-from-border-core`` (:mod:`nnunet_blob.border_core`); the demo runs these commands.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """checkpoint_best_instances.pth: the moving average of the online instance F1, the epochs that write the
-checkpoint, and what a resumed run remembers (through nnUNetv2_train in tests/test_decisions_e2e.py)."""
+checkpoint, and what a resumed run remembers (through nnUNetv2_train in tests/test_postprocessing_e2e.py)."""
 from __future__ import annotations
 
 import math

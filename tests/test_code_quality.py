@@ -35,14 +35,15 @@ ALLOWED = {
     "nnunet_internals": {"files"},
     "trainers": {"losses", "instances", "preprocessing", "evaluation", "files", "registration", "nnunet_internals",
                  "workers"},
-    # a dotted entry allows one module of a part: decisions reads where the data is, not the instance maps
-    "decisions": {"instances", "evaluation", "files", "cli_errors", "nnunet_internals", "preprocessing.locate",
-                  "workers"},
+    # a dotted entry allows one module of a part: postprocessing reads where the data is, not the instance maps
+    "postprocessing": {"instances", "evaluation", "files", "cli_errors", "nnunet_internals", "preprocessing.locate",
+                       "workers"},
+    "decisions": {"postprocessing"},  # the former name of postprocessing, kept for existing imports
     # border-core conversion reads label files as evaluation does and runs cases in the worker pool
     "border_core": {"instances", "evaluation", "files", "cli_errors", "nnunet_internals", "workers"},
     "benchmark": {"files", "registration", "cli_errors", "trainers", "preprocessing.locate", "preprocessing.errors"},
     "demo": {"files", "registration", "cli_errors", "synthetic", "instances", "losses", "preprocessing", "evaluation",
-             "trainers", "nnunet_internals", "decisions", "cli", "workers", "benchmark"},
+             "trainers", "nnunet_internals", "postprocessing", "cli", "workers", "benchmark"},
 }
 
 
@@ -133,8 +134,9 @@ def test_imports_go_down_the_layers_only():
     ("trainers", "from nnunet_blob.demo import budgets\n", "nnunet_blob.demo"),
     ("losses", "from ..instances import detection\n", "nnunet_blob.instances"),
     ("evaluation", "import nnunet_blob.losses.blob\n", "nnunet_blob.losses.blob"),
-    ("decisions", "from nnunet_blob.preprocessing.store import InstanceStore\n", "nnunet_blob.preprocessing.store"),
-    ("decisions", "from nnunet_blob.trainers import variants\n", "nnunet_blob.trainers"),
+    ("postprocessing", "from nnunet_blob.preprocessing.store import InstanceStore\n",
+     "nnunet_blob.preprocessing.store"),
+    ("postprocessing", "from nnunet_blob.trainers import variants\n", "nnunet_blob.trainers"),
 ])
 def test_layering_check_names_the_offending_import(tmp_path, monkeypatch, part, source, offence):
     fake = tmp_path / "nnunet_blob" / part
@@ -144,3 +146,21 @@ def test_layering_check_names_the_offending_import(tmp_path, monkeypatch, part, 
     violations = layering_violations(tmp_path / "nnunet_blob")
     assert len(violations) == 1 and f"nnunet_blob/{part}/module.py" in violations[0], violations
     assert f"imports {offence} ({part} may import " in violations[0]
+
+
+def test_the_former_name_of_postprocessing_gives_the_same_modules():
+    """``nnunet_blob.decisions`` imports keep working and give the very same objects (one DecisionError, one
+    tune), for every module of ``nnunet_blob.postprocessing``."""
+    import importlib
+
+    from nnunet_blob.decisions.tuning import tune
+
+    from nnunet_blob import decisions, postprocessing
+    from nnunet_blob.postprocessing.tuning import tune as tune_now
+
+    assert tune is tune_now
+    modules = sorted(p.stem for p in Path(postprocessing.__file__).parent.glob("*.py") if p.stem != "__init__")
+    assert sorted(decisions.MODULES) == modules
+    for name in modules:
+        assert importlib.import_module(f"nnunet_blob.decisions.{name}") is \
+            importlib.import_module(f"nnunet_blob.postprocessing.{name}")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnunet_blob.decisions.settings import DecisionError
-from nnunet_blob.decisions.tuning import metric_named
 from nnunet_blob.evaluation.compare import metric_directions
 from nnunet_blob.evaluation.metric_facts import FACTS, SIZE_BIN_PREFIX, direction, needed_option
 from nnunet_blob.evaluation.metrics import label_evaluation
 from nnunet_blob.evaluation.options import EvaluationOptions
+from nnunet_blob.postprocessing.settings import DecisionError
+from nnunet_blob.postprocessing.tuning import metric_named
 
 #: every option that adds metrics, on
 EVERYTHING = EvaluationOptions(matching="one-to-one", cell_scores=True, cc_dice=True, gt_dilation=1,

@@ -22,14 +22,14 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 from helpers import BIN, TESTS, build_trainer, run_cli
 from nnunet_blob.border_core.representation import border_core_labels
 from nnunet_blob.cli import main
-from nnunet_blob.decisions.rules import LabelLayout, Setting
-from nnunet_blob.decisions.settings import PostprocessingFile
+from nnunet_blob.postprocessing.rules import LabelLayout, Setting
+from nnunet_blob.postprocessing.settings import PostprocessingFile
 from nnunet_blob.preprocessing import InstanceMapError, ensure_instance_maps
 from nnunet_blob.trainers.variants import nnUNetTrainerBlobDice
 from nnunet_blob.workers import RemoteTraceback, WorkerDied, Workers, run_jobs
 from test_border_core import LAYOUT_3D, touching_nuclei
-from test_decisions_crossval import planted_model
-from test_decisions_tuning import write
+from test_postprocessing_crossval import planted_model
+from test_postprocessing_tuning import write
 from worker_jobs import power, square_or_die, square_or_raise
 
 #: a run with a dead worker must end within this many seconds (spawning and importing included)

@@ -1,15 +1,12 @@
-"""From lesion-wise metrics to the submitted model: postprocessing tuned on the cross-validation predictions and
-applied to new predictions, configuration choice by an instance metric, and model export.
+"""The former name of :mod:`nnunet_blob.postprocessing`, kept so that imports written for it keep working:
+``nnunet_blob.decisions.<module>`` is the same module object as ``nnunet_blob.postprocessing.<module>``."""
+import importlib
+import sys
 
-* :mod:`.rules`: what a postprocessing setting does to a prediction (probability threshold, minimum component
-  volume), the one definition that tuning and application share;
-* :mod:`.settings`: the ``postprocessing_instances.json`` file;
-* :mod:`.cases`: the cross-validation predictions of a trained model or an ensemble, case by case;
-* :mod:`.tables`: component tables of a case and the metrics of every minimum volume from them;
-* :mod:`.significance`: the decision rules (cross-validated selection, Bonferroni) that keep a setting;
-* :mod:`.tuning`: the grid, its scores and ``nnunet_blob tune-postprocessing``;
-* :mod:`.apply`: ``nnunet_blob apply-postprocessing``;
-* :mod:`.selection`: ``nnunet_blob find-best``;
-* :mod:`.export`: ``nnunet_blob export``;
-* :mod:`.cli`: the sub-commands.
-"""
+from nnunet_blob.postprocessing import *  # noqa: F403
+
+#: the modules of :mod:`nnunet_blob.postprocessing`, each importable under the former name too
+MODULES = ("apply", "cases", "cli", "export", "rules", "selection", "settings", "significance", "tables", "tuning")
+
+for _name in MODULES:
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"nnunet_blob.postprocessing.{_name}")

@@ -205,7 +205,7 @@ def train_fold(stages: Stages, trainer: str, raw: Path, device: str, num_process
 def tuned_postprocessing_file(root: Path, raw: Path, trainer: str, folds: Sequence[int],
                               target: Target = Target()) -> Path:
     """Where ``nnunet_blob tune-postprocessing`` writes the postprocessing it chose for ``trainer``'s ``folds``."""
-    from nnunet_blob.decisions.settings import FILE_NAME
+    from nnunet_blob.postprocessing.settings import FILE_NAME
 
     return (model_folder(root, raw, trainer, target) / f"crossval_results_folds_{'_'.join(map(str, folds))}"
             / FILE_NAME)

@@ -5,7 +5,7 @@ empty case, which are added over the cases, and which every evaluation computes 
 
 :mod:`~nnunet_blob.evaluation.compare`, :mod:`~nnunet_blob.evaluation.report`,
 :mod:`~nnunet_blob.evaluation.lesions`, :mod:`~nnunet_blob.evaluation.folder` and
-:mod:`nnunet_blob.decisions.tuning` read their lists from here.
+:mod:`nnunet_blob.postprocessing.tuning` read their lists from here.
 """
 from __future__ import annotations
 

@@ -12,14 +12,14 @@ from nnunet_blob.preprocessing.errors import InstanceMapError
 def run(args) -> int:
     from nnunet_blob.preprocessing.locate import locate, preprocessed_configurations
     from nnunet_blob.preprocessing.runner import ensure_instance_maps
-    from nnunet_blob.preprocessing.summary import summarize
+    from nnunet_blob.preprocessing.summary import describe_manifest
 
     configurations = args.c or preprocessed_configurations(args.d, args.p)
     for configuration in configurations:
         store = ensure_instance_maps(args.d, args.p, configuration, connectivity=args.connectivity,
                                      num_processes=args.np, overwrite=args.overwrite)
         spacing = locate(args.d, args.p, configuration).configuration_dict["spacing"]
-        print(summarize(store.manifest, float(np.prod(spacing))))
+        print(describe_manifest(store.manifest, float(np.prod(spacing))))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def summarize(manifest: dict, voxel_volume_mm3: float = 1.0) -> str:
+def describe_manifest(manifest: dict, voxel_volume_mm3: float = 1.0) -> str:
     """Text table: instances per case (mean ± sd, min, max) and instance volume (median, 5th/95th pct.) per class."""
     cases = manifest.get("cases", {})
     if not cases:

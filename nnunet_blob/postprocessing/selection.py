@@ -20,18 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_blob.decisions.cases import (
+from nnunet_blob.evaluation.compare import paired_wilcoxon
+from nnunet_blob.files import atomic_write_bytes, atomic_write_json
+from nnunet_blob.nnunet_internals import previous_stage
+from nnunet_blob.postprocessing.cases import (
     Predictions,
     cross_validation_predictions,
     ensemble_predictions,
     model_folder,
     results_root,
 )
-from nnunet_blob.decisions.settings import FILE_NAME, DecisionError, PostprocessingFile
-from nnunet_blob.decisions.tuning import Metric, TuningResult, tune
-from nnunet_blob.evaluation.compare import paired_wilcoxon
-from nnunet_blob.files import atomic_write_bytes, atomic_write_json
-from nnunet_blob.nnunet_internals import previous_stage
+from nnunet_blob.postprocessing.settings import FILE_NAME, DecisionError, PostprocessingFile
+from nnunet_blob.postprocessing.tuning import Metric, TuningResult, tune
 from nnunet_blob.preprocessing.locate import dataset_name, preprocessed_root
 
 #: nnU-Net's default configurations of nnUNetv2_find_best_configuration

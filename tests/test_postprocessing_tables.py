@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nnunet_blob.decisions.rules import (
+from nnunet_blob.evaluation.metrics import label_metrics
+from nnunet_blob.postprocessing.rules import (
     LabelLayout,
     Setting,
     postprocess,
     remove_small_components,
     segmentation_from_probabilities,
 )
-from nnunet_blob.decisions.tables import TABLE_METRICS, component_table, grid_counts, metrics_of_counts
-from nnunet_blob.evaluation.metrics import label_metrics
+from nnunet_blob.postprocessing.tables import TABLE_METRICS, component_table, grid_counts, metrics_of_counts
 
 SPACING = (1.5, 0.8, 1.2)
 

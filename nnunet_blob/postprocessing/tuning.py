@@ -32,15 +32,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnunet_blob.decisions.cases import CaseFiles, Predictions, load_case, reader_writer_class
-from nnunet_blob.decisions.rules import (
+from nnunet_blob.evaluation.compare import paired_wilcoxon
+from nnunet_blob.evaluation.metric_facts import FACTS, METRICS, SIZE_BIN_PREFIX
+from nnunet_blob.evaluation.metrics import label_metrics, spatial_view
+from nnunet_blob.nnunet_internals import LabelLayout, label_or_region_key
+from nnunet_blob.postprocessing.cases import CaseFiles, Predictions, load_case, reader_writer_class
+from nnunet_blob.postprocessing.rules import (
     Setting,
     postprocess,
     remove_small_components,
     segmentation_from_probabilities,
 )
-from nnunet_blob.decisions.settings import DecisionError, PostprocessingFile
-from nnunet_blob.decisions.significance import (
+from nnunet_blob.postprocessing.settings import DecisionError, PostprocessingFile
+from nnunet_blob.postprocessing.significance import (
     BONFERRONI,
     CROSS_VALIDATED,
     Decision,
@@ -49,11 +53,7 @@ from nnunet_blob.decisions.significance import (
     decide_cross_validated,
     rule_text,
 )
-from nnunet_blob.decisions.tables import TABLE_METRICS, component_table, grid_counts, metrics_of_counts
-from nnunet_blob.evaluation.compare import paired_wilcoxon
-from nnunet_blob.evaluation.metric_facts import FACTS, METRICS, SIZE_BIN_PREFIX
-from nnunet_blob.evaluation.metrics import label_metrics, spatial_view
-from nnunet_blob.nnunet_internals import LabelLayout, label_or_region_key
+from nnunet_blob.postprocessing.tables import TABLE_METRICS, component_table, grid_counts, metrics_of_counts
 from nnunet_blob.workers import Workers
 
 #: thresholds tried besides nnU-Net's own rule (None)

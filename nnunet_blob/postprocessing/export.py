@@ -25,9 +25,6 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nnunet_blob.decisions.cases import crossval_folder, model_folder, results_root
-from nnunet_blob.decisions.selection import INFORMATION_FILE, INSTRUCTIONS_FILE
-from nnunet_blob.decisions.settings import FILE_NAME, DecisionError
 from nnunet_blob.files import atomic_path
 from nnunet_blob.nnunet_internals import (
     CHECKPOINT_TRAINER_KEY,
@@ -35,6 +32,9 @@ from nnunet_blob.nnunet_internals import (
     export_pretrained_model,
     find_trainer_class,
 )
+from nnunet_blob.postprocessing.cases import crossval_folder, model_folder, results_root
+from nnunet_blob.postprocessing.selection import INFORMATION_FILE, INSTRUCTIONS_FILE
+from nnunet_blob.postprocessing.settings import FILE_NAME, DecisionError
 from nnunet_blob.preprocessing.locate import dataset_name
 
 #: the trainer every checkpoint of a ``--stock`` export names

@@ -13,19 +13,19 @@ import pytest
 from scipy.stats import wilcoxon
 
 from helpers import run_cli
-from nnunet_blob.decisions.cases import cross_validation_predictions
-from nnunet_blob.decisions.rules import Setting
-from nnunet_blob.decisions.settings import DecisionError, read_postprocessing
-from nnunet_blob.decisions.significance import (
+from nnunet_blob.evaluation.compare import paired_wilcoxon
+from nnunet_blob.postprocessing.cases import cross_validation_predictions
+from nnunet_blob.postprocessing.rules import Setting
+from nnunet_blob.postprocessing.settings import DecisionError, read_postprocessing
+from nnunet_blob.postprocessing.significance import (
     BONFERRONI,
     CROSS_VALIDATED,
     decide,
     decide_cross_validated,
     out_of_fold,
 )
-from nnunet_blob.decisions.tuning import metric_named, tune
-from nnunet_blob.evaluation.compare import paired_wilcoxon
-from test_decisions_tuning import lesion_case, make_predictions, softmax_case, write
+from nnunet_blob.postprocessing.tuning import metric_named, tune
+from test_postprocessing_tuning import lesion_case, make_predictions, softmax_case, write
 
 
 def literal_best(values, cases, higher_is_better):

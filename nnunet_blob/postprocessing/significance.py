@@ -15,7 +15,7 @@ one test is made, of a procedure whose choice for a case never saw that case, so
 by chance is not rewarded (the other folds' choice is applied to them). A fold whose other folds choose "no
 change" scores its cases unchanged. The out-of-fold scores of different folds are not independent (each fold's
 choice saw the other folds' cases), which makes the test somewhat liberal: on settings of pure noise it passes more
-often than alpha / 2 in the better direction (``tests/test_decisions_crossval.py`` measures it), far less often
+often than alpha / 2 in the better direction (``tests/test_postprocessing_crossval.py`` measures it), far less often
 than an uncorrected test of the best setting.
 
 **bonferroni**: the best setting on all cases replaces "no change" when it is better on average and the same
@@ -38,7 +38,7 @@ RULES = (CROSS_VALIDATED, BONFERRONI)
 
 
 def check_rule(rule: str) -> str:
-    from nnunet_blob.decisions.settings import DecisionError
+    from nnunet_blob.postprocessing.settings import DecisionError
 
     if rule not in RULES:
         raise DecisionError(f"unknown decision rule {rule!r}; use one of {list(RULES)}")
@@ -134,7 +134,7 @@ def decide(values: np.ndarray, higher_is_better: bool, alpha: float = 0.05) -> D
 
 def out_of_fold(values: np.ndarray, case_folds, higher_is_better: bool) -> OutOfFold:
     """Per fold, the best setting on the other folds' cases applied to the fold's cases (module docstring)."""
-    from nnunet_blob.decisions.settings import DecisionError
+    from nnunet_blob.postprocessing.settings import DecisionError
 
     values = np.asarray(values, dtype=np.float64)
     case_folds = tuple(case_folds)

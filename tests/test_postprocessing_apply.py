@@ -1,5 +1,5 @@
 """apply-postprocessing refuses what it cannot apply, naming the case and the fix (the command itself runs on
-nnU-Net's predictions in tests/test_decisions_e2e.py)."""
+nnU-Net's predictions in tests/test_postprocessing_e2e.py)."""
 from __future__ import annotations
 
 import pickle
@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
-from nnunet_blob.decisions.apply import apply_case, apply_jobs, apply_to_folder
-from nnunet_blob.decisions.rules import LabelLayout, Setting
-from nnunet_blob.decisions.settings import DecisionError, PostprocessingFile
+from nnunet_blob.postprocessing.apply import apply_case, apply_jobs, apply_to_folder
+from nnunet_blob.postprocessing.rules import LabelLayout, Setting
+from nnunet_blob.postprocessing.settings import DecisionError, PostprocessingFile
 
 
 def pp_file(threshold=None) -> PostprocessingFile:

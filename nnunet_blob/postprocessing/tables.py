@@ -12,7 +12,7 @@ evaluated component lies inside exactly one of them (its *parent*) and goes when
 
 :func:`metrics_of_counts` turns a row of counts into the metrics under ``nnunet_blob evaluate``'s names, with its
 definitions (:func:`nnunet_blob.evaluation.metrics.label_metrics`; the instance part is
-:func:`nnunet_blob.evaluation.metrics.instance_metrics` itself). ``tests/test_decisions_tables.py`` checks every
+:func:`nnunet_blob.evaluation.metrics.instance_metrics` itself). ``tests/test_postprocessing_tables.py`` checks every
 metric against ``label_metrics`` on the postprocessed masks.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnunet_blob.decisions.rules import voxel_volume
 from nnunet_blob.evaluation.metrics import instance_metrics
 from nnunet_blob.instances.detection import label_components
 from nnunet_blob.nnunet_internals import label_or_region_mask
+from nnunet_blob.postprocessing.rules import voxel_volume
 
 #: columns of :func:`grid_counts`
 COUNT_COLUMNS = ("TP", "FP", "FN", "TN", "n_ref_instances", "TP_ref_instances", "n_pred_instances",

@@ -1,6 +1,6 @@
 """``postprocessing_instances.json``: the chosen postprocessing of a model, self-contained.
 
-Besides the settings (:class:`~nnunet_blob.decisions.rules.Setting`, one per foreground class or region, in the
+Besides the settings (:class:`~nnunet_blob.postprocessing.rules.Setting`, one per foreground class or region, in the
 dataset's order) the file holds what applying them needs without the trained model's folder: the labels or regions
 (with ``regions_class_order``), the ignore label, the file ending, nnU-Net's reader/writer class and the
 connectivity of the components; and, for the record, the metric, the decision rule and the tuning's numbers.
@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnunet_blob.decisions.rules import Setting
 from nnunet_blob.files import atomic_write_json
 from nnunet_blob.nnunet_internals import LabelLayout
+from nnunet_blob.postprocessing.rules import Setting
 
 #: the file's name, next to nnU-Net's ``postprocessing.pkl``
 FILE_NAME = "postprocessing_instances.json"

@@ -19,10 +19,10 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from scipy import ndimage
 
 from helpers import run_cli
-from nnunet_blob.decisions.cases import cross_validation_predictions, ensemble_predictions
-from nnunet_blob.decisions.rules import LabelLayout, Setting
-from nnunet_blob.decisions.selection import inference_commands
-from nnunet_blob.decisions.settings import PostprocessingFile
+from nnunet_blob.postprocessing.cases import cross_validation_predictions, ensemble_predictions
+from nnunet_blob.postprocessing.rules import LabelLayout, Setting
+from nnunet_blob.postprocessing.selection import inference_commands
+from nnunet_blob.postprocessing.settings import PostprocessingFile
 from nnunet_blob.trainers.lesion_validation import BEST_INSTANCES_CHECKPOINT, moving_averages
 
 DATASET_ID = 651

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from nnunet_blob.cli_errors import reports
-from nnunet_blob.decisions.significance import CROSS_VALIDATED, RULES
 from nnunet_blob.instances.connectivity import CONNECTIVITIES
+from nnunet_blob.postprocessing.significance import CROSS_VALIDATED, RULES
 from nnunet_blob.preprocessing.locate import InstanceMapError
 from nnunet_blob.workers import WorkerDied
 
@@ -13,20 +13,20 @@ _ERRORS = (ValueError, FileNotFoundError, InstanceMapError, WorkerDied)
 
 
 def _folds(values):
-    from nnunet_blob.decisions.cases import parse_folds
+    from nnunet_blob.postprocessing.cases import parse_folds
 
     return parse_folds(values)
 
 
 def _metric(args):
-    from nnunet_blob.decisions.tuning import metric_named
+    from nnunet_blob.postprocessing.tuning import metric_named
 
     direction = "higher" if args.higher_is_better else "lower" if args.lower_is_better else None
     return metric_named(args.metric, direction)
 
 
 def _tune_options(args) -> dict:
-    from nnunet_blob.decisions.tuning import DEFAULT_THRESHOLDS
+    from nnunet_blob.postprocessing.tuning import DEFAULT_THRESHOLDS
 
     return {"thresholds": None if args.no_thresholds else (args.thresholds or DEFAULT_THRESHOLDS),
             "min_volumes": args.min_volumes, "alpha": args.alpha, "connectivity": args.connectivity,
@@ -35,9 +35,9 @@ def _tune_options(args) -> dict:
 
 @reports(*_ERRORS, command="tune-postprocessing")
 def _tune(args) -> int:
-    from nnunet_blob.decisions.cases import cross_validation_predictions
-    from nnunet_blob.decisions.settings import FILE_NAME
-    from nnunet_blob.decisions.tuning import tune
+    from nnunet_blob.postprocessing.cases import cross_validation_predictions
+    from nnunet_blob.postprocessing.settings import FILE_NAME
+    from nnunet_blob.postprocessing.tuning import tune
 
     metric = _metric(args)
     predictions = cross_validation_predictions(args.d, args.tr, args.p, args.c, _folds(args.f))
@@ -50,7 +50,7 @@ def _tune(args) -> int:
 
 @reports(*_ERRORS, command="apply-postprocessing")
 def _apply(args) -> int:
-    from nnunet_blob.decisions.apply import apply_to_folder
+    from nnunet_blob.postprocessing.apply import apply_to_folder
 
     written = apply_to_folder(args.i, args.o, args.pp, args.np)
     print(f"postprocessed {len(written)} cases into {args.o}")
@@ -59,7 +59,7 @@ def _apply(args) -> int:
 
 @reports(*_ERRORS, command="find-best")
 def _find_best(args) -> int:
-    from nnunet_blob.decisions.selection import find_best
+    from nnunet_blob.postprocessing.selection import find_best
 
     find_best(args.d, _metric(args), configurations=args.c, trainers=args.tr, plans=args.p, folds=_folds(args.f),
               allow_ensembling=not args.disable_ensembling, num_processes=args.np, **_tune_options(args))
@@ -68,7 +68,7 @@ def _find_best(args) -> int:
 
 @reports(*_ERRORS, command="export")
 def _export(args) -> int:
-    from nnunet_blob.decisions.export import export_model
+    from nnunet_blob.postprocessing.export import export_model
 
     export_model(args.d, args.o, args.c, args.tr, args.p, _folds(args.f), args.chk, stock=args.stock)
     return 0

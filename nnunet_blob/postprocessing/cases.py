@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_blob.decisions.settings import DecisionError
 from nnunet_blob.nnunet_internals import LabelLayout
+from nnunet_blob.postprocessing.settings import DecisionError
 from nnunet_blob.preprocessing.locate import dataset_name, preprocessed_root
 
 

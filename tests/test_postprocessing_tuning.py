@@ -1,7 +1,7 @@
 """The tuning with the Bonferroni rule on cases made for it: a planted speckle is removed when enough cases show it,
 random small objects that are as often lesions as not keep "no change", few cases keep "no change", thresholds and
 minimum volumes together, metrics the tables do not give, regions; and the time a hundred cases take. The cases
-here carry no fold, so the default rule (cross-validated, tests/test_decisions_crossval.py) falls back to it."""
+here carry no fold, so the default rule (cross-validated, tests/test_postprocessing_crossval.py) falls back to it."""
 from __future__ import annotations
 
 import time
@@ -11,12 +11,12 @@ import pytest
 import SimpleITK as sitk
 from scipy.stats import wilcoxon
 
-from nnunet_blob.decisions.cases import CaseFiles, Predictions
-from nnunet_blob.decisions.rules import LabelLayout, Setting
-from nnunet_blob.decisions.settings import read_postprocessing
-from nnunet_blob.decisions.significance import BONFERRONI
-from nnunet_blob.decisions.tuning import decide, default_min_volumes, metric_named, tune
 from nnunet_blob.evaluation.folder import evaluate_folder_simple
+from nnunet_blob.postprocessing.cases import CaseFiles, Predictions
+from nnunet_blob.postprocessing.rules import LabelLayout, Setting
+from nnunet_blob.postprocessing.settings import read_postprocessing
+from nnunet_blob.postprocessing.significance import BONFERRONI
+from nnunet_blob.postprocessing.tuning import decide, default_min_volumes, metric_named, tune
 
 SPACING_XYZ = (1.0, 1.0, 2.0)  # a voxel is 2 mm³
 ONE_LABEL = LabelLayout((1,))  # one foreground class, label 1

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_blob.decisions.cases import reader_writer_class
-from nnunet_blob.decisions.rules import postprocess
-from nnunet_blob.decisions.settings import DecisionError, PostprocessingFile, read_postprocessing
 from nnunet_blob.files import atomic_path_and_companions
 from nnunet_blob.nnunet_internals import LabelLayout
+from nnunet_blob.postprocessing.cases import reader_writer_class
+from nnunet_blob.postprocessing.rules import postprocess
+from nnunet_blob.postprocessing.settings import DecisionError, PostprocessingFile, read_postprocessing
 from nnunet_blob.workers import run_cases
 
 
