@@ -18,7 +18,12 @@ from nnunet_blob.nnunet_internals import inner_loss
 from nnunet_blob.trainers.base import InstanceAwareTrainer, InstanceTermTrainer
 from nnunet_blob.trainers.instance_setup import InstanceSetup
 from nnunet_blob.trainers.instance_transforms import InstancePacking, unpack_instances
-from nnunet_blob.trainers.variants import GlobalTerm, nnUNetTrainerBlobDice, nnUNetTrainerCCDiceCE, nnUNetTrainerTopKDice
+from nnunet_blob.trainers.variants import (
+    GlobalTerm,
+    nnUNetTrainerBlobDice,
+    nnUNetTrainerCCDiceCE,
+    nnUNetTrainerTopKDice,
+)
 
 
 class CCDiceCE18(nnUNetTrainerCCDiceCE):
