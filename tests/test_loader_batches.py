@@ -66,7 +66,8 @@ def test_instance_sampling_trainer_uses_balanced_locations(blobs, single_process
 
 
 def test_trainer_keeps_the_connectivity_the_maps_were_made_with(blobs):
-    """Maps made with ``nnunet_blob preprocess --connectivity 18`` are used as they are, also by the online score."""
+    """Maps made with ``nnunet_blob preprocess --connectivity 18`` are used as they are, also by the online score and
+    the final validation."""
     run_cli("nnunet_blob", "preprocess", "-d", 601, "-c", "3d_fullres", "--connectivity", 18, "-np", 1)
     try:
         trainer = build_trainer(nnUNetTrainerBlobDice, blobs)
@@ -74,6 +75,6 @@ def test_trainer_keeps_the_connectivity_the_maps_were_made_with(blobs):
         log = Path(trainer.log_file).read_text()
         assert "computing instance maps" not in log and "connectivity 18" in log, log
         assert trainer.instance_maps().connectivity == 18 == trainer.online_connectivity
-        assert trainer._online_scorer().options["connectivity"] == 18
+        assert trainer._online_scorer().options["connectivity"] == 18 == trainer.lesion_connectivity()
     finally:
         run_cli("nnunet_blob", "preprocess", "-d", 601, "-c", "3d_fullres", "--connectivity", 26, "-np", 1)

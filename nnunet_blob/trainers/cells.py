@@ -17,14 +17,13 @@ import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from torch import nn
 
 from nnunet_blob.instances.detection import label_components
 from nnunet_blob.instances.voronoi import class_cells, component_cells
 from nnunet_blob.nnunet_internals import LOADER_SEG_DTYPE
-from nnunet_blob.trainers.instance_transforms import INSTANCES, InstancePacking, PackedInstancesLoss, PackInstances
-from nnunet_blob.trainers.lesion_validation import OnlineInstanceScore
+from nnunet_blob.trainers.base import InstanceTermTrainer
+from nnunet_blob.trainers.instance_setup import InstanceSetup, InstanceSetupTrainer
+from nnunet_blob.trainers.instance_transforms import INSTANCES, InstancePacking, PackInstances
 
 #: the cells of one class travel as int16, like the segmentation nnU-Net's loader collates
 MAX_CELLS_PER_CLASS = np.iinfo(LOADER_SEG_DTYPE).max
@@ -72,11 +71,13 @@ def make_cell_aware(pipeline: ComposeTransforms, cells: VoronoiCellsPerScale) ->
     return ComposeTransforms(list(pipeline.transforms) + [cells, PackInstances()])
 
 
-class CellsTrainer(nnUNetTrainer):
+class CellsTrainer(InstanceSetupTrainer):
     """Loaders and augmentation that bring the Voronoi cells of every scale's target to the loss (packed into the
-    target's last channels, one per foreground class or region)."""
+    target's last channels, one per foreground class or region): the data source of :class:`CellAwareTrainer`,
+    which runs :meth:`prepare_instances` once in ``initialize()`` and holds its result as ``instance_setup``."""
 
-    #: connectivity of the components whose cells the loss reads (26 as published)
+    #: connectivity of the components whose cells the loss reads (26 as published), and of the instances of the
+    #: online F1 and the final validation
     cell_connectivity = 26
 
     @property
@@ -85,21 +86,17 @@ class CellsTrainer(nnUNetTrainer):
         lm = self.label_manager
         return len(lm.foreground_regions) if lm.has_regions else len(lm.foreground_labels)
 
-    @property
-    def instance_packing(self) -> InstancePacking:
-        """The cells ride in one int16 channel each (at most :data:`MAX_CELLS_PER_CLASS` per class and patch)."""
-        return InstancePacking(self.num_instance_channels)
-
-    @property
-    def online_connectivity(self) -> int:
-        return self.cell_connectivity
+    def prepare_instances(self) -> InstanceSetup:
+        """The start-up step: nothing to read (the cells are made in the loaders); one int16 channel per class or
+        region (at most :data:`MAX_CELLS_PER_CLASS` cells per class and patch), components of ``cell_connectivity``."""
+        return InstanceSetup(InstancePacking(self.num_instance_channels), self.cell_connectivity)
 
     def _cell_pipeline(self, pipeline: ComposeTransforms) -> ComposeTransforms:
-        lm = self.label_manager
+        lm, connectivity = self.label_manager, self.instance_setup.connectivity
         if lm.has_regions:
-            cells = VoronoiCellsPerScale(num_regions=len(lm.foreground_regions), connectivity=self.cell_connectivity)
+            cells = VoronoiCellsPerScale(num_regions=len(lm.foreground_regions), connectivity=connectivity)
         else:
-            cells = VoronoiCellsPerScale(classes=lm.foreground_labels, connectivity=self.cell_connectivity,
+            cells = VoronoiCellsPerScale(classes=lm.foreground_labels, connectivity=connectivity,
                                          ignore_label=lm.ignore_label)
         return make_cell_aware(pipeline, cells)
 
@@ -110,17 +107,10 @@ class CellsTrainer(nnUNetTrainer):
         return self._cell_pipeline(super().get_validation_transforms(*args, **kwargs))
 
 
-class CellAwareTrainer(OnlineInstanceScore, CellsTrainer):
+class CellAwareTrainer(CellsTrainer, InstanceTermTrainer):
     """Trains with the cells (:class:`CellsTrainer`) and scores the online instance F1 on the validation patches
     (reference instances: the components, i.e. the cells on their own class's voxels). Subclasses build
-    ``(output, target, cells) -> scalar`` in :meth:`build_cell_loss`."""
-
-    def build_cell_loss(self, nnunet_loss: nn.Module) -> nn.Module:
-        raise NotImplementedError
-
-    def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:
-        return PackedInstancesLoss(self.build_cell_loss(nnunet_loss), self.instance_packing,
-                                   self.label_manager.has_regions)
+    ``(output, target, cells) -> scalar`` in :meth:`build_instance_loss`."""
 
     def online_reference_ids(self, reference: np.ndarray, maps: np.ndarray) -> np.ndarray:
         """Regions: the cells of region r on its voxels are its component ids. Labels: each voxel takes the cell id

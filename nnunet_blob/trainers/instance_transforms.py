@@ -64,10 +64,11 @@ INSTANCES = "instances"
 Tensors = torch.Tensor | list[torch.Tensor]
 
 
-@dataclass
+@dataclass(frozen=True)
 class InstancePacking:
     """How the instance maps ride in a packed target: ``maps`` maps (one, or one per region), each id in
-    ``id_channels`` int16 channels (1, or 2 for datasets with more than 32767 instances in a case)."""
+    ``id_channels`` int16 channels (1, or 2 for datasets with more than 32767 instances in a case). Frozen: the
+    loss, the pipelines and the validation step of a trainer hold the same value."""
 
     maps: int = 1
     id_channels: int = 1
@@ -262,7 +263,8 @@ def unpack_instances(target: Tensors, packing: int | InstancePacking, as_bool: b
 class PackedInstancesLoss(nn.Module):
     """Adapter for nnU-Net's ``loss(output, target)`` calls: the instance maps ride in the last target channels
     (:class:`PackInstances`, laid out as ``packing`` says); ``loss(output, target, instances)`` gets them
-    separately. ``packing`` is the trainer's own object: it learns the id channels once the maps are known."""
+    separately. ``packing`` is the trainer's, fixed before the loss is built
+    (:class:`~.instance_setup.InstanceSetup`)."""
 
     def __init__(self, loss: nn.Module, packing: InstancePacking, regions: bool):
         super().__init__()

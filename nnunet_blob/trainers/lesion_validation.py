@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 from os.path import join
+from pathlib import Path
 
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_blob.evaluation.options import EvaluationOptions
 from nnunet_blob.instances.detection import COUNT_KEYS, instance_scores
 from nnunet_blob.nnunet_internals import (
     autocast_like_nnunet,
@@ -25,7 +27,8 @@ from nnunet_blob.nnunet_internals import (
     save_checkpoint_of_epoch,
     validation_tp_fp_fn,
 )
-from nnunet_blob.trainers.instance_transforms import InstancePacking, unpack_instances
+from nnunet_blob.trainers.instance_setup import InstanceSetupTrainer
+from nnunet_blob.trainers.instance_transforms import unpack_instances
 from nnunet_blob.trainers.online_detection import BackgroundScorer, labels_to_host, predicted_labels
 
 #: logger key of the online instance F1 (one value per epoch, saved in nnU-Net's checkpoints)
@@ -34,6 +37,9 @@ INSTANCE_F1_KEY = "instance_f1"
 INSTANCE_F1_EMA_KEY = "ema_instance_f1"
 #: the checkpoint of the epoch with the best moving average of the online instance F1
 BEST_INSTANCES_CHECKPOINT = "checkpoint_best_instances.pth"
+#: the connectivity of the final validation's lesion-wise metrics for trainers without instances (``nnunet_blob
+#: evaluate``'s default)
+DEFAULT_LESION_CONNECTIVITY = EvaluationOptions.connectivity
 #: key of a validation step's detection counts (a future of the background scorer)
 _COUNTS = "instance_counts"
 
@@ -43,19 +49,30 @@ class FinalLesionWiseValidation(nnUNetTrainer):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         super().perform_actual_validation(save_probabilities)
-        if self.local_rank != 0:
-            return
+        if self.local_rank == 0:
+            self.write_lesion_wise_metrics()
+
+    def lesion_connectivity(self) -> int:
+        """The connectivity of the lesion-wise metrics: ``nnunet_blob evaluate``'s default (26) here; an
+        instance-aware trainer's instances' (:class:`~.instance_setup.InstanceSetup`), the one its online F1 uses."""
+        return DEFAULT_LESION_CONNECTIVITY
+
+    def write_lesion_wise_metrics(self) -> Path:
+        """``validation/summary_instances.json``: the lesion-wise metrics of the predictions nnU-Net's final
+        validation wrote, with :meth:`lesion_connectivity`; returns the file."""
         from nnunet_blob.evaluation.folder import evaluate_validation_folder
         from nnunet_blob.workers import default_num_processes
 
+        connectivity = self.lesion_connectivity()
         summary = evaluate_validation_folder(join(self.output_folder, "validation"),
                                              join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
                                              self.dataset_json, self.plans_manager.plans,
-                                             num_processes=default_num_processes())
+                                             num_processes=default_num_processes(), connectivity=connectivity)
         pooled = json.loads(summary.read_text())["pooled_instances"]
         scores = {k: {m: round(v[m], 4) for m in ("F1", "IS", "IP")} for k, v in pooled.items()}
-        self.print_to_log_file(f"nnunet_blob: lesion-wise validation metrics (pooled over cases) {scores}; "
-                               f"per case in {summary}")
+        self.print_to_log_file(f"nnunet_blob: lesion-wise validation metrics ({connectivity}-connectivity, pooled "
+                               f"over cases) {scores}; per case in {summary}")
+        return summary
 
 
 def moving_average(previous: float, value: float) -> float:
@@ -83,13 +100,11 @@ def _to(target, device):
         target.to(device, non_blocking=True)
 
 
-class OnlineInstanceScore(nnUNetTrainer):
+class OnlineInstanceScore(InstanceSetupTrainer):
     """Online instance F1 on the validation patches. The batches' targets carry the instance maps in their last
-    channels, laid out as ``instance_packing`` says; components are labelled with ``online_connectivity`` (both
-    provided by :class:`~nnunet_blob.trainers.instance_maps.InstanceMapsTrainer`)."""
-
-    instance_packing: InstancePacking
-    online_connectivity: int
+    channels, laid out as ``instance_setup.packing`` says; predicted components are labelled with
+    ``instance_setup.connectivity`` (:class:`~.instance_setup.InstanceSetup`, made by the trainer's start-up step:
+    :class:`~nnunet_blob.trainers.base.InstanceTermTrainer`)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -111,11 +126,12 @@ class OnlineInstanceScore(nnUNetTrainer):
         if self.enable_deep_supervision:  # scores on the highest resolution only, as nnU-Net's
             output, target, host_target = output[0], target[0], host_target[0]
         regions = self.label_manager.has_regions
-        target, _ = unpack_instances(target, self.instance_packing, as_bool=regions)
+        packing = self.instance_setup.packing
+        target, _ = unpack_instances(target, packing, as_bool=regions)
         labels = predicted_labels(output, regions)
         result = {"loss": loss.detach().cpu().numpy(),
                   **validation_tp_fp_fn(output, target, self.label_manager, predicted=labels)}
-        reference, instances = unpack_instances(host_target.cpu(), self.instance_packing, as_bool=regions)
+        reference, instances = unpack_instances(host_target.cpu(), packing, as_bool=regions)
         reference_np = reference.numpy()
         result[_COUNTS] = self._online_scorer().submit(labels_to_host(labels, output.shape[1]), reference_np,
                                                        self.online_reference_ids(reference_np, instances.numpy()))
@@ -131,7 +147,8 @@ class OnlineInstanceScore(nnUNetTrainer):
             regions = self.label_manager.has_regions
             rows = len(self.label_manager.foreground_regions) if regions else \
                 self.label_manager.num_segmentation_heads - 1
-            self._scorer = BackgroundScorer(rows, regions, self.label_manager.ignore_label, self.online_connectivity)
+            self._scorer = BackgroundScorer(rows, regions, self.label_manager.ignore_label,
+                                            self.instance_setup.connectivity)
         return self._scorer
 
     def on_validation_epoch_end(self, val_outputs):

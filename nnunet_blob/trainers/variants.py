@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnunet_blob.losses import BlobCompoundLoss, CCDiceCELoss, TopKDiceAndCELoss, TverskyLoss
@@ -26,8 +27,10 @@ from nnunet_blob.trainers.base import InstanceAwareTrainer, LossVariantTrainer
 from nnunet_blob.trainers.cells import CellAwareTrainer
 
 
-class GlobalTermTrainer(LossVariantTrainer):
-    """Chooses the global term: nnU-Net's ``DC_and_CE_loss`` with Dice or Tversky, with or without CE."""
+class GlobalTerm(nnUNetTrainer):
+    """Chooses the global term: nnU-Net's ``DC_and_CE_loss`` with Dice or Tversky, with or without CE
+    (:meth:`build_global_loss`). Builds no loss of its own: :class:`GlobalTermTrainer` trains with the global term
+    alone, an instance-aware trainer adds it to its instance term in ``build_instance_loss``."""
 
     #: "dice" (nnU-Net's MemoryEfficientSoftDiceLoss) or "tversky" (:class:`~nnunet_blob.losses.TverskyLoss`)
     global_overlap = "dice"
@@ -51,6 +54,10 @@ class GlobalTermTrainer(LossVariantTrainer):
         if not self.global_ce:
             drop_cross_entropy(nnunet_loss)
         return nnunet_loss
+
+
+class GlobalTermTrainer(GlobalTerm, LossVariantTrainer):
+    """Trains with the global term alone (:class:`GlobalTerm`)."""
 
     def build_inner_loss(self, nnunet_loss: nn.Module) -> nn.Module:
         return self.build_global_loss(nnunet_loss)
@@ -96,7 +103,7 @@ class nnUNetTrainerTopKDice_k10(nnUNetTrainerTopKDice):
     topk_k = 10.0
 
 
-class nnUNetTrainerBlobDice(InstanceAwareTrainer, GlobalTermTrainer):
+class nnUNetTrainerBlobDice(InstanceAwareTrainer, GlobalTerm):
     """2 x (Dice + CE) + 1 x blob Dice (Kofler et al., Eq. 3, weights of Table 2).
 
     ``alpha * (Dice + CE) + beta * blob Dice`` with alpha = 2, beta = 1.
@@ -148,7 +155,7 @@ class nnUNetTrainerBlobDice_instSampling(nnUNetTrainerBlobDice):
     instance_sampling_exponent = 0.0
 
 
-class nnUNetTrainerCCDiceCE(CellAwareTrainer, GlobalTermTrainer):
+class nnUNetTrainerCCDiceCE(CellAwareTrainer, GlobalTerm):
     """Dice + CE plus CC-DiceCE 1:1 (Bouteille et al.): Dice + CE in each lesion's cell.
 
     nnU-Net's Dice + CE plus the CC term: Dice + CE inside the Voronoi cell of each connected component.
@@ -161,7 +168,7 @@ class nnUNetTrainerCCDiceCE(CellAwareTrainer, GlobalTermTrainer):
     #: "skip": a patch without components has no CC term; "published": it scores 1 + its mean cross-entropy
     cc_empty_samples = "skip"
 
-    def build_cell_loss(self, nnunet_loss: nn.Module) -> nn.Module:
+    def build_instance_loss(self, nnunet_loss: nn.Module) -> nn.Module:
         regions = self.label_manager.has_regions
         ignore = self.label_manager.ignore_label
         return CCDiceCELoss(
@@ -222,11 +229,10 @@ class nnUNetTrainerBlobDice_noMasking(nnUNetTrainerBlobDice):
     blob_masking = False
 
 
-__all__ = [name for name, obj in dict(globals()).items() if name.startswith("nnUNetTrainer") and isinstance(obj, type)]
+__all__ = [name for name, obj in dict(globals()).items()
+           if name.startswith("nnUNetTrainer") and isinstance(obj, type) and obj.__module__ == __name__]
 
 
 def comparable_trainers() -> dict[str, type]:
     """Stock ``nnUNetTrainer`` and every nnunet_blob trainer, by name: what the demo and the benchmark compare."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
     return {"nnUNetTrainer": nnUNetTrainer, **{name: globals()[name] for name in __all__}}
