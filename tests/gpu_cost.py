@@ -163,7 +163,14 @@ class GpuCostCounter:
 NUM_SCALES = 5
 
 
-def lesion_batch(classes: int, size: int, batch: int = 2, lesions: int = 20, seed: int = 0):
+#: small lesions per sample of :func:`lesion_batch`
+LESIONS = 20
+#: the CC-DiceCE trainers' cap on cells per class and patch (:attr:`~nnunet_blob.trainers.variants.
+#: nnUNetTrainerCCDiceCE.max_cells_per_class`)
+MAX_CELLS_PER_CLASS = 4096
+
+
+def lesion_batch(classes: int, size: int, batch: int = 2, lesions: int = LESIONS, seed: int = 0):
     """(target, instances) int16 (B, 1, S, S, S): per sample one large ball (radius 0.3 S, centred at
     (0.35 S, 0.35 S, 0.35 S), class 1, instance 1) and ``lesions`` small boxes of 2 to 4 voxels a side towards the
     far corner, classes drawn from 1..C-1, each its own instance."""
@@ -220,13 +227,18 @@ def training_step_losses(classes: int) -> dict:
     weights = np.array([1 / 2 ** i for i in range(NUM_SCALES)])
     weights[-1] = 0
     weights = weights / weights.sum()
+    # as the trainers build them: the loader checks the maps on the CPU, the instance tables hold the largest
+    # instance count of any case (here the 21 instances of a sample), the cell tables what a grid can hold, at most
+    # the CC trainers' cap
+    blob = {"check_values": False, "max_id": LESIONS + 1}
+    cells = {"check_values": False, "max_cells": MAX_CELLS_PER_CLASS, "connectivity": 26}
     losses = {
         "stock DC_and_CE_loss": (stock(), None),
-        "BlobCompoundLoss (blob Dice)": (BlobCompoundLoss(stock(), 2.0, 1.0, "dice"), "instances"),
-        "BlobCompoundLoss (blob Tversky)": (BlobCompoundLoss(stock(tversky=True), 2.0, 1.0, "tversky"),
+        "BlobCompoundLoss (blob Dice)": (BlobCompoundLoss(stock(), 2.0, 1.0, "dice", **blob), "instances"),
+        "BlobCompoundLoss (blob Tversky)": (BlobCompoundLoss(stock(tversky=True), 2.0, 1.0, "tversky", **blob),
                                             "instances"),
         "CE + TopK-Dice (k 30)": (TopKDiceAndCELoss(k=30), None),
-        "CCDiceCELoss": (CCDiceCELoss(stock()), "cells"),
+        "CCDiceCELoss": (CCDiceCELoss(stock(), **cells), "cells"),
     }
     return {name: (DeepSupervisionWrapper(loss, weights), maps) for name, (loss, maps) in losses.items()}
 
