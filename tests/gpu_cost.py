@@ -245,7 +245,9 @@ def training_step_losses(classes: int) -> dict:
 
 def count_training_step(loss, maps, scales) -> GpuCostCounter:
     """Cost of one forward + backward of a deep-supervision loss over ``scales`` (see
-    :func:`deep_supervision_inputs`), on the accelerator's path of the losses (nothing compacted on the host)."""
+    :func:`deep_supervision_inputs`), on the accelerator's path of the losses (nothing compacted on the host), in
+    a training step after the first (the constant per-shape tables the losses cache,
+    :func:`nnunet_blob.losses._common.sample_bases`, exist)."""
     import nnunet_blob.losses._common as common
 
     outputs = [s[0] for s in scales]
@@ -254,6 +256,9 @@ def count_training_step(loss, maps, scales) -> GpuCostCounter:
         args.append([s[2] if maps == "instances" else s[3] for s in scales])
     saved, common.COMPACT_ON_HOST = common.COMPACT_ON_HOST, False
     try:
+        loss(*args).backward()  # a step after the first: the constant tables made once per shape exist
+        for o in outputs:
+            o.grad = None
         with GpuCostCounter() as cost:
             loss(*args).backward()
     finally:

@@ -285,7 +285,8 @@ def tversky_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, alpha: f
 
     ``alpha`` weighs false positives and ``beta`` false negatives (0.3 / 0.7 in the paper).
     """
-    return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth).clamp_min(1e-8)
+    numerator = tp + smooth
+    return numerator / torch.add(numerator, fp, alpha=alpha).add_(fn, alpha=beta).clamp_min(1e-8)
 
 
 def zero_with_graph(probs: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ from nnunet_blob.losses._common import (
     entry_positions,
     float32_math,
     host_reads_are_free,
-    mean_over_present,
+    mean_over_finite_present,
     mean_over_samples,
     numbered_ids,
     segment_sums,
@@ -433,5 +433,5 @@ def _mean_over_instances_and_classes(losses: torch.Tensor, present: torch.Tensor
     ``losses`` and ``present`` are (B * K, S - 1) per id slot. Returns (B,) sample losses and (B,) flags
     "sample has instances".
     """
-    class_mean, class_has = mean_over_present(losses, present, dim=1)
-    return mean_over_present(class_mean.reshape(batch, channels), class_has.reshape(batch, channels), dim=1)
+    class_mean, class_has = mean_over_finite_present(losses, present, dim=1)
+    return mean_over_finite_present(class_mean.reshape(batch, channels), class_has.reshape(batch, channels), dim=1)

@@ -41,7 +41,7 @@ from nnunet_blob.losses._common import (
     check_probs,
     float32_math,
     host_reads_are_free,
-    mean_over_present,
+    mean_over_finite_present,
     mean_over_samples,
     numbered_ids,
     segment_sums,
@@ -143,8 +143,8 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     size, sum_y, tp, sum_p = count.sum(-1), count[..., 1], slot_p[..., 1], slot_p.sum(-1)
     dice = 1 - (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(EPS)
     cell_losses = dice - slot_log_q.sum(-1) / size.clamp_min(1)
-    class_mean, class_has = mean_over_present(cell_losses, size > 0, dim=1)
-    per_sample, sample_has = mean_over_present(class_mean.reshape(batch, num_classes),
+    class_mean, class_has = mean_over_finite_present(cell_losses, size > 0, dim=1)
+    per_sample, sample_has = mean_over_finite_present(class_mean.reshape(batch, num_classes),
                                                class_has.reshape(batch, num_classes), dim=1)
     if empty_samples == "skip":
         return per_sample, sample_has

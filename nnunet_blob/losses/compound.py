@@ -19,6 +19,7 @@ from nnunet_blob.losses._common import ID_SPACE
 from nnunet_blob.losses.blob import INNER_LOSSES, blob_loss_per_sample
 from nnunet_blob.losses.cc_dice_ce import cc_dice_ce_per_sample, cells_bound
 from nnunet_blob.losses.topk_dice import topk_dice_loss
+from nnunet_blob.nnunet_internals import overlap_term_probabilities
 
 
 def _probabilities(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
@@ -68,7 +69,9 @@ class InstanceTermCompoundLoss(nn.Module):
 
     def instance_term(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """The instance term alone, on logits (softmax, or sigmoid for regions, in float32)."""
-        probs = _probabilities(logits, sigmoid=self.regions)
+        return self._term_of_probabilities(_probabilities(logits, sigmoid=self.regions), target, maps)
+
+    def _term_of_probabilities(self, probs: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         if self.regions:
             mask = None
             if self.ignore_label:
@@ -78,9 +81,17 @@ class InstanceTermCompoundLoss(nn.Module):
         return _mean_over_all_workers(*self.per_sample(probs, target, maps, mask), self.ddp)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        total = self.beta * self.instance_term(logits, target, maps) if self.beta else None
+        """``alpha * global + beta * instance term``; where the global loss is nnU-Net's compound loss, its Dice
+        term takes the probabilities the instance term uses instead of computing them again (one softmax or sigmoid
+        forward and backward, :func:`~nnunet_blob.nnunet_internals.overlap_term_probabilities`)."""
+        probs = _probabilities(logits, sigmoid=self.regions) if self.beta else None
+        total = self.beta * self._term_of_probabilities(probs, target, maps) if probs is not None else None
         if self.alpha and self.global_loss is not None:
-            weighted = self.alpha * self.global_loss(logits, target)
+            if probs is None:
+                weighted = self.alpha * self.global_loss(logits, target)
+            else:
+                with overlap_term_probabilities(self.global_loss, logits, probs, self.regions):
+                    weighted = self.alpha * self.global_loss(logits, target)
             total = weighted if total is None else total + weighted
         assert total is not None  # alpha + beta > 0 (checked in __init__)
         return total
