@@ -8,8 +8,8 @@ one fails there, under the entry's name.
 
 Trainer: :class:`BuildLossHook` (``_build_loss``), :func:`compile_enabled` (``_do_i_compile``),
 :func:`inner_loss`/:func:`replace_inner_loss` (``DeepSupervisionWrapper.loss``), :func:`overlap_term`/
-:func:`replace_overlap_term`/:func:`overlap_term_probabilities`/:func:`set_dice_smoothing`/:func:`drop_cross_entropy` (``DC_and_CE_loss.dc``, its
-``smooth``, ``weight_ce``),
+:func:`replace_overlap_term`/:func:`set_dice_smoothing`/:func:`drop_cross_entropy` (``DC_and_CE_loss.dc``, its
+``smooth``, ``weight_ce``), :func:`overlap_term_probabilities` (``dc.apply_nonlin``),
 :func:`uncompiled`/:func:`compiled_like` (``_orig_mod``), :func:`logged_values` (``my_fantastic_logging``),
 :func:`validation_tp_fp_fn` and :func:`autocast_like_nnunet` (what ``validation_step`` computes inline),
 :func:`deep_supervision_scales` (``_get_deep_supervision_scales``), :func:`stop_loader` (``_finish``),

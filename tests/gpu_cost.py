@@ -165,9 +165,6 @@ NUM_SCALES = 5
 
 #: small lesions per sample of :func:`lesion_batch`
 LESIONS = 20
-#: the CC-DiceCE trainers' cap on cells per class and patch (:attr:`~nnunet_blob.trainers.variants.
-#: nnUNetTrainerCCDiceCE.max_cells_per_class`)
-MAX_CELLS_PER_CLASS = 4096
 
 
 def lesion_batch(classes: int, size: int, batch: int = 2, lesions: int = LESIONS, seed: int = 0):
@@ -215,6 +212,7 @@ def training_step_losses(classes: int) -> dict:
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     from nnunet_blob.losses import BlobCompoundLoss, CCDiceCELoss, TopKDiceAndCELoss, TverskyLoss
+    from nnunet_blob.trainers.cells import DEFAULT_MAX_CELLS
 
     def stock(tversky=False):
         loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
@@ -231,7 +229,7 @@ def training_step_losses(classes: int) -> dict:
     # instance count of any case (here the 21 instances of a sample), the cell tables what a grid can hold, at most
     # the CC trainers' cap
     blob = {"check_values": False, "max_id": LESIONS + 1}
-    cells = {"check_values": False, "max_cells": MAX_CELLS_PER_CLASS, "connectivity": 26}
+    cells = {"check_values": False, "max_cells": DEFAULT_MAX_CELLS, "connectivity": 26}
     losses = {
         "stock DC_and_CE_loss": (stock(), None),
         "BlobCompoundLoss (blob Dice)": (BlobCompoundLoss(stock(), 2.0, 1.0, "dice", **blob), "instances"),

@@ -270,13 +270,20 @@ def check_label_range(target: torch.Tensor, num_classes: int, valid: torch.Tenso
                           f"mark ignored voxels with loss_mask")
 
 
+#: floor of the overlap scores' denominators (as nnU-Net's Dice). The denominators are sums of nonnegative terms plus
+#: ``smooth``, so with ``smooth`` >= the floor it never applies and is not computed
+DENOMINATOR_FLOOR = 1e-8
+
+
 def soft_dice_score(tp: torch.Tensor, sum_gt: torch.Tensor, sum_pred: torch.Tensor, smooth: float) -> torch.Tensor:
     """nnU-Net's smoothed soft Dice: ``(2 TP + s) / max(sum_gt + sum_pred + s, 1e-8)``.
 
     With ``sum_pred`` = sum of p this is the non-squared form (2TP + FP + FN = sum_gt + sum_pred); with
     ``sum_pred`` = sum of p^2 (and sum_gt = sum of g^2 = sum of g) it is the squared-denominator form.
     """
-    return (2 * tp + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
+    denominator = sum_gt + sum_pred + smooth
+    return (2 * tp + smooth) / (denominator if smooth >= DENOMINATOR_FLOOR else denominator.clamp_min(
+        DENOMINATOR_FLOOR))
 
 
 def tversky_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, alpha: float, beta: float,
@@ -286,7 +293,8 @@ def tversky_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, alpha: f
     ``alpha`` weighs false positives and ``beta`` false negatives (0.3 / 0.7 in the paper).
     """
     numerator = tp + smooth
-    return numerator / torch.add(numerator, fp, alpha=alpha).add_(fn, alpha=beta).clamp_min(1e-8)
+    denominator = torch.add(numerator, fp, alpha=alpha).add_(fn, alpha=beta)
+    return numerator / (denominator if smooth >= DENOMINATOR_FLOOR else denominator.clamp_min(DENOMINATOR_FLOOR))
 
 
 def zero_with_graph(probs: torch.Tensor) -> torch.Tensor:

@@ -57,10 +57,10 @@ from nnunet_blob.losses._common import (
     mean_over_finite_present,
     mean_over_samples,
     numbered_ids,
+    sample_bases,
     segment_sums,
     slot_dtype,
     soft_dice_score,
-    sample_bases,
     spread_factor,
     spread_keys,
     tversky_score,
@@ -287,14 +287,13 @@ def _blob_from_entries(
     batch, channels, num_voxels = e.p.shape
     first = e.first
     terms = channels - first  # channels with a term
-    num_groups = batch * terms
     total_p, x = e.values()
-    total_p = total_p[:, first:].reshape(num_groups)
+    total_p = total_p[:, first:]  # (B, K): groups are (sample, channel with a term), kept as two axes (views)
     p = e.p[:, first:]
     valid = e.valid
 
     def totals(f: torch.Tensor) -> torch.Tensor:  # sum of f over every unmasked voxel, per group
-        return dense_sum(f if valid is None else f * valid).reshape(num_groups)
+        return dense_sum(f if valid is None else f * valid)
 
     # per slot: voxel count, then the sums the inner loss needs
     one = torch.ones(1, device=x.device, dtype=torch.int32)
@@ -305,35 +304,35 @@ def _blob_from_entries(
         columns = [x, x * x] if squared else [x]
     sums = _SegmentSums.apply(e.keys, e.spread, e.num_slots, *columns)
 
-    def per_group(table: torch.Tensor) -> torch.Tensor:  # (G, S, ...) without the rows no term reads
+    def per_group(table: torch.Tensor) -> torch.Tensor:  # (B, K, S, ...) without the rows no term reads (a view)
         rows = table[:batch * channels * e.id_space].reshape(batch, channels, e.id_space, *table.shape[1:])
-        return rows[:, first:].reshape(num_groups, e.id_space, *table.shape[1:])
+        return rows[:, first:]
 
     # differences of large sums in float64; then the per-instance arithmetic in p's dtype
     dtype = e.p.dtype
     count = per_group(count)
     sums = per_group(sums)
-    labelled_sums = sums.sum(1)  # (G, k): sums over the voxels labelled with each group's class
-    instance_sums = sums[:, 1:].to(dtype)  # (G, S - 1, k): sums over each instance
-    size = count[:, 1:].to(dtype)
+    labelled_sums = sums.sum(2)  # (B, K, k): sums over the voxels labelled with each group's class
+    instance_sums = sums[:, :, 1:].to(dtype)  # (B, K, S - 1, k): sums over each instance
+    size = count[:, :, 1:].to(dtype)
 
     def rest(total: torch.Tensor, column: int) -> torch.Tensor:
         """Sum over each instance's domain without the instance itself (column -1: the voxel count)."""
         if column < 0:
-            part = count.sum(1, keepdim=True) if masking else count[:, 1:]
+            part = count.sum(2, keepdim=True) if masking else count[:, :, 1:]
         else:
-            part = labelled_sums[:, column].unsqueeze(1) if masking else sums[:, 1:, column]
-        return (total.unsqueeze(1) - part).to(dtype)
+            part = labelled_sums[..., column].unsqueeze(-1) if masking else sums[:, :, 1:, column]
+        return (total.unsqueeze(-1) - part).to(dtype)
 
     if inner == "bce":  # -(sum of log p over the instance + sum of log(1 - p) over the rest) / |domain|
         voxels = total_p.new_full((batch, 1), num_voxels) if valid is None \
             else valid.sum(-1).to(total_p.dtype)
-        domain_size = size + rest(voxels.expand(batch, terms).reshape(num_groups), -1)
+        domain_size = size + rest(voxels.expand(batch, terms), -1)
         # the sum over the unlabelled voxels is taken directly: as a total minus the labelled voxels' sum, the
         # gradients of both (1 / (1 - p), large where p -> 1) would cancel in float32 on the labelled voxels
         unlabelled_log = totals(clamped_log(1 - p) * e.unlabelled()[:, first:])
-        neg_log = unlabelled_log.unsqueeze(1).to(dtype) if masking \
-            else ((unlabelled_log + labelled_sums[:, 1]).unsqueeze(1) - sums[:, 1:, 1]).to(dtype)
+        neg_log = unlabelled_log.unsqueeze(-1).to(dtype) if masking \
+            else ((unlabelled_log + labelled_sums[..., 1]).unsqueeze(-1) - sums[:, :, 1:, 1]).to(dtype)
         losses = -(instance_sums[..., 0] + neg_log) / domain_size.clamp_min(1)
     else:
         tp = instance_sums[..., 0]
@@ -430,8 +429,8 @@ def _mean_over_instances_and_classes(losses: torch.Tensor, present: torch.Tensor
                                      channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: mean over the instances of a class, then over the classes with instances.
 
-    ``losses`` and ``present`` are (B * K, S - 1) per id slot. Returns (B,) sample losses and (B,) flags
+    ``losses`` and ``present`` are (B, K, S - 1) per id slot. Returns (B,) sample losses and (B,) flags
     "sample has instances".
     """
-    class_mean, class_has = mean_over_finite_present(losses, present, dim=1)
-    return mean_over_finite_present(class_mean.reshape(batch, channels), class_has.reshape(batch, channels), dim=1)
+    class_mean, class_has = mean_over_finite_present(losses, present, dim=2)
+    return mean_over_finite_present(class_mean, class_has, dim=1)

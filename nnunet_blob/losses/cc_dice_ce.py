@@ -44,9 +44,9 @@ from nnunet_blob.losses._common import (
     mean_over_finite_present,
     mean_over_samples,
     numbered_ids,
+    sample_bases,
     segment_sums,
     slot_dtype,
-    sample_bases,
     spread_factor,
 )
 
@@ -138,7 +138,7 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
     keys = _cell_keys(ids.reshape(y.shape), y, id_space, spread).reshape(-1)
     # accumulated in float64, then rounded to p's dtype: no difference of large sums follows
     count = _slot_counts(keys, spread, num_keys, p.dtype).reshape(groups, id_space, 2)[:, 1:]
-    sums = _CellSums.apply(p, y, keys, spread, num_keys).reshape(groups, id_space, 2, 2)[:, 1:]
+    sums = _CellSums.apply(probs, first, y, keys, spread, num_keys).reshape(groups, id_space, 2, 2)[:, 1:]
     slot_p, slot_log_q = sums.unbind(-1)  # (B * classes, cells, y); cell id 0 is no cell
     size, sum_y, tp, sum_p = count.sum(-1), count[..., 1], slot_p[..., 1], slot_p.sum(-1)
     dice = 1 - (2 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(EPS)
@@ -153,7 +153,7 @@ def cc_dice_ce_per_sample(probs: torch.Tensor, target: torch.Tensor, cells: torc
 
 
 def cells_bound(spatial_shape: tuple[int, ...], connectivity: int | None = None, cap: int | None = None) -> int:
-    """Largest cell id that components of one class can have in a grid of ``spatial_shape``: distinct components
+    r"""Largest cell id that components of one class can have in a grid of ``spatial_shape``: distinct components
     are never face-adjacent, so there are at most ceil(N / 2) of them (a checkerboard), and with full connectivity
     (26 in 3D, 8 in 2D) not even corner-adjacent, so at most one per 2 x ... x 2 block,
     :math:`\prod_i \lceil n_i / 2 \rceil`. ``cap``: a bound guaranteed otherwise (the trainers' loader refuses a
@@ -169,8 +169,11 @@ def _cell_keys(ids: torch.Tensor, y: torch.Tensor, id_space: int, spread: int) -
     :func:`~._common.sample_bases`). int32 where the table fits, as the index reads are the bulk of the cost."""
     batch, num_classes, num_voxels = y.shape
     dtype = slot_dtype(batch * num_classes * id_space * 2 * spread)
-    bases = sample_bases(batch * num_classes, id_space * 2, num_voxels, spread, dtype, y.device)
-    return torch.add(bases.reshape(batch, num_classes, -1), ids, alpha=2 * spread).add_(y, alpha=spread)
+    bases = sample_bases(batch * num_classes, id_space * 2, num_voxels, spread, dtype, y.device).reshape(
+        batch, num_classes, -1)
+    if ids.dtype == torch.int16 and id_space <= 1 << 14:  # 2 * cell + y fits int16: one wide pass less
+        return torch.add(bases, torch.add(y, ids, alpha=2), alpha=spread)
+    return torch.add(bases, ids, alpha=2 * spread).add_(y, alpha=spread)
 
 
 def _slot_counts(keys: torch.Tensor, spread: int, num_keys: int, dtype: torch.dtype) -> torch.Tensor:
@@ -184,10 +187,11 @@ def _slot_counts(keys: torch.Tensor, spread: int, num_keys: int, dtype: torch.dt
 
 
 class _CellSums(torch.autograd.Function):
-    r"""Per slot (cell and :math:`y`, :func:`_cell_keys`) the sums of :math:`p` and :math:`\log \max(q, 10^{-7})`,
-    :math:`q = p` where :math:`y = 1`, :math:`1 - p` where :math:`y = 0`: a (num_keys, 2) table from two
-    ``index_add`` passes over the voxels into sub-slots accumulated in :func:`~._common.accumulation_dtype`
-    (:func:`~._common.segment_sums`; ``keys`` spread ``slot`` by position), returned in p's dtype.
+    r"""Per slot (cell and :math:`y`, :func:`_cell_keys`) the sums of :math:`p` (channels ``first``... of
+    ``probs``) and :math:`\log \max(q, 10^{-7})`, :math:`q = p` where :math:`y = 1`, :math:`1 - p` where
+    :math:`y = 0`: a (num_keys, 2) table from two ``index_add`` passes over the voxels into sub-slots accumulated
+    in :func:`~._common.accumulation_dtype` (:func:`~._common.segment_sums`; ``keys``: the spread slots), returned
+    in p's dtype; the gradient comes back for all channels of ``probs`` (0 below ``first``).
 
     Backward in one pass: :math:`\partial/\partial p_v = G_p[k_v] + s_v G_{\log}[k_v] / q_v` with :math:`s_v = +1`
     where :math:`y = 1` and :math:`-1` where :math:`y = 0` (folded into the per-slot gradients: a slot's parity is
@@ -195,11 +199,14 @@ class _CellSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, p, y, keys, spread, num_keys):
+    def forward(ctx, probs, first, y, keys, spread, num_keys):
+        p = probs[:, first:].reshape(y.shape)
+        ctx.shape, ctx.first = probs.shape, first
         q = torch.where(y, p, 1 - p)
         sum_p = segment_sums(keys, spread, num_keys, p)
         sum_log_q = segment_sums(keys, spread, num_keys, q.clamp_min(EPS).log_())
-        ctx.save_for_backward(q, keys)
+        # kept for the backward pass as the divisor of the log's derivative: infinite (no derivative) on the floor
+        ctx.save_for_backward(q.masked_fill_(q < EPS, torch.inf), keys)
         ctx.spread = spread
         return torch.stack((sum_p, sum_log_q), -1).to(p.dtype)
 
@@ -211,9 +218,11 @@ class _CellSums(torch.autograd.Function):
         if ctx.spread > 1:
             grad = grad.repeat_interleave(ctx.spread, 0)
         per_voxel = grad.index_select(0, keys)
-        inverse = q.reciprocal().masked_fill_(q < EPS, 0)
-        return torch.addcmul(per_voxel[:, 0].reshape(q.shape), per_voxel[:, 1].reshape(q.shape), inverse), \
-            None, None, None, None
+        # the gradient of all channels in one buffer: those below ``first`` (no cells) are 0
+        full = q.new_empty((q.shape[0], ctx.shape[1], q.shape[2]))
+        full[:, :ctx.first].zero_()
+        torch.addcdiv(per_voxel[:, 0].reshape(q.shape), per_voxel[:, 1].reshape(q.shape), q, out=full[:, ctx.first:])
+        return full.reshape(ctx.shape), None, None, None, None, None
 
 
 def _mean_cross_entropy(probs: torch.Tensor, labels: torch.Tensor, regions: bool,

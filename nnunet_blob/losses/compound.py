@@ -63,29 +63,35 @@ class InstanceTermCompoundLoss(nn.Module):
         self.check_values = check_values
 
     def per_sample(self, probs: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-                   loss_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) term of each sample and (B,) flags "sample has a term"."""
+                   loss_mask: torch.Tensor | None, max_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) term of each sample and (B,) flags "sample has a term"; ``max_id``: the largest id the maps can
+        hold, where the caller knows it (sizes the segment-sum tables)."""
         raise NotImplementedError
 
-    def instance_term(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    def instance_term(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                      max_id: int | None = None) -> torch.Tensor:
         """The instance term alone, on logits (softmax, or sigmoid for regions, in float32)."""
-        return self._term_of_probabilities(_probabilities(logits, sigmoid=self.regions), target, maps)
+        return self._term_of_probabilities(_probabilities(logits, sigmoid=self.regions), target, maps, max_id)
 
-    def _term_of_probabilities(self, probs: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    def _term_of_probabilities(self, probs: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                               max_id: int | None) -> torch.Tensor:
         if self.regions:
             mask = None
             if self.ignore_label:
                 mask, target = target[:, -1:] == 0, target[:, :-1]
         else:
             mask = None if self.ignore_label is None else target != self.ignore_label
-        return _mean_over_all_workers(*self.per_sample(probs, target, maps, mask), self.ddp)
+        return _mean_over_all_workers(*self.per_sample(probs, target, maps, mask, max_id), self.ddp)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                max_id: int | None = None) -> torch.Tensor:
         """``alpha * global + beta * instance term``; where the global loss is nnU-Net's compound loss, its Dice
         term takes the probabilities the instance term uses instead of computing them again (one softmax or sigmoid
-        forward and backward, :func:`~nnunet_blob.nnunet_internals.overlap_term_probabilities`)."""
+        forward and backward, :func:`~nnunet_blob.nnunet_internals.overlap_term_probabilities`). ``max_id``: the
+        largest id the maps can hold, where the caller knows it (the trainers: the largest instance count of any
+        case), see :meth:`per_sample`."""
         probs = _probabilities(logits, sigmoid=self.regions) if self.beta else None
-        total = self.beta * self._term_of_probabilities(probs, target, maps) if probs is not None else None
+        total = self.beta * self._term_of_probabilities(probs, target, maps, max_id) if probs is not None else None
         if self.alpha and self.global_loss is not None:
             if probs is None:
                 weighted = self.alpha * self.global_loss(logits, target)
@@ -116,9 +122,10 @@ class BlobCompoundLoss(InstanceTermCompoundLoss):
             raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
         self.inner, self.blob_kwargs = inner, blob_kwargs
 
-    def per_sample(self, probs, target, maps, loss_mask):
+    def per_sample(self, probs, target, maps, loss_mask, max_id=None):
+        options = self.blob_kwargs if max_id is None else {**self.blob_kwargs, "max_id": max_id}
         return blob_loss_per_sample(probs, target, maps, self.inner, regions=self.regions, loss_mask=loss_mask,
-                                    check_values=self.check_values, **self.blob_kwargs)
+                                    check_values=self.check_values, **options)
 
     def blob_term(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
         """The blob term alone (``instance_term``)."""
@@ -147,9 +154,10 @@ class CCDiceCELoss(InstanceTermCompoundLoss):
         self.smooth, self.empty_samples = smooth, empty_samples
         self.max_cells, self.connectivity = max_cells, connectivity
 
-    def per_sample(self, probs, target, maps, loss_mask):
-        bounded = self.max_cells is not None or self.connectivity is not None
-        max_cell = cells_bound(tuple(probs.shape[2:]), self.connectivity, self.max_cells) if bounded else None
+    def per_sample(self, probs, target, maps, loss_mask, max_id=None):
+        cap = self.max_cells if max_id is None else max_id
+        bounded = cap is not None or self.connectivity is not None
+        max_cell = cells_bound(tuple(probs.shape[2:]), self.connectivity, cap) if bounded else None
         if max_cell is not None and maps.dtype in ID_SPACE:  # never more than every id the dtype holds
             max_cell = min(max_cell, ID_SPACE[maps.dtype] - 1)
         return cc_dice_ce_per_sample(probs, target, maps, regions=self.regions, smooth=self.smooth,

@@ -70,6 +70,8 @@ class InstanceMapsTrainer(nnUNetTrainer):
             store = after_rank_zero(lambda: ensure(True), lambda: ensure(False), log=self.print_to_log_file)
             largest = store.max_instances * (2 if self.label_manager.has_regions else 1)
             self.instance_packing.id_channels = id_channels_for(largest)
+            if not self.label_manager.has_regions:  # ids of the maps, renumbered 1..n per case: a sound bound
+                self.instance_packing.max_id = store.max_instances
             if self.instance_packing.id_channels > 1:
                 self.print_to_log_file(f"nnunet_blob: up to {store.max_instances} instances in a case: instance ids "
                                        f"ride in two int16 channels and reach the loss as int32")
@@ -98,7 +100,7 @@ class InstanceMapsTrainer(nnUNetTrainer):
         self.instance_maps()  # the id channels
         id_channels = self.instance_packing.id_channels
         if not self.label_manager.has_regions:
-            return make_instance_aware(pipeline, id_channels=id_channels)
+            return make_instance_aware(pipeline, id_channels=id_channels, max_id=self.instance_packing.max_id)
         return make_instance_aware(pipeline, len(self.label_manager.foreground_regions), self.online_connectivity,
                                    id_channels)
 
