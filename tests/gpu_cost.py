@@ -254,9 +254,8 @@ def count_training_step(loss, maps, scales) -> GpuCostCounter:
         args.append([s[2] if maps == "instances" else s[3] for s in scales])
     saved, common.COMPACT_ON_HOST = common.COMPACT_ON_HOST, False
     try:
-        loss(*args).backward()  # a step after the first: the constant tables made once per shape exist
-        for o in outputs:
-            o.grad = None
+        with torch.no_grad():  # a step after the first: the constant tables made once per shape exist
+            loss(*args)
         with GpuCostCounter() as cost:
             loss(*args).backward()
     finally:
