@@ -218,11 +218,10 @@ class _CellSums(torch.autograd.Function):
         if ctx.spread > 1:
             grad = grad.repeat_interleave(ctx.spread, 0)
         per_voxel = grad.index_select(0, keys)
-        # the gradient of all channels in one buffer: those below ``first`` (no cells) are 0
-        full = q.new_empty((q.shape[0], ctx.shape[1], q.shape[2]))
-        full[:, :ctx.first].zero_()
-        torch.addcdiv(per_voxel[:, 0].reshape(q.shape), per_voxel[:, 1].reshape(q.shape), q, out=full[:, ctx.first:])
-        return full.reshape(ctx.shape), None, None, None, None, None
+        grad_p = torch.addcdiv(per_voxel[:, 0].reshape(q.shape), per_voxel[:, 1].reshape(q.shape), q)
+        if ctx.first:  # the channels below ``first`` (no cells) get 0
+            grad_p = torch.cat((q.new_zeros((q.shape[0], ctx.first, q.shape[2])), grad_p), 1)
+        return grad_p.reshape(ctx.shape), None, None, None, None, None
 
 
 def _mean_cross_entropy(probs: torch.Tensor, labels: torch.Tensor, regions: bool,
