@@ -24,7 +24,7 @@ ALLOWED = {
     "_autoregister": {"io"},
     "cli": {"io"},  # sub-commands are found by name at run time (importlib), not imported
     "instances": {"io"},
-    "losses": set(),
+    "losses": {"nnunet_internals"},
     "preprocessing": {"instances", "io", "nnunet_internals", "workers"},
     "evaluation": {"instances", "io", "nnunet_internals", "workers"},
     "nnunet_internals": {"io"},
