@@ -20,7 +20,7 @@ allow-list of the public ones.
 Trainer: :class:`BuildLossHook` (``_build_loss``), :func:`compile_enabled` (``_do_i_compile``),
 :func:`inner_loss`/:func:`replace_inner_loss` (``DeepSupervisionWrapper.loss``), :func:`overlap_term`/
 :func:`replace_overlap_term`/:func:`set_dice_smoothing`/:func:`drop_cross_entropy` (``DC_and_CE_loss.dc``, its
-``smooth``, ``weight_ce``),
+``smooth``, ``weight_ce``), :func:`overlap_term_probabilities` (``dc.apply_nonlin``),
 :func:`uncompiled`/:func:`compiled_like` (``_orig_mod``), :func:`logged_values` (``my_fantastic_logging``),
 :func:`validation_tp_fp_fn` and :func:`autocast_like_nnunet` (what ``validation_step`` computes inline),
 :func:`deep_supervision_scales` (``_get_deep_supervision_scales``), :func:`stop_loader` (``_finish``),
@@ -46,6 +46,7 @@ Losses: :func:`all_gather_grad` (``AllGatherGrad``), :func:`robust_cross_entropy
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,28 @@ def overlap_term(compound: Any) -> Any:
 def replace_overlap_term(compound: Any, term: nn.Module) -> None:
     """Put ``term`` where nnU-Net's compound loss has its Dice (``dc``), compiled where nnU-Net compiled its Dice."""
     compound.dc = compiled_like(term, compound.dc)
+
+
+@contextlib.contextmanager
+def overlap_term_probabilities(compound: Any, logits: torch.Tensor, probs: torch.Tensor, sigmoid: bool):
+    """Within the block, the Dice term of ``DC_and_CE_loss``/``DC_and_BCE_loss`` takes ``probs`` as its
+    nonlinearity's result for ``logits`` instead of computing it again: ``dc.apply_nonlin`` (nnU-Net's
+    ``softmax_helper_dim1``, or ``torch.sigmoid`` for regions; our Tversky term keeps the one it was given) is
+    swapped for the block. Only where that nonlinearity is exactly the one ``probs`` came from (softmax over
+    channels, or sigmoid) and the term is not compiled; otherwise nothing changes."""
+    import torch
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+
+    dc = getattr(compound, "dc", None)
+    original = getattr(dc, "apply_nonlin", None)
+    if original is not (torch.sigmoid if sigmoid else softmax_helper_dim1) or uncompiled(dc) is not dc:
+        yield
+        return
+    dc.apply_nonlin = lambda x: probs if x is logits else original(x)
+    try:
+        yield
+    finally:
+        dc.apply_nonlin = original
 
 
 def set_dice_smoothing(compound: Any, smooth: float) -> None:

@@ -169,7 +169,11 @@ class GpuCostCounter:
 NUM_SCALES = 5
 
 
-def lesion_batch(classes: int, size: int, batch: int = 2, lesions: int = 20, seed: int = 0):
+#: small lesions per sample of :func:`lesion_batch`
+LESIONS = 20
+
+
+def lesion_batch(classes: int, size: int, batch: int = 2, lesions: int = LESIONS, seed: int = 0):
     """(target, instances) int16 (B, 1, S, S, S): per sample one large ball (radius 0.3 S, centred at
     (0.35 S, 0.35 S, 0.35 S), class 1, instance 1) and ``lesions`` small boxes of 2 to 4 voxels a side towards the
     far corner, classes drawn from 1..C-1, each its own instance."""
@@ -214,6 +218,7 @@ def training_step_losses(classes: int) -> dict:
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     from nnunet_blob.losses import BlobCompoundLoss, CCDiceCELoss, TopKDiceAndCELoss, TverskyLoss
+    from nnunet_blob.trainers.cells import DEFAULT_MAX_CELLS
 
     def stock(tversky=False):
         loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
@@ -226,20 +231,27 @@ def training_step_losses(classes: int) -> dict:
     weights = np.array([1 / 2 ** i for i in range(NUM_SCALES)])
     weights[-1] = 0
     weights = weights / weights.sum()
+    # as the trainers build them: the loader checks the maps on the CPU, the instance tables hold the largest
+    # instance count of any case (here the 21 instances of a sample), the cell tables what a grid can hold, at most
+    # the CC trainers' cap
+    blob = {"check_values": False, "max_id": LESIONS + 1}
+    cells = {"check_values": False, "max_cells": DEFAULT_MAX_CELLS, "connectivity": 26}
     losses = {
         "stock DC_and_CE_loss": (stock(), None),
-        "BlobCompoundLoss (blob Dice)": (BlobCompoundLoss(stock(), 2.0, 1.0, "dice"), "instances"),
-        "BlobCompoundLoss (blob Tversky)": (BlobCompoundLoss(stock(tversky=True), 2.0, 1.0, "tversky"),
+        "BlobCompoundLoss (blob Dice)": (BlobCompoundLoss(stock(), 2.0, 1.0, "dice", **blob), "instances"),
+        "BlobCompoundLoss (blob Tversky)": (BlobCompoundLoss(stock(tversky=True), 2.0, 1.0, "tversky", **blob),
                                             "instances"),
         "CE + TopK-Dice (k 30)": (TopKDiceAndCELoss(k=30), None),
-        "CCDiceCELoss": (CCDiceCELoss(stock()), "cells"),
+        "CCDiceCELoss": (CCDiceCELoss(stock(), **cells), "cells"),
     }
     return {name: (DeepSupervisionWrapper(loss, weights), maps) for name, (loss, maps) in losses.items()}
 
 
 def count_training_step(loss, maps, scales) -> GpuCostCounter:
     """Cost of one forward + backward of a deep-supervision loss over ``scales`` (see
-    :func:`deep_supervision_inputs`), on the accelerator's path of the losses (nothing compacted on the host)."""
+    :func:`deep_supervision_inputs`), on the accelerator's path of the losses (nothing compacted on the host), in
+    a training step after the first (the constant per-shape tables the losses cache,
+    :func:`nnunet_blob.losses._common.sample_bases`, exist)."""
     import nnunet_blob.losses._common as common
 
     outputs = [s[0] for s in scales]
@@ -248,6 +260,8 @@ def count_training_step(loss, maps, scales) -> GpuCostCounter:
         args.append([s[2] if maps == "instances" else s[3] for s in scales])
     saved, common.COMPACT_ON_HOST = common.COMPACT_ON_HOST, False
     try:
+        with torch.no_grad():  # a step after the first: the constant tables made once per shape exist
+            loss(*args)
         with GpuCostCounter() as cost:
             loss(*args).backward()
     finally:

@@ -137,7 +137,7 @@ def test_more_than_40000_instances_in_a_patch_through_nnunets_loader_and_a_blob_
         dense, single_process_loading):
     trainer = build_trainer(nnUNetTrainerBlobDice, dense)
     train_loader, val_loader = trainer.get_dataloaders()
-    assert trainer.instance_packing == InstancePacking(1, 2)
+    assert trainer.instance_packing == InstancePacking(1, 2, max_id=trainer.instance_maps().max_instances)
     assert "instance ids ride in two int16 channels" in open(trainer.log_file).read()
 
     np.random.seed(0)  # nnU-Net draws patches and augmentation with np.random
@@ -169,6 +169,6 @@ def blobs(preprocessed):
 def test_ordinary_datasets_keep_one_id_channel(blobs, single_process_loading):
     trainer = build_trainer(nnUNetTrainerBlobDice, blobs)
     train_loader, _ = trainer.get_dataloaders()
-    assert trainer.instance_packing == InstancePacking(1, 1)
+    assert trainer.instance_packing == InstancePacking(1, 1, max_id=trainer.instance_maps().max_instances)
     batch = next(train_loader)
     assert batch["target"][0].shape[1] == 2 and batch["target"][0].dtype == torch.int16

@@ -688,3 +688,31 @@ def test_private_nnunet_import_check_names_the_import(tmp_path, source, offence)
     (package / "part" / "module.py").write_text(source)
     (package / "nnunet_internals.py").write_text("from nnunetv2.training.loss.dice import get_tp_fp_fn_tn\n")
     assert private_nnunet_imports(package) == [f"nnunet_blob/part/module.py:{source.count(chr(10))} imports {offence}"]
+
+
+def test_overlap_term_probabilities_feeds_nnunets_dice_the_given_probabilities():
+    """nnU-Net's Dice term applies ``dc.apply_nonlin`` (softmax over channels) to the logits it is given: inside the
+    block it takes the given probabilities instead (same value and gradient), and gets its own back after."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from nnunet_blob.nnunet_internals import overlap_term_probabilities
+
+    loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                          dice_class=MemoryEfficientSoftDiceLoss)
+    own = loss.dc.apply_nonlin
+    logits = torch.randn(2, 3, 6, 6, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (2, 1, 6, 6, 6))
+    expected = loss(logits, target)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    probs = torch.softmax(logits, 1)
+    with overlap_term_probabilities(loss, logits, probs, sigmoid=False):
+        shared = loss.dc.apply_nonlin
+        assert shared(logits) is probs
+        value = loss(logits, target)
+    (grad,) = torch.autograd.grad(value, logits)
+    assert loss.dc.apply_nonlin is own
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-14)
+    with overlap_term_probabilities(loss, logits, probs, sigmoid=True):  # not nnU-Net's sigmoid: left alone
+        assert loss.dc.apply_nonlin is own

@@ -100,6 +100,34 @@ def slot_dtype(num_slots: int) -> torch.dtype:
     return torch.int32 if num_slots < 2 ** 31 else torch.int64
 
 
+#: the cached :func:`sample_bases` tables, by (batch, stride, voxels, spread, dtype, device)
+_SAMPLE_BASES: dict[tuple, torch.Tensor] = {}
+
+
+def sample_bases(batch: int, sample_stride: int, num_voxels: int, spread: int, dtype: torch.dtype,
+                 device: torch.device) -> torch.Tensor:
+    """(B, 1, N) first sub-slot of each entry of a spread segment-sum table whose samples are ``sample_stride``
+    slots apart: ``b * sample_stride * spread + (n % spread)`` (see :func:`spread_keys`); ``(B, 1, 1)`` without
+    spreading. Constant for a shape, so it is made once per shape and device and kept (one table per
+    deep-supervision scale), not rebuilt by every call (under ``torch.compile`` it is built in the graph)."""
+    def build() -> torch.Tensor:
+        samples = torch.arange(batch, device=device, dtype=dtype).mul_(sample_stride * spread).reshape(batch, 1, 1)
+        if spread == 1:
+            return samples
+        phase = torch.arange(num_voxels, device=device, dtype=dtype).bitwise_and_(spread - 1)
+        return torch.add(samples, phase.reshape(1, 1, -1))
+
+    if torch.compiler.is_compiling():
+        return build()
+    key = (batch, sample_stride, num_voxels, spread, dtype, device)
+    if key not in _SAMPLE_BASES:
+        if len(_SAMPLE_BASES) >= 32:  # shapes change only between configurations: keep a few
+            _SAMPLE_BASES.clear()
+        with torch.inference_mode(False):  # usable by later calls with gradients
+            _SAMPLE_BASES[key] = build()
+    return _SAMPLE_BASES[key]
+
+
 def spread_keys(slot: torch.Tensor, spread: int) -> torch.Tensor:
     """``slot * spread + (i % spread)`` with i the position along the last axis: the entries of one slot go to
     ``spread`` sub-slots in turn, so a slot of n entries gets n / spread additions per address. Add the sub-slots up
@@ -150,13 +178,14 @@ ID_SPACE = {torch.bool: 2, torch.uint8: 256, torch.int8: 128, torch.int16: 32768
 
 
 def numbered_ids(ids: torch.Tensor, dtype: torch.dtype, max_id: int | None, num_groups: int,
-                 name: str = "instances") -> tuple[torch.Tensor, int]:
-    """Ids for a segment-sum table (:func:`segment_sums`) and the number of id slots per group: ``max_id + 1``;
-    else every id ``dtype`` can hold (uint8, int16: nothing is read from the device); else the largest id present
-    + 1, read from the data (one wait for the device), with very sparse ids first numbered densely (``unique``, 0
-    stays 0)."""
+                 name: str = "instances", check_values: bool = True) -> tuple[torch.Tensor, int]:
+    """Ids for a segment-sum table (:func:`segment_sums`) and the number of id slots per group: ``max_id + 1``
+    (checked with :func:`require` unless ``check_values`` is False, i.e. the caller guarantees it); else every id
+    ``dtype`` can hold (uint8, int16: nothing is read from the device); else the largest id present + 1, read from
+    the data (one wait for the device), with very sparse ids first numbered densely (``unique``, 0 stays 0)."""
     if max_id is not None:
-        require((ids <= max_id).all(), f"{name} hold ids above the given maximum {max_id}")
+        if check_values:
+            require((ids <= max_id).all(), f"{name} hold ids above the given maximum {max_id}")
         return ids, int(max_id) + 1
     if dtype in ID_SPACE:
         return ids, ID_SPACE[dtype]
@@ -241,13 +270,20 @@ def check_label_range(target: torch.Tensor, num_classes: int, valid: torch.Tenso
                           f"mark ignored voxels with loss_mask")
 
 
+#: floor of the overlap scores' denominators (as nnU-Net's Dice). The denominators are sums of nonnegative terms plus
+#: ``smooth``, so with ``smooth`` >= the floor it never applies and is not computed
+DENOMINATOR_FLOOR = 1e-8
+
+
 def soft_dice_score(tp: torch.Tensor, sum_gt: torch.Tensor, sum_pred: torch.Tensor, smooth: float) -> torch.Tensor:
     """nnU-Net's smoothed soft Dice: ``(2 TP + s) / max(sum_gt + sum_pred + s, 1e-8)``.
 
     With ``sum_pred`` = sum of p this is the non-squared form (2TP + FP + FN = sum_gt + sum_pred); with
     ``sum_pred`` = sum of p^2 (and sum_gt = sum of g^2 = sum of g) it is the squared-denominator form.
     """
-    return (2 * tp + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
+    denominator = sum_gt + sum_pred + smooth
+    return (2 * tp + smooth) / (denominator if smooth >= DENOMINATOR_FLOOR else denominator.clamp_min(
+        DENOMINATOR_FLOOR))
 
 
 def tversky_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, alpha: float, beta: float,
@@ -256,7 +292,9 @@ def tversky_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, alpha: f
 
     ``alpha`` weighs false positives and ``beta`` false negatives (0.3 / 0.7 in the paper).
     """
-    return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth).clamp_min(1e-8)
+    numerator = tp + smooth
+    denominator = torch.add(numerator, fp, alpha=alpha).add_(fn, alpha=beta)
+    return numerator / (denominator if smooth >= DENOMINATOR_FLOOR else denominator.clamp_min(DENOMINATOR_FLOOR))
 
 
 def zero_with_graph(probs: torch.Tensor) -> torch.Tensor:
@@ -269,6 +307,14 @@ def mean_over_present(values: torch.Tensor, present: torch.Tensor, dim: int) -> 
     n = present.sum(dim)
     total = torch.where(present, values, torch.zeros_like(values)).sum(dim)
     return total / n.clamp_min(1), n > 0
+
+
+def mean_over_finite_present(values: torch.Tensor, present: torch.Tensor, dim: int
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mean_over_present` for ``values`` that are finite everywhere (absent entries included): the absent
+    entries are multiplied by 0 instead of being selected away (one kernel less each way)."""
+    n = present.sum(dim)
+    return (values * present).sum(dim) / n.clamp_min(1), n > 0
 
 
 def mean_over_samples(sample_losses: torch.Tensor, sample_has: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnunet_blob.losses._common import ID_SPACE
 from nnunet_blob.losses.blob import INNER_LOSSES, blob_loss_per_sample
-from nnunet_blob.losses.cc_dice_ce import cc_dice_ce_per_sample
+from nnunet_blob.losses.cc_dice_ce import cc_dice_ce_per_sample, cells_bound
 from nnunet_blob.losses.topk_dice import topk_dice_loss
+from nnunet_blob.nnunet_internals import overlap_term_probabilities
 
 
 def _probabilities(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
@@ -41,13 +43,16 @@ class InstanceTermCompoundLoss(nn.Module):
         ddp: under ``torch.distributed`` make the instance term the mean over the samples with instances of *all*
             workers (DDP averages the workers' gradients; each worker's term is rescaled by one all-reduce of
             its sample count), so the result does not depend on how samples are spread over the workers.
+        check_values: check the values of the target and the maps on every call (labels in range, ids >= 0 and
+            within the bound), a few kernels per call on an accelerator; the trainers pass False, as their loader
+            checks every patch on the CPU.
 
     Raises:
         ValueError: negative weights, both 0, or ``alpha > 0`` without a global loss.
     """
 
     def __init__(self, global_loss: nn.Module | None, alpha: float, beta: float, *, regions: bool = False,
-                 ignore_label=None, ddp: bool = True):
+                 ignore_label=None, ddp: bool = True, check_values: bool = True):
         super().__init__()
         if alpha < 0 or beta < 0 or alpha + beta == 0:
             raise ValueError(f"alpha and beta must be >= 0 and not both 0, got alpha={alpha}, beta={beta}")
@@ -55,27 +60,44 @@ class InstanceTermCompoundLoss(nn.Module):
             raise ValueError("alpha > 0 needs a global_loss")
         self.global_loss, self.alpha, self.beta = global_loss, alpha, beta
         self.regions, self.ignore_label, self.ddp = regions, ignore_label, ddp
+        self.check_values = check_values
 
     def per_sample(self, probs: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-                   loss_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) term of each sample and (B,) flags "sample has a term"."""
+                   loss_mask: torch.Tensor | None, max_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) term of each sample and (B,) flags "sample has a term"; ``max_id``: the largest id the maps can
+        hold, where the caller knows it (sizes the segment-sum tables)."""
         raise NotImplementedError
 
-    def instance_term(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    def instance_term(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                      max_id: int | None = None) -> torch.Tensor:
         """The instance term alone, on logits (softmax, or sigmoid for regions, in float32)."""
-        probs = _probabilities(logits, sigmoid=self.regions)
+        return self._term_of_probabilities(_probabilities(logits, sigmoid=self.regions), target, maps, max_id)
+
+    def _term_of_probabilities(self, probs: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                               max_id: int | None) -> torch.Tensor:
         if self.regions:
             mask = None
             if self.ignore_label:
                 mask, target = target[:, -1:] == 0, target[:, :-1]
         else:
             mask = None if self.ignore_label is None else target != self.ignore_label
-        return _mean_over_all_workers(*self.per_sample(probs, target, maps, mask), self.ddp)
+        return _mean_over_all_workers(*self.per_sample(probs, target, maps, mask, max_id), self.ddp)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        total = self.beta * self.instance_term(logits, target, maps) if self.beta else None
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                max_id: int | None = None) -> torch.Tensor:
+        """``alpha * global + beta * instance term``; where the global loss is nnU-Net's compound loss, its Dice
+        term takes the probabilities the instance term uses instead of computing them again (one softmax or sigmoid
+        forward and backward, :func:`~nnunet_blob.nnunet_internals.overlap_term_probabilities`). ``max_id``: the
+        largest id the maps can hold, where the caller knows it (the trainers: the largest instance count of any
+        case), see :meth:`per_sample`."""
+        probs = _probabilities(logits, sigmoid=self.regions) if self.beta else None
+        total = self.beta * self._term_of_probabilities(probs, target, maps, max_id) if probs is not None else None
         if self.alpha and self.global_loss is not None:
-            weighted = self.alpha * self.global_loss(logits, target)
+            if probs is None:
+                weighted = self.alpha * self.global_loss(logits, target)
+            else:
+                with overlap_term_probabilities(self.global_loss, logits, probs, self.regions):
+                    weighted = self.alpha * self.global_loss(logits, target)
             total = weighted if total is None else total + weighted
         assert total is not None  # alpha + beta > 0 (checked in __init__)
         return total
@@ -86,21 +108,24 @@ class BlobCompoundLoss(InstanceTermCompoundLoss):
     supplement Eq. 5; paper default alpha = 2, beta = 1).
 
     ``inner`` is the blob term's inner loss (see :func:`nnunet_blob.losses.blob_loss`), ``blob_kwargs`` are passed
-    on (``smooth``, ``squared``, ``masking``, ``tversky_alpha``, ``tversky_beta``); the maps are instance ids
-    (B, 1, ...), or (B, R, ...) per region. Other arguments as :class:`InstanceTermCompoundLoss`.
+    on (``smooth``, ``squared``, ``masking``, ``tversky_alpha``, ``tversky_beta``, ``max_id``: the largest
+    instance id that can occur, which sizes the segment-sum tables); the maps are instance ids (B, 1, ...), or
+    (B, R, ...) per region. Other arguments as :class:`InstanceTermCompoundLoss`.
     """
 
     def __init__(self, global_loss: nn.Module | None, alpha: float = 2.0, beta: float = 1.0,
                  inner: str = "dice", *, regions: bool = False, ignore_label=None, ddp: bool = True,
-                 **blob_kwargs):
-        super().__init__(global_loss, alpha, beta, regions=regions, ignore_label=ignore_label, ddp=ddp)
+                 check_values: bool = True, **blob_kwargs):
+        super().__init__(global_loss, alpha, beta, regions=regions, ignore_label=ignore_label, ddp=ddp,
+                         check_values=check_values)
         if inner not in INNER_LOSSES:
             raise ValueError(f"inner must be one of {INNER_LOSSES}, got {inner!r}")
         self.inner, self.blob_kwargs = inner, blob_kwargs
 
-    def per_sample(self, probs, target, maps, loss_mask):
+    def per_sample(self, probs, target, maps, loss_mask, max_id=None):
+        options = self.blob_kwargs if max_id is None else {**self.blob_kwargs, "max_id": max_id}
         return blob_loss_per_sample(probs, target, maps, self.inner, regions=self.regions, loss_mask=loss_mask,
-                                    **self.blob_kwargs)
+                                    check_values=self.check_values, **options)
 
     def blob_term(self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
         """The blob term alone (``instance_term``)."""
@@ -114,18 +139,30 @@ class CCDiceCELoss(InstanceTermCompoundLoss):
     The maps are the Voronoi cells of the target's components, (B, C - 1, ...) per foreground class or (B, R, ...)
     per region (:func:`nnunet_blob.instances.voronoi.voronoi_cells`); ``smooth`` is the CC term's Dice smoothing
     (0 as published) and ``empty_samples`` what a sample without components contributes (see
-    :func:`~nnunet_blob.losses.cc_dice_ce.cc_dice_ce_loss`). Other arguments as :class:`InstanceTermCompoundLoss`.
+    :func:`~nnunet_blob.losses.cc_dice_ce.cc_dice_ce_loss`). The segment-sum tables hold, per (sample, class),
+    :func:`~nnunet_blob.losses.cc_dice_ce.cells_bound` cells of each call's grid for the components'
+    ``connectivity``, at most ``max_cells`` (a bound the caller guarantees, as the trainers' loader does), by
+    default every id the cells' dtype can hold. Other arguments as :class:`InstanceTermCompoundLoss`.
     """
 
     def __init__(self, global_loss: nn.Module | None, alpha: float = 1.0, beta: float = 1.0, *,
                  smooth: float = 0.0, empty_samples: str = "skip", regions: bool = False, ignore_label=None,
-                 ddp: bool = True):
-        super().__init__(global_loss, alpha, beta, regions=regions, ignore_label=ignore_label, ddp=ddp)
+                 ddp: bool = True, check_values: bool = True, max_cells: int | None = None,
+                 connectivity: int | None = None):
+        super().__init__(global_loss, alpha, beta, regions=regions, ignore_label=ignore_label, ddp=ddp,
+                         check_values=check_values)
         self.smooth, self.empty_samples = smooth, empty_samples
+        self.max_cells, self.connectivity = max_cells, connectivity
 
-    def per_sample(self, probs, target, maps, loss_mask):
+    def per_sample(self, probs, target, maps, loss_mask, max_id=None):
+        cap = self.max_cells if max_id is None else max_id
+        bounded = cap is not None or self.connectivity is not None
+        max_cell = cells_bound(tuple(probs.shape[2:]), self.connectivity, cap) if bounded else None
+        if max_cell is not None and maps.dtype in ID_SPACE:  # never more than every id the dtype holds
+            max_cell = min(max_cell, ID_SPACE[maps.dtype] - 1)
         return cc_dice_ce_per_sample(probs, target, maps, regions=self.regions, smooth=self.smooth,
-                                     loss_mask=loss_mask, empty_samples=self.empty_samples)
+                                     loss_mask=loss_mask, max_cell=max_cell, empty_samples=self.empty_samples,
+                                     check_values=self.check_values)
 
 
 def _mean_over_all_workers(per_sample: torch.Tensor, has_instances: torch.Tensor, ddp: bool) -> torch.Tensor:

@@ -27,6 +27,8 @@ from nnunet_blob.trainers.instance_transforms import INSTANCES, InstancePacking,
 
 #: the cells of one class travel as int16, like the segmentation nnU-Net's loader collates
 MAX_CELLS_PER_CLASS = np.iinfo(LOADER_SEG_DTYPE).max
+#: cells per class and patch the CC-DiceCE trainers' loss tables hold by default (their ``max_cells_per_class``)
+DEFAULT_MAX_CELLS = 1024
 
 
 class VoronoiCellsPerScale(BasicTransform):
@@ -35,16 +37,20 @@ class VoronoiCellsPerScale(BasicTransform):
 
     ``classes``: the foreground labels (label-based datasets), one cell channel each; ``num_regions``: region-based
     datasets, whose segmentation is then the region masks (plus nnU-Net's ignore channel, last). Voxels of
-    ``ignore_label`` belong to no component.
+    ``ignore_label`` belong to no component. ``max_cells``: most components of one class a patch may have (the
+    loss's tables hold that many cells); a patch with more is refused with an error naming the trainer's
+    ``max_cells_per_class``.
     """
 
     def __init__(self, classes: Sequence[int] | None = None, num_regions: int | None = None,
-                 connectivity: int = 26, ignore_label: int | None = None):
+                 connectivity: int = 26, ignore_label: int | None = None,
+                 max_cells: int = MAX_CELLS_PER_CLASS):
         super().__init__()
         if (classes is None) == (num_regions is None):
             raise ValueError("give the foreground classes (label-based) or the number of regions (region-based)")
         self.classes = None if classes is None else tuple(int(c) for c in classes)
         self.num_regions, self.connectivity, self.ignore_label = num_regions, connectivity, ignore_label
+        self.max_cells = min(max_cells, MAX_CELLS_PER_CLASS)
 
     def cells(self, segmentation: torch.Tensor) -> torch.Tensor:
         seg = segmentation.numpy()
@@ -54,9 +60,10 @@ class VoronoiCellsPerScale(BasicTransform):
         else:
             assert self.classes is not None
             cells = class_cells(seg[0], self.classes, self.connectivity, ignore_label=self.ignore_label)
-        if cells.size and cells.max() > MAX_CELLS_PER_CLASS:
+        if cells.size and cells.max() > self.max_cells:
             raise ValueError(f"a patch holds {int(cells.max())} components of one class, more than the "
-                             f"{MAX_CELLS_PER_CLASS} cells the CC-DiceCE trainers carry; use a smaller patch size")
+                             f"{self.max_cells} cells per class the CC-DiceCE loss's tables hold; raise the trainer's "
+                             f"max_cells_per_class (at most {MAX_CELLS_PER_CLASS}) or use a smaller patch size")
         return torch.from_numpy(cells.astype(LOADER_SEG_DTYPE))
 
     def apply(self, data_dict, **params):
@@ -79,6 +86,9 @@ class CellsTrainer(InstanceSetupTrainer):
     #: connectivity of the components whose cells the loss reads (26 as published), and of the instances of the
     #: online F1 and the final validation
     cell_connectivity = 26
+    #: most components of one class in a patch: sizes the loss's tables (small tables are cheap on an accelerator);
+    #: the loader refuses a patch with more, naming this attribute (at most 32767)
+    max_cells_per_class = DEFAULT_MAX_CELLS
 
     @property
     def num_instance_channels(self) -> int:
@@ -94,10 +104,11 @@ class CellsTrainer(InstanceSetupTrainer):
     def _cell_pipeline(self, pipeline: ComposeTransforms) -> ComposeTransforms:
         lm, connectivity = self.label_manager, self.instance_setup.connectivity
         if lm.has_regions:
-            cells = VoronoiCellsPerScale(num_regions=len(lm.foreground_regions), connectivity=connectivity)
+            cells = VoronoiCellsPerScale(num_regions=len(lm.foreground_regions), connectivity=connectivity,
+                                         max_cells=self.max_cells_per_class)
         else:
             cells = VoronoiCellsPerScale(classes=lm.foreground_labels, connectivity=connectivity,
-                                         ignore_label=lm.ignore_label)
+                                         ignore_label=lm.ignore_label, max_cells=self.max_cells_per_class)
         return make_cell_aware(pipeline, cells)
 
     def get_training_transforms(self, *args, **kwargs):

@@ -56,7 +56,10 @@ class InstanceMapsTrainer(InstanceSetupTrainer):
         if id_channels > 1:
             self.print_to_log_file(f"nnunet_blob: up to {store.max_instances} instances in a case: instance ids "
                                    f"ride in two int16 channels and reach the loss as int32")
-        return InstanceSetup(InstancePacking(self.num_instance_channels, id_channels), store.connectivity)
+        # label-based maps are renumbered 1..n per case: the largest count bounds every patch's ids; region instances
+        # are labelled on each patch, without a bound known in advance
+        max_id = None if self.label_manager.has_regions else store.max_instances
+        return InstanceSetup(InstancePacking(self.num_instance_channels, id_channels, max_id), store.connectivity)
 
     def instance_maps(self):
         """This configuration's instance map store, found, checked and (if missing or stale) computed on the first
@@ -96,7 +99,7 @@ class InstanceMapsTrainer(InstanceSetupTrainer):
         setup = self.instance_setup
         id_channels = setup.packing.id_channels
         if not self.label_manager.has_regions:
-            return make_instance_aware(pipeline, id_channels=id_channels)
+            return make_instance_aware(pipeline, id_channels=id_channels, max_id=setup.packing.max_id)
         return make_instance_aware(pipeline, len(self.label_manager.foreground_regions), setup.connectivity,
                                    id_channels)
 

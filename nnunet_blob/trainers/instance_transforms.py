@@ -72,6 +72,9 @@ class InstancePacking:
 
     maps: int = 1
     id_channels: int = 1
+    #: the largest id the maps can hold where it is known (label-based instance maps: the largest instance count
+    #: of any case), else None: the loss sizes its tables from it, :class:`PackInstances` checks every patch
+    max_id: int | None = None
 
     @property
     def channels(self) -> int:
@@ -216,21 +219,34 @@ class PackInstances(BasicTransform):
     """Append ``instances`` to ``segmentation`` (per deep-supervision scale) as trailing int16 channels: the ids
     themselves, or with ``id_channels`` 2 their low halves, then their high halves (:func:`split_ids`).
 
-    The loader's padding value (-1) becomes 0, no instance.
+    The loader's padding value (-1) becomes 0, no instance. ``max_id``: the largest id the loss's tables hold; a
+    patch with a larger id is refused here (on the CPU, in the loader's workers) rather than corrupting a table.
     """
 
-    def __init__(self, id_channels: int = 1):
+    def __init__(self, id_channels: int = 1, max_id: int | None = None):
         super().__init__()
-        self.id_channels = id_channels
+        self.id_channels, self.max_id = id_channels, max_id
 
     def apply(self, data_dict, **params):
         seg, instances = data_dict["segmentation"], data_dict.pop(INSTANCES)
+        if self.max_id is not None:
+            check_id_bound(instances, self.max_id, "instance id", "the largest instance count of any case in the "
+                           "instance maps' manifest; recompute the maps (nnunet_blob preprocess)")
         pack = _pack_one_channel if self.id_channels == 1 else _pack_two_channels
         if isinstance(seg, (list, tuple)):
             data_dict["segmentation"] = [pack(s, i) for s, i in zip(seg, instances, strict=True)]
         else:
             data_dict["segmentation"] = pack(seg, instances)
         return data_dict
+
+
+def check_id_bound(maps: Tensors, max_id: int, what: str, fix: str) -> None:
+    """Raise a ValueError naming ``fix`` if a map (of any scale) holds an id above ``max_id``."""
+    for m in maps if isinstance(maps, (list, tuple)) else [maps]:
+        largest = int(m.max()) if m.numel() else 0
+        if largest > max_id:
+            raise ValueError(f"a patch holds {what} {largest}, above {max_id}, the largest the loss's tables hold "
+                             f"({fix})")
 
 
 def _pack_one_channel(seg: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
@@ -277,7 +293,9 @@ class PackedInstancesLoss(nn.Module):
 
     def forward(self, output: torch.Tensor, packed_target: torch.Tensor) -> torch.Tensor:
         target, instances = unpack_instances(packed_target, self.packing, as_bool=self.regions)
-        return self.loss(output, target, instances)
+        if self.packing.max_id is None:
+            return self.loss(output, target, instances)
+        return self.loss(output, target, instances, max_id=self.packing.max_id)
 
 
 def _carry(transform: BasicTransform) -> BasicTransform:
@@ -298,7 +316,7 @@ def _carry(transform: BasicTransform) -> BasicTransform:
 
 
 def make_instance_aware(pipeline: ComposeTransforms, num_regions: int | None = None,
-                        connectivity: int = 26, id_channels: int = 1) -> ComposeTransforms:
+                        connectivity: int = 26, id_channels: int = 1, max_id: int | None = None) -> ComposeTransforms:
     """nnU-Net's training or validation pipeline, carrying the instance map (see the module docstring).
 
     ``num_regions``: number of foreground regions for region-based training (None for label-based). Then the
@@ -320,4 +338,4 @@ def make_instance_aware(pipeline: ComposeTransforms, num_regions: int | None = N
         stages.insert(cut + 1, RegionInstances(num_regions, connectivity, id_channels))
         return ComposeTransforms(stages + [PackInstances(id_channels)])
     stages = [SplitInstances(1, id_channels)] + [_carry(t) for t in pipeline.transforms]
-    return ComposeTransforms(stages + [PackInstances(id_channels)])
+    return ComposeTransforms(stages + [PackInstances(id_channels, max_id)])

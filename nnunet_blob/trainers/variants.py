@@ -124,7 +124,7 @@ class nnUNetTrainerBlobDice(InstanceAwareTrainer, GlobalTerm):
         return BlobCompoundLoss(
             self.build_global_loss(nnunet_loss) if self.blob_alpha else None, self.blob_alpha, self.blob_beta,
             self.blob_inner, regions=regions, ignore_label=(ignore is not None) if regions else ignore,
-            ddp=self.is_ddp, **options)
+            ddp=self.is_ddp, check_values=False, **options)
 
 
 class nnUNetTrainerBlobDice_noCE(nnUNetTrainerBlobDice):
@@ -174,7 +174,8 @@ class nnUNetTrainerCCDiceCE(CellAwareTrainer, GlobalTerm):
         return CCDiceCELoss(
             self.build_global_loss(nnunet_loss) if self.cc_alpha else None, self.cc_alpha, self.cc_beta,
             smooth=self.cc_smooth, empty_samples=self.cc_empty_samples, regions=regions,
-            ignore_label=(ignore is not None) if regions else ignore, ddp=self.is_ddp)
+            ignore_label=(ignore is not None) if regions else ignore, ddp=self.is_ddp, check_values=False,
+            max_cells=self.max_cells_per_class, connectivity=self.cell_connectivity)
 
 
 class nnUNetTrainerCCDiceCE_noGlobal(nnUNetTrainerCCDiceCE):
