@@ -8,6 +8,7 @@ deep-supervision scales together, whatever the number of classes or instances. T
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -131,6 +132,17 @@ def _dataset_json(classes: int, regions: bool) -> dict:
     return {"channel_names": {"0": "MR"}, "labels": labels, "numTraining": 6, "file_ending": ".nii.gz"}
 
 
+def _with_id_bound(trainer_class, max_id: int):
+    """The trainer with its instance setup's id bound set to ``max_id`` (the tables of its loss sized for it)."""
+
+    class Bounded(trainer_class):
+        def prepare_instances(self):
+            setup = super().prepare_instances()
+            return dataclasses.replace(setup, packing=dataclasses.replace(setup.packing, max_id=max_id))
+
+    return Bounded
+
+
 def _trainer(trainer_class, plans, dataset_json):
     plans = copy.deepcopy(plans)
     plans["continue_training"] = False
@@ -196,11 +208,10 @@ def test_training_step_adds_at_most_two_host_syncs(plans, classes, regions):
         trainer_class = getattr(variants, name)
         if regions and name.startswith("nnUNetTrainerTopK"):
             continue
-        trainer = _trainer(trainer_class, plans, dataset_json)
         instance_aware = issubclass(trainer_class, variants.nnUNetTrainerBlobDice)
         if instance_aware and not regions:  # the synthetic patches hold more instances than the dataset's cases
-            trainer.instance_maps()
-            trainer.instance_packing.max_id = 1000
+            trainer_class = _with_id_bound(trainer_class, 1000)
+        trainer = _trainer(trainer_class, plans, dataset_json)
         syncs = _step_syncs(trainer, _batch(trainer, classes, regions, instance_aware and not regions))
         report[name] = dict(syncs.counts)
         if syncs.total > stock_syncs.total + BUDGET:
