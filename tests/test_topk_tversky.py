@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from nnunet_blob.losses import topk_dice_loss, tversky_loss
 from nnunet_blob.losses.topk_dice import largest_per_group, removed_counts
+from nnunet_blob.losses.tversky import TverskyLoss
 from reference_losses import literal_topk_dice_loss, literal_tversky_loss
 from test_blob_loss import random_probs
 
@@ -220,3 +221,23 @@ def test_tversky_half_half_equals_nnunet_soft_dice():
         nnunet = MemoryEfficientSoftDiceLoss(batch_dice=batch_dice, do_bg=False, smooth=1e-5, ddp=False)
         ours = tversky_loss(probs, target, alpha=0.5, beta=0.5, batch_dice=batch_dice)
         torch.testing.assert_close(ours, 1 + nnunet(probs, target))
+
+
+@pytest.mark.parametrize("alpha, beta, smooth, message", [
+    (-0.1, 0.7, 1e-5, "alpha must be a finite number >= 0"),
+    (0.3, float("nan"), 1e-5, "beta must be a finite number >= 0"),
+    (0.3, 0.7, -1.0, "smooth must be a finite number >= 0"),
+    (0.0, 0.0, 1e-5, "both 0"),
+])
+def test_tversky_weights_are_checked(alpha, beta, smooth, message):
+    with pytest.raises(ValueError, match=message):
+        TverskyLoss(alpha=alpha, beta=beta, smooth=smooth)
+    with pytest.raises(ValueError, match=message):
+        tversky_loss(torch.full((1, 2, 2, 2), 0.5), torch.zeros(1, 1, 2, 2, dtype=torch.long), alpha=alpha,
+                     beta=beta, smooth=smooth)
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.0, 1.0), (1.0, 0.0), (0.5, 0.5)])
+def test_tversky_weights_at_the_edges_are_accepted(alpha, beta):
+    assert torch.isfinite(TverskyLoss(alpha=alpha, beta=beta, ddp=False)(
+        torch.full((1, 2, 2, 2), 0.5), torch.ones(1, 1, 2, 2, dtype=torch.long)))

@@ -37,6 +37,21 @@ def clamped_log(x: torch.Tensor) -> torch.Tensor:
     return _ClampedLog.apply(x)
 
 
+#: the device types ``torch.autocast`` accepts (others are handled as the CPU)
+AUTOCAST_DEVICE_TYPES = ("cuda", "cpu", "xpu", "mps")
+
+
+def autocast_disabled(tensor: torch.Tensor) -> torch.autocast:
+    """A context with autocast off on ``tensor``'s device type: the loss arithmetic in the inputs' precision."""
+    device_type = tensor.device.type if tensor.device.type in AUTOCAST_DEVICE_TYPES else "cpu"
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def ddp_active(ddp: bool = True) -> bool:
+    """True when ``ddp`` is asked for and a ``torch.distributed`` process group is running (nnU-Net's DDP)."""
+    return ddp and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def float32_math(fn: Callable) -> Callable:
     """Run a loss with autocast disabled and half-precision probabilities promoted to float32.
 
@@ -45,8 +60,7 @@ def float32_math(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(probs: torch.Tensor, *args, **kwargs):
-        device_type = probs.device.type if probs.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
-        with torch.autocast(device_type=device_type, enabled=False):
+        with autocast_disabled(probs):
             if probs.dtype in (torch.float16, torch.bfloat16):
                 probs = probs.float()
             return fn(probs, *args, **kwargs)
@@ -284,6 +298,22 @@ def soft_dice_score(tp: torch.Tensor, sum_gt: torch.Tensor, sum_pred: torch.Tens
     denominator = sum_gt + sum_pred + smooth
     return (2 * tp + smooth) / (denominator if smooth >= DENOMINATOR_FLOOR else denominator.clamp_min(
         DENOMINATOR_FLOOR))
+
+
+def check_tversky_weights(alpha: float, beta: float, smooth: float) -> None:
+    """Validate the Tversky index's weights (:func:`tversky_score`).
+
+    Raises:
+        ValueError: ``alpha`` or ``beta`` negative or not finite, both zero (the index would ignore every error), or
+            ``smooth`` negative or not finite.
+    """
+    for name, value in (("alpha", alpha), ("beta", beta), ("smooth", smooth)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"Tversky {name} must be a finite number >= 0, got {value}")
+    if alpha == 0 and beta == 0:
+        raise ValueError("Tversky alpha (weight of false positives) and beta (weight of false negatives) are both 0: "
+                         "the index would be 1 whatever the prediction; e.g. alpha=0.3, beta=0.7 (Salehi et al.) or "
+                         "0.5/0.5 (Dice)")
 
 
 def tversky_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, alpha: float, beta: float,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nnunet_blob.losses._common import ID_SPACE
+from nnunet_blob.losses._common import ID_SPACE, autocast_disabled, ddp_active
 from nnunet_blob.losses.blob import INNER_LOSSES, blob_loss_per_sample
 from nnunet_blob.losses.cc_dice_ce import cc_dice_ce_per_sample, cells_bound
 from nnunet_blob.losses.topk_dice import topk_dice_loss
@@ -23,7 +23,7 @@ from nnunet_blob.nnunet_internals import overlap_term_probabilities
 
 
 def _probabilities(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
-    with torch.autocast(device_type=logits.device.type, enabled=False):
+    with autocast_disabled(logits):
         x = logits if logits.dtype == torch.float64 else logits.float()
         return torch.sigmoid(x) if sigmoid else torch.softmax(x, 1)
 
@@ -169,7 +169,7 @@ def _mean_over_all_workers(per_sample: torch.Tensor, has_instances: torch.Tensor
     """Mean of the per-sample terms over the samples with instances, across DDP workers when ``ddp``."""
     local_sum = per_sample.sum()  # samples without instances hold 0
     count = has_instances.sum().to(per_sample.dtype)
-    if ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if ddp_active(ddp):
         total = count.detach().clone()
         torch.distributed.all_reduce(total)
         # DDP averages gradients over the workers: scaled by the world size, that average is the global mean

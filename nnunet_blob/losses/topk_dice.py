@@ -35,6 +35,7 @@ from nnunet_blob.losses._common import (
     as_mask,
     check_label_range,
     check_probs,
+    ddp_active,
     dense_sum,
     entry_positions,
     float32_math,
@@ -134,7 +135,7 @@ def topk_dice_loss(
         tp, sum_pred, num_kept = _dense_kept_sums(p, labels.unsqueeze(1), valid, k, batch_dice, squared)
     if batch_dice:  # one score per class over the whole batch
         tp, sum_pred, num_kept = tp.sum(0, keepdim=True), sum_pred.sum(0, keepdim=True), num_kept.sum(0, keepdim=True)
-        if ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if ddp_active(ddp):
             tp, sum_pred, num_kept = _sum_over_workers(tp, sum_pred, num_kept)
     dice = soft_dice_score(tp, num_kept.to(tp.dtype), sum_pred, smooth)
     if classes == "all":

@@ -16,7 +16,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nnunet_blob.losses._common import as_mask, check_probs, float32_math, tversky_score
+from nnunet_blob.losses._common import (
+    as_mask,
+    check_probs,
+    check_tversky_weights,
+    ddp_active,
+    float32_math,
+    tversky_score,
+)
 
 
 def tversky_loss(
@@ -62,11 +69,17 @@ def _overlap_sums(probs, target, do_bg, valid):
 
 
 class TverskyLoss(nn.Module):
-    """nn.Module form of :func:`tversky_loss` with nnU-Net's Dice-loss interface (``apply_nonlin``, DDP)."""
+    """nn.Module form of :func:`tversky_loss` with nnU-Net's Dice-loss interface (``apply_nonlin``, DDP).
+
+    Raises:
+        ValueError: ``alpha``, ``beta`` or ``smooth`` negative or not finite, or ``alpha`` and ``beta`` both 0
+            (:func:`~nnunet_blob.losses._common.check_tversky_weights`).
+    """
 
     def __init__(self, apply_nonlin: Callable | None = None, batch_dice: bool = False, do_bg: bool = False,
                  smooth: float = 1e-5, alpha: float = 0.3, beta: float = 0.7, ddp: bool = True):
         super().__init__()
+        check_tversky_weights(alpha, beta, smooth)
         self.apply_nonlin, self.batch_dice, self.do_bg = apply_nonlin, batch_dice, do_bg
         self.smooth, self.alpha, self.beta, self.ddp = smooth, alpha, beta, ddp
 
@@ -81,7 +94,7 @@ def _tversky_module_loss(x, y, loss_mask, m: TverskyLoss):
     """Like :func:`tversky_loss`; with batch dice under DDP the sums cover all workers, as in nnU-Net's Dice."""
     sums = _overlap_sums(x, y, m.do_bg, as_mask(loss_mask, x))
     if m.batch_dice:
-        if m.ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if ddp_active(m.ddp):
             from nnunet_blob.nnunet_internals import all_gather_grad
 
             AllGatherGrad = all_gather_grad()
