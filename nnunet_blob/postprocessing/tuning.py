@@ -102,7 +102,8 @@ def metric_named(name: str, direction: str | None = None) -> Metric:
                             f"tune-postprocessing evaluates each setting with the default options: tune one of "
                             f"{known}")
     if facts is not None and facts.higher_is_better is None and direction is None:
-        raise DecisionError(f"metric {name!r} is a count: neither higher nor lower is better; tune one of {known}")
+        raise DecisionError(f"metric {name!r} is a count: neither higher nor lower is better by itself; say which you "
+                            f"want with --higher-is-better or --lower-is-better, or tune one of {known}")
     if direction is not None:
         return Metric(name, direction == "higher")
     if facts is not None:
