@@ -24,7 +24,7 @@ def blobs(preprocessed):
 
 
 def test_instance_datasets_and_pipelines_survive_pickling(blobs):
-    trainer = build_trainer(nnUNetTrainerBlobDice_instSampling, blobs, initialize=False)
+    trainer = build_trainer(nnUNetTrainerBlobDice_instSampling, blobs)
     dataset, _ = trainer.get_tr_and_val_datasets()
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone.identifiers == dataset.identifiers and len(clone) == len(dataset)
@@ -78,7 +78,7 @@ def test_blob_trainer_trains_with_spawned_loader_processes(blobs, tmp_path):
 
 
 def test_the_plain_blob_trainer_datasets_pickle_too(blobs):
-    trainer = build_trainer(nnUNetTrainerBlobDice, blobs, initialize=False)
+    trainer = build_trainer(nnUNetTrainerBlobDice, blobs)
     for dataset in trainer.get_tr_and_val_datasets():
         clone = pickle.loads(pickle.dumps(dataset))
         key = dataset.identifiers[0]

@@ -248,8 +248,11 @@ def test_ctrl_c_leaves_no_worker_and_no_partial_output(workspace, faulty_workers
     ends within seconds, says it was interrupted, and leaves no worker process and no output of that case."""
     argv, _, case, outputs = COMMANDS[command]
     env = faulty_workers(fault.replace("kill", "pause") + ":" + f"{case}.nii.gz")
+    # as a terminal's foreground command: SIGINT at its default (a shell without job control starts background
+    # commands, e.g. a test run launched with `&`, with SIGINT ignored, and the command inherits that)
     process = subprocess.Popen([str(BIN / "nnunet_blob"), *map(str, argv(workspace)), "-np", "2"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not (tmp_path / "fault").exists():
