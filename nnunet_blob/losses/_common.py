@@ -289,15 +289,18 @@ def check_label_range(target: torch.Tensor, num_classes: int, valid: torch.Tenso
 DENOMINATOR_FLOOR = 1e-8
 
 
+def floored_denominator(denominator: torch.Tensor, smooth: float) -> torch.Tensor:
+    """``max(denominator, DENOMINATOR_FLOOR)``, where the floor can apply (``smooth`` below it); as it is otherwise."""
+    return denominator if smooth >= DENOMINATOR_FLOOR else denominator.clamp_min(DENOMINATOR_FLOOR)
+
+
 def soft_dice_score(tp: torch.Tensor, sum_gt: torch.Tensor, sum_pred: torch.Tensor, smooth: float) -> torch.Tensor:
     """nnU-Net's smoothed soft Dice: ``(2 TP + s) / max(sum_gt + sum_pred + s, 1e-8)``.
 
     With ``sum_pred`` = sum of p this is the non-squared form (2TP + FP + FN = sum_gt + sum_pred); with
     ``sum_pred`` = sum of p^2 (and sum_gt = sum of g^2 = sum of g) it is the squared-denominator form.
     """
-    denominator = sum_gt + sum_pred + smooth
-    return (2 * tp + smooth) / (denominator if smooth >= DENOMINATOR_FLOOR else denominator.clamp_min(
-        DENOMINATOR_FLOOR))
+    return (2 * tp + smooth) / floored_denominator(sum_gt + sum_pred + smooth, smooth)
 
 
 def check_tversky_weights(alpha: float, beta: float, smooth: float) -> None:
@@ -324,7 +327,7 @@ def tversky_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, alpha: f
     """
     numerator = tp + smooth
     denominator = torch.add(numerator, fp, alpha=alpha).add_(fn, alpha=beta)
-    return numerator / (denominator if smooth >= DENOMINATOR_FLOOR else denominator.clamp_min(DENOMINATOR_FLOOR))
+    return numerator / floored_denominator(denominator, smooth)
 
 
 def zero_with_graph(probs: torch.Tensor) -> torch.Tensor:
