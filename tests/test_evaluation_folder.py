@@ -127,8 +127,9 @@ def test_validation_folder_hook_writes_next_to_summary(dataset, tmp_path):
     (val / "summary.json").write_text("{}")
     out = evaluate_validation_folder(val, dataset / "gt", str(dataset / "dataset.json"), PLANS)
     assert out == val / "summary_instances.json"
-    cases = json.loads(out.read_text())["metric_per_case"]
-    assert [os.path.basename(c["reference_file"]) for c in cases] == ["case_1.nii.gz"]
+    summary = json.loads(out.read_text())
+    assert [os.path.basename(c["reference_file"]) for c in summary["metric_per_case"]] == ["case_1.nii.gz"]
+    assert "references_without_prediction" not in summary  # the other folds' cases are not this fold's to predict
     assert not [p for p in os.listdir(val) if ".tmp" in p]
 
 

@@ -267,12 +267,15 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
                     file_ending: str, labels_or_regions, ignore_label: int | None = None, num_processes: int = 1,
                     tolerance_mm: float = 1.0, connectivity: int = 26, chill: bool = False,
                     png_dir: str | None = None, images_dir: str | None = None,
-                    options: EvaluationOptions | None = None, allowed_labels=None) -> dict:
+                    options: EvaluationOptions | None = None, allowed_labels=None,
+                    list_unpredicted: bool = True) -> dict:
     """Evaluate all cases in parallel (spawn pool, tqdm progress bar); write the summary if ``output_file``.
 
     ``options`` default to ``tolerance_mm`` and ``connectivity`` with everything else at its default;
     ``allowed_labels`` are the declared label values every file must keep to (None: not checked). With
-    ``options.confidence`` each case's probabilities are read from ``folder_pred/<case>.npz``.
+    ``options.confidence`` each case's probabilities are read from ``folder_pred/<case>.npz``. With ``chill`` and
+    ``list_unpredicted`` the reference cases without a prediction are listed under
+    ``references_without_prediction``.
     """
     if options is None:
         options = EvaluationOptions(tolerance_mm=tolerance_mm, connectivity=connectivity)
@@ -300,7 +303,7 @@ def evaluate_folder(folder_ref: str, folder_pred: str, output_file: str | Path |
                         describe=lambda job: f"case {os.path.basename(job[0])[:-len(file_ending)]}",
                         outputs=lambda job: [job[7]] if job[7] else [])  # the case's picture
     summary = summarize(results, list(labels_or_regions), options=options)
-    if left_out:
+    if left_out and list_unpredicted:
         summary["references_without_prediction"] = left_out
     if output_file is not None:
         Path(output_file).parent.mkdir(parents=True, exist_ok=True)
@@ -364,10 +367,11 @@ def evaluate_validation_folder(validation_folder: str | Path, gt_folder: str | P
 
     For the trainers' final validation: call after nnU-Net's ``perform_actual_validation`` with
     ``gt_folder`` = ``nnUNet_preprocessed/DatasetXXX/gt_segmentations``, the dataset.json and plans (paths or
-    dicts). Only the cases nnU-Net predicted are evaluated (the fold's validation cases). Returns the file.
+    dicts). Only the cases nnU-Net predicted are evaluated (the fold's validation cases); the other folds' cases in
+    ``gt_folder`` are not listed as unpredicted. Returns the file.
     """
     out = Path(validation_folder) / "summary_instances.json"
     evaluate_folder_from_json(str(gt_folder), str(validation_folder), dataset_json, plans, out,
                               num_processes=num_processes, tolerance_mm=tolerance_mm, connectivity=connectivity,
-                              chill=True)
+                              chill=True, list_unpredicted=False)
     return out
