@@ -71,6 +71,22 @@ def p_value(stock: Path, other: Path, metric: str) -> float:
     return paired_wilcoxon([a[c] for c in cases], [b[c] for c in cases])
 
 
+def seed_mean_p_value(stock: Sequence[Path], other: Sequence[Path], metric: str) -> float:
+    """Paired two-sided Wilcoxon over the cases of each case's mean over the seeds (one summary per seed on each
+    side, in the same seed order); a case undefined in any seed is left out."""
+    a = [per_case(summary, metric) for summary in stock]
+    b = [per_case(summary, metric) for summary in other]
+    cases = sorted(a[0])
+    return paired_wilcoxon([statistics.mean(seed[c] for seed in a) for c in cases],
+                           [statistics.mean(seed[c] for seed in b) for c in cases])
+
+
+def direction(stock: Path, other: Path, metric: str) -> str:
+    """``+`` when ``other``'s mean is above stock's, ``−`` when below, ``=`` when equal."""
+    difference = foreground_mean(other, metric) - foreground_mean(stock, metric)
+    return "+" if difference > 0 else "−" if difference < 0 else "="
+
+
 def check_settings(file: Path, wanted: dict) -> None:
     """A workspace trained with another budget or network is refused, not mixed."""
     if file.is_file():

@@ -17,7 +17,8 @@ downloaded), in a workspace of its own, with the demo's resumable stages (:mod:`
    with one-to-one matching at IoU >= 0.5, and -- when this nnunet_blob's ``evaluate`` has ``--reference-instances``
    -- against the annotated nuclei with the Data Science Bowl's AP over IoU 0.5:0.05:0.95; ``nnunet_blob compare``;
 5. ``results.md``: mean +- sd over the seeds of each trainer's test-split means, and the paired Wilcoxon p-value of
-   each trainer against stock nnU-Net per seed (over the test images).
+   each trainer against stock nnU-Net over the test images: per seed, with the direction of the difference, and
+   over each image's mean over the seeds.
 
 6. with ``--tuned-rows``, in ``tuned/`` (seed ``--tuned-seed``, the first of ``--seeds`` by default): nnU-Net's five
    cross-validation folds of the training split for each of ``--tuned-trainers`` (stock, blob Dice and CC-DiceCE by
@@ -49,6 +50,7 @@ from _real_data import (
     COMPONENT_EVALUATIONS,
     CommandListing,
     check_settings,
+    direction,
     evaluate_accepts,
     foreground_mean,
     has_metric,
@@ -56,6 +58,7 @@ from _real_data import (
     mean_sd,
     p_value,
     row_name,
+    seed_mean_p_value,
 )
 from _real_data import DESCRIPTIONS as COMPONENT_DESCRIPTIONS
 from _real_data import METRICS as COMPONENT_METRICS
@@ -316,15 +319,31 @@ def results_markdown(root: Path, args: argparse.Namespace, summaries: dict, chos
             cells = [mean_sd([foreground_mean(rows[s][trainer], m) for s in seeds]) for m in columns.values()]
             lines.append(f"| {trainer} | " + " | ".join(cells) + " |")
         if len(args.trainers) > 1:
-            lines += ["", f"Paired Wilcoxon signed-rank p against {STOCK} over the test images, per seed "
-                          f"({' / '.join(map(str, seeds))}):", "",
-                      "| trainer | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-            for trainer in args.trainers[1:]:
-                cells = [" / ".join(f"{p_value(rows[s][STOCK], rows[s][trainer], m):.2g}" for s in seeds)
-                         for m in columns.values()]
-                lines.append(f"| {trainer} | " + " | ".join(cells) + " |")
+            lines += p_value_tables(rows, seeds, args.trainers[1:], columns)
         lines.append("")
     return "\n".join(lines)
+
+
+def p_value_tables(rows: dict, seeds: list, trainers: list[str], columns: dict) -> list[str]:
+    """Paired Wilcoxon p against stock over the test images: per seed (with the direction of the trainer's mean),
+    and with several seeds over each image's mean over the seeds."""
+    header = ["| trainer | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = ["", f"Paired Wilcoxon signed-rank p against {STOCK} over the test images, per seed "
+                 f"({' / '.join(map(str, seeds))}); + the trainer's mean is higher than stock's, − lower:", "",
+             *header]
+    for trainer in trainers:
+        cells = [" / ".join(f"{direction(rows[s][STOCK], rows[s][trainer], m)}"
+                            f"{p_value(rows[s][STOCK], rows[s][trainer], m):.2g}" for s in seeds)
+                 for m in columns.values()]
+        lines.append(f"| {trainer} | " + " | ".join(cells) + " |")
+    if len(seeds) > 1:
+        lines += ["", f"The same test over each test image's mean over the {len(seeds)} seeds:", "", *header]
+        for trainer in trainers:
+            cells = [f"{p:.2g}" for p in (seed_mean_p_value([rows[s][STOCK] for s in seeds],
+                                                             [rows[s][trainer] for s in seeds], m)
+                                          for m in columns.values())]
+            lines.append(f"| {trainer} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def tuned_markdown(root: Path, args: argparse.Namespace, summaries: dict) -> str:

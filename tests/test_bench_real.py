@@ -233,11 +233,15 @@ def test_results_table_means_over_seeds_and_wilcoxon_against_stock(tmp_path):
                               trainers=["nnUNetTrainer", "Other"])
     text = bench_real.results_markdown(tmp_path, args, summaries, {"overlap": []}, 8, "cpu")
     assert "30 training and 8 test images, 99 nuclei" in text
-    mean_line, p_line = [line.split(" | ") for line in text.splitlines() if line.startswith("| Other |")]
+    mean_line, p_line, pooled_line = [line.split(" | ") for line in text.splitlines() if line.startswith("| Other |")]
     means = [per_case[(s, "Other")][:, 0].mean() for s in (0, 1)]
     assert mean_line[1] == f"{np.mean(means):.3f} +- {np.std(means, ddof=1):.3f}"
-    p_values = [wilcoxon(per_case[(s, "nnUNetTrainer")][:, 1], per_case[(s, "Other")][:, 1]).pvalue for s in (0, 1)]
-    assert p_line[2] == f"{p_values[0]:.2g} / {p_values[1]:.2g} |"
+    stock, other = ([per_case[(s, t)][:, 1] for s in (0, 1)] for t in ("nnUNetTrainer", "Other"))
+    expected = [("+" if o.mean() > r.mean() else "−") + f"{wilcoxon(r, o).pvalue:.2g}"
+                for r, o in zip(stock, other, strict=True)]
+    assert p_line[2] == " / ".join(expected) + " |"
+    # over each image's mean over the two seeds
+    assert pooled_line[2] == f"{wilcoxon((stock[0] + stock[1]) / 2, (other[0] + other[1]) / 2).pvalue:.2g} |"
     assert "SDSC" not in text  # a metric the evaluation did not compute is left out
 
 
