@@ -66,14 +66,12 @@ def mean_sd(values: list[float]) -> str:
 
 def p_value(stock: Path, other: Path, metric: str) -> float:
     """Paired two-sided Wilcoxon over the cases of the (only) foreground label."""
-    a, b = per_case(stock, metric), per_case(other, metric)
-    cases = sorted(a)
-    return paired_wilcoxon([a[c] for c in cases], [b[c] for c in cases])
+    return seed_mean_p_value([stock], [other], metric)
 
 
 def seed_mean_p_value(stock: Sequence[Path], other: Sequence[Path], metric: str) -> float:
-    """Paired two-sided Wilcoxon over the cases of each case's mean over the seeds (one summary per seed on each
-    side, in the same seed order); a case undefined in any seed is left out."""
+    """Paired two-sided Wilcoxon over the cases (of the only foreground label) of each case's mean over the seeds
+    (one summary per seed on each side, in the same seed order); a case undefined in any seed is left out."""
     a = [per_case(summary, metric) for summary in stock]
     b = [per_case(summary, metric) for summary in other]
     cases = sorted(a[0])
