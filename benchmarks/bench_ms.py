@@ -10,7 +10,8 @@ is downloaded), in a workspace of its own, with the demo's resumable stages (:mo
    ``benchmarks/_ms_lesions.py``; lesions are the label's 26-connected components (no instance folder);
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres --verify_dataset_integrity``; ``splits_final.json``: cross-validation
    over patients, ``min(5, n)`` folds (leave-one-patient-out for n <= 5); on a CPU the plans reduced to
-   ``--base-features`` features in the first stage as the demo does (patch, stages and data unchanged);
+   ``--base-features`` features in the first stage as the demo does and trained on a ``--patch-size`` patch
+   (64x64x64 by default on a CPU, about a ninth of the planned patch's voxels; stages, spacing and data unchanged);
 3. ``nnunet_blob preprocess`` (instance maps);
 4. per trainer (``<trainer>_demo``, seed ``--seed``, ``--epochs`` x ``--iterations``): every fold trained
    (``--npz``), nnU-Net's validation of each fold's held-out patients gathered into ``predictions/<trainer>``
@@ -26,7 +27,7 @@ stage's command (and whether it is done) without running or removing anything.
 
     python benchmarks/bench_ms.py --ms-folder PATH/open_ms_data [--workspace nnunet_blob_ms]
         [--space auto|coregistered|MNI] [--channels FLAIR T1 T2] [--trainers nnUNetTrainer nnUNetTrainerBlobDice]
-        [--epochs 10 --iterations 10] [--seed 0]
+        [--epochs 40 --iterations 20] [--patch-size 64 64 64] [--seed 0]
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ from _real_data import device as choose_device
 from bench_detection import machine
 
 from nnunet_blob.demo.budgets import budget_environment, demo_trainer_bases
+from nnunet_blob.demo.plans import set_patch_size
 from nnunet_blob.demo.run import Target, evaluate, model_folder, reduce_plans, train_fold
 from nnunet_blob.demo.stages import StageError, Stages, demo_environment
 from nnunet_blob.files import atomic_write_bytes
@@ -72,6 +74,9 @@ TARGET = Target(DATASET_ID, "3d_fullres")
 STOCK = "nnUNetTrainer"
 TRAINERS = [STOCK, "nnUNetTrainerBlobDice"]
 MAX_FOLDS = 5
+#: the training patch on a CPU: about a ninth of the voxels of the MNI images' planned 112x160x128, so that a fold
+#: gets 800 iterations in about a quarter of an hour on 2 cores
+CPU_PATCH = (64, 64, 64)
 SETTINGS = "bench_ms.json"
 #: fewer patients than this: a sanity check, no test against stock (Wilcoxon's smallest p with 5 pairs is 0.0625)
 MIN_PATIENTS_FOR_TESTS = 6
@@ -91,12 +96,16 @@ def main(argv: list[str] | None = None) -> int:
                              f"{' '.join(DEFAULT_CHANNELS)})")
     parser.add_argument("--trainers", nargs="+", default=TRAINERS, help=f"stock first (default: {' '.join(TRAINERS)})")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per fold (default 10)")
-    parser.add_argument("--iterations", type=int, default=10, help="training iterations per epoch (default 10)")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs per fold (default 40)")
+    parser.add_argument("--iterations", type=int, default=20, help="training iterations per epoch (default 20)")
     parser.add_argument("--val-iterations", type=int, default=2, help="validation iterations per epoch (default 2)")
     parser.add_argument("--base-features", type=int, default=None,
                         help="features of the first stage of the reduced network (default: 8 on a CPU, nnU-Net's "
                              "own plans on a GPU; 0: nnU-Net's own plans)")
+    parser.add_argument("--patch-size", type=int, nargs="+", default=None, metavar="N",
+                        help="the training patch, three sizes (multiples of the network's downsampling; default: "
+                             f"on a CPU the planned patch cut to {'x'.join(map(str, CPU_PATCH))}, on a GPU nnU-Net's "
+                             "planned patch; 0: nnU-Net's planned patch)")
     parser.add_argument("--stages", choices=["convert", "preprocess", "all"], default="all",
                         help="convert: only the raw dataset; preprocess: up to nnU-Net's preprocessing, the folds and "
                              "the instance maps; all (default): training, validation, evaluation too")
@@ -106,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and augmentation (default 2)")
     args = parser.parse_args(argv)
+    if args.patch_size is not None and args.patch_size != [0] and (len(args.patch_size) != 3
+                                                                   or min(args.patch_size) <= 0):
+        parser.error(f"--patch-size: three positive sizes (z y x) or 0 for nnU-Net's planned patch, got "
+                     f"{' '.join(map(str, args.patch_size))}")
     if args.trainers[0] != STOCK:
         parser.error(f"--trainers: the first trainer is the baseline and must be {STOCK}")
     unknown = [t for t in args.trainers if t not in demo_trainer_bases()]
@@ -147,12 +160,16 @@ def run(args: argparse.Namespace) -> None:
     stages.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", TARGET.configuration,
                                        "-np", args.np, "-npfp", args.np, "--verify_dataset_integrity"],
                f"nnUNetv2_plan_and_preprocess ({TARGET.configuration})", after=["convert"])
+    if args.patch_size is None:
+        patch_size = _cpu_patch(preprocessed / "nnUNetPlans.json") if device == "cpu" else None
+    else:
+        patch_size = None if args.patch_size == [0] else args.patch_size
     stages.run("splits", lambda: _write_splits(preprocessed, folds),
                f"{len(folds)} folds over the patients (splits_final.json)", after=["plan_and_preprocess"],
                key=json.dumps(folds))
-    stages.run("reduce_plans", lambda: reduce_plans(preprocessed / "nnUNetPlans.json", base_features),
-               "reduced network for CPU" if base_features else "nnU-Net's own plans", after=["splits"],
-               key=str(base_features))
+    stages.run("reduce_plans", lambda: _reduce_plans(preprocessed / "nnUNetPlans.json", base_features, patch_size),
+               "reduced network for CPU" if base_features or patch_size else "nnU-Net's own plans",
+               after=["splits"], key=str(base_features) + ("" if patch_size is None else f" {patch_size}"))
     stages.run("instance_maps", ["nnunet_blob", "preprocess", "-d", DATASET_ID, "-c", TARGET.configuration, "-np",
                                  args.np], "nnunet_blob preprocess (instance maps)", after=["reduce_plans"])
     if not listing and (preprocessed / "nnUNetPlans.json").is_file():
@@ -162,7 +179,8 @@ def run(args: argparse.Namespace) -> None:
     if not listing:
         check_settings(root / SETTINGS, {"epochs": args.epochs, "iterations": args.iterations, "seed": args.seed,
                                          "val_iterations": args.val_iterations, "base_features": base_features,
-                                         "device": device})
+                                         "device": device, **({} if patch_size is None
+                                                              else {"patch_size": patch_size})})
     stages.say(f"{len(args.trainers)} trainers x {len(folds)} folds, {args.epochs} epochs of {args.iterations} "
                f"iterations, seed {args.seed}, device {device}, in {root}")
     summaries: dict[str, dict[str, Path]] = {name: {} for name in COMPONENT_EVALUATIONS}
@@ -178,7 +196,7 @@ def run(args: argparse.Namespace) -> None:
                                                 labels="labelsTr")
     if listing:
         return
-    text = results_markdown(counts, args, summaries, folds, base_features, device)
+    text = results_markdown(counts, args, summaries, folds, base_features, device, patch_size)
     atomic_write_bytes(root / "results.md", text.encode())
     print("\n" + text)
     print(f"written: {root / 'results.md'}; {time.time() - start:.0f} s (stages done before not counted)")
@@ -188,6 +206,21 @@ def _convert(args: argparse.Namespace, raw: Path, root: Path) -> str:
     report = convert(args.ms_folder, raw, args.space, args.channels)
     (root / "conversion.json").write_text(json.dumps(asdict(report), indent=1))
     return report.summary() + f"\ncounts written to {root / 'conversion.json'}"
+
+
+def _cpu_patch(plans_file: Path) -> list[int]:
+    """The planned 3d_fullres patch cut to :data:`CPU_PATCH` per axis (before any reduction: nnU-Net's plans are
+    written by ``plan_and_preprocess``; before that, :data:`CPU_PATCH`)."""
+    if not plans_file.is_file():
+        return list(CPU_PATCH)
+    planned = json.loads(plans_file.read_text())["configurations"][TARGET.configuration]["patch_size"]
+    return [min(p, c) for p, c in zip(planned, CPU_PATCH, strict=True)]
+
+
+def _reduce_plans(plans_file: Path, base_features: int | None, patch_size: list[int] | None) -> str:
+    """nnU-Net's plans with the CPU reduction (``--base-features``) and the training patch ``--patch-size``."""
+    text = reduce_plans(plans_file, base_features)
+    return text if patch_size is None else text + "\n" + set_patch_size(plans_file, TARGET.configuration, patch_size)
 
 
 def _write_splits(preprocessed: Path, folds: list[dict]) -> str:
@@ -222,13 +255,15 @@ def plans_summary(plans_file: Path) -> str:
 
 
 def results_markdown(counts: dict, args: argparse.Namespace, summaries: dict, folds: list[dict],
-                     base_features: int | None, device: str) -> str:
+                     base_features: int | None, device: str, patch_size: list[int] | None = None) -> str:
     """Per evaluation: each trainer's mean over the patients and every patient's value (each patient predicted by
     the fold that held it out)."""
     cases = counts["cases"]
     n = len(cases)
     network = (f"nnU-Net's 3d_fullres plans reduced to {base_features} features in the first stage" if base_features
                else "nnU-Net's own 3d_fullres plans")
+    if patch_size:
+        network += f", training patch {'x'.join(map(str, patch_size))}"
     lines = [f"# Ljubljana MS lesions: a sanity check on real 3D lesions (n = {n} patients), not a benchmark", "",
              f"Patients {', '.join(cases)} ({counts['space']} space, channels {', '.join(counts['channels'])}; "
              f"{sum(counts['lesions'].values())} lesions: "

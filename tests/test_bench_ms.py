@@ -17,6 +17,8 @@ sys.path.insert(0, str(BENCHMARKS))
 import _ms_lesions as ms  # noqa: E402
 import bench_ms  # noqa: E402
 
+from nnunet_blob.demo.plans import set_patch_size  # noqa: E402
+
 RAW = Path("nnUNet_raw") / "Dataset993_LjubljanaMSLesions"
 SHAPE = (8, 9, 10)  # numpy (z, y, x)
 SPACING, ORIGIN = (0.47, 0.47, 0.8), (-10.0, 5.0, 2.5)  # SimpleITK (x, y, z)
@@ -162,8 +164,9 @@ def test_results_table_means_and_each_patient(tmp_path):
     counts = {"cases": cases, "space": "MNI", "channels": ["FLAIR", "T1", "T2"],
               "lesions": {"patient07": 37, "patient19": 98, "patient26": 19}}
     args = argparse.Namespace(epochs=10, iterations=10, seed=0)
-    text = bench_ms.results_markdown(counts, args, summaries, ms.patient_folds(cases), 8, "cpu")
+    text = bench_ms.results_markdown(counts, args, summaries, ms.patient_folds(cases), 8, "cpu", [64, 64, 64])
     assert "a sanity check on real 3D lesions (n = 3 patients), not a benchmark" in text
+    assert "reduced to 8 features in the first stage, training patch 64x64x64" in text
     assert "Leave-one-patient-out" in text and "154 lesions" in text and "no paired test can reach p < 0.05" in text
     assert "| nnUNetTrainerBlobDice | 0.250 | 0.500 |" in text  # DSC, F1 means over the patients
     assert "| nnUNetTrainer | 0.100 / 0.250 / 0.400 | 0.200 / 0.500 / 0.800 |" in text  # per patient, in order
@@ -182,3 +185,37 @@ def test_nnunet_plans_and_preprocesses_the_converted_dataset_with_the_patient_fo
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] == 8
     assert (ws / ".stages" / "instance_maps.done").is_file()
+
+
+def test_a_smaller_training_patch_must_be_a_multiple_of_the_downsampling(tmp_path):
+    """``--patch-size``: the patch is replaced in the plans (nothing else); an axis the network's strides do not
+    divide, a wrong number of axes or an unknown configuration is refused with the planned patch named."""
+    strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2]]  # downsampling 4 x 8 x 8
+    plans = {"configurations": {"3d_fullres": {"patch_size": [40, 160, 128], "batch_size": 2,
+                                               "architecture": {"arch_kwargs": {"strides": strides}}}}}
+    file = tmp_path / "nnUNetPlans.json"
+    file.write_text(json.dumps(plans))
+    assert set_patch_size(file, "3d_fullres", [8, 64, 32]) == "3d_fullres: patch size [40, 160, 128] -> [8, 64, 32]"
+    changed = json.loads(file.read_text())
+    assert changed["configurations"]["3d_fullres"].pop("patch_size") == [8, 64, 32]
+    assert changed["configurations"]["3d_fullres"] == {k: v for k, v in plans["configurations"]["3d_fullres"].items()
+                                                       if k != "patch_size"}
+    refused = (([6, 64, 32], r"not a positive multiple of the network's downsampling \[4, 8, 8\] along axis 0;"),
+               ([8, 0, 12], "along axes 1, 2;"), ([8, 64], "has 2 axes; 3d_fullres has 3"))
+    for patch, message in refused:
+        with pytest.raises(ValueError, match=message):
+            set_patch_size(file, "3d_fullres", patch)
+    with pytest.raises(ValueError, match="no configuration '3d_lowres'; it has 3d_fullres"):
+        set_patch_size(file, "3d_lowres", [8, 64, 32])
+    assert json.loads(file.read_text())["configurations"]["3d_fullres"]["patch_size"] == [8, 64, 32]  # refused: kept
+
+
+def test_the_cpu_patch_is_the_planned_patch_cut_to_64_and_bad_sizes_are_refused(tmp_path, capsys):
+    plans = tmp_path / "nnUNetPlans.json"
+    assert bench_ms._cpu_patch(plans) == [64, 64, 64]  # before planning (the listing)
+    plans.write_text(json.dumps({"configurations": {"3d_fullres": {"patch_size": [40, 160, 128]}}}))
+    assert bench_ms._cpu_patch(plans) == [40, 64, 64]  # never larger than planned
+    for sizes in (["64", "64"], ["64", "-64", "64"], ["0", "0", "0"]):
+        with pytest.raises(SystemExit):
+            bench_ms.main(["--ms-folder", str(tmp_path), "--patch-size", *sizes])
+        assert "--patch-size: three positive sizes (z y x) or 0 for nnU-Net's planned patch" in capsys.readouterr().err

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from nnunet_blob.files import atomic_write_bytes
 
 
@@ -26,3 +28,36 @@ def shrink_plans(plans_file: Path, base_features: int = 4, batch_size: int = 2) 
             configuration["batch_size"] = batch_size
     atomic_write_bytes(plans_file, json.dumps(plans, indent=1).encode())
     return "\n".join(changes)
+
+
+def set_patch_size(plans_file: Path, configuration: str, patch_size: list[int]) -> str:
+    """A smaller training patch for ``configuration`` (cheaper iterations on a CPU); the network, the spacing and the
+    preprocessed data are unchanged, and nnU-Net's sliding window predicts with the same patch.
+
+    Each axis must be a multiple of the network's total downsampling along it (the product of the stages'
+    strides), as nnU-Net's planner makes its own patches.
+
+    Raises:
+        ValueError: unknown configuration, wrong number of axes, or an axis that the strides do not divide.
+    """
+    plans_file = Path(plans_file)
+    plans = json.loads(plans_file.read_text())
+    if configuration not in plans["configurations"]:
+        raise ValueError(f"{plans_file} has no configuration {configuration!r}; it has "
+                         f"{', '.join(plans['configurations'])}")
+    config = plans["configurations"][configuration]
+    before = list(config["patch_size"])
+    patch = [int(p) for p in patch_size]
+    if len(patch) != len(before):
+        raise ValueError(f"patch size {patch} has {len(patch)} axes; {configuration} has {len(before)} "
+                         f"(planned {before})")
+    strides = config["architecture"]["arch_kwargs"]["strides"]
+    downsampling = [int(np.prod([s[axis] for s in strides])) for axis in range(len(before))]
+    bad = [axis for axis, (p, d) in enumerate(zip(patch, downsampling, strict=True)) if p <= 0 or p % d]
+    if bad:
+        raise ValueError(f"patch size {patch} is not a positive multiple of the network's downsampling "
+                         f"{downsampling} along {'axis' if len(bad) == 1 else 'axes'} {', '.join(map(str, bad))}; "
+                         f"choose multiples of it (planned {before})")
+    config["patch_size"] = patch
+    atomic_write_bytes(plans_file, json.dumps(plans, indent=1).encode())
+    return f"{configuration}: patch size {before} -> {patch}"
