@@ -11,7 +11,8 @@ is downloaded), in a workspace of its own, with the demo's resumable stages (:mo
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres --verify_dataset_integrity``; ``splits_final.json``: cross-validation
    over patients, ``min(5, n)`` folds (leave-one-patient-out for n <= 5); on a CPU the plans reduced to
    ``--base-features`` features in the first stage as the demo does and trained on a ``--patch-size`` patch
-   (64x64x64 by default on a CPU, about a ninth of the planned patch's voxels; stages, spacing and data unchanged);
+   (by default on a CPU the planned patch cut to 64 per axis: 64x64x64 for the MNI images, a ninth of the planned
+   voxels; stages, spacing and data unchanged);
 3. ``nnunet_blob preprocess`` (instance maps);
 4. per trainer (``<trainer>_demo``, seed ``--seed``, ``--epochs`` x ``--iterations``): every fold trained
    (``--npz``), nnU-Net's validation of each fold's held-out patients gathered into ``predictions/<trainer>``
