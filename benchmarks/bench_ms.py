@@ -64,7 +64,7 @@ from _real_data import device as choose_device
 from bench_detection import machine
 
 from nnunet_blob.demo.budgets import budget_environment, demo_trainer_bases
-from nnunet_blob.demo.plans import set_patch_size
+from nnunet_blob.demo.plans import planned_patch_size, set_patch_size
 from nnunet_blob.demo.run import Target, evaluate, model_folder, reduce_plans, train_fold
 from nnunet_blob.demo.stages import StageError, Stages, demo_environment
 from nnunet_blob.files import atomic_write_bytes
@@ -210,11 +210,11 @@ def _convert(args: argparse.Namespace, raw: Path, root: Path) -> str:
 
 
 def _cpu_patch(plans_file: Path) -> list[int]:
-    """The planned 3d_fullres patch cut to :data:`CPU_PATCH` per axis (before any reduction: nnU-Net's plans are
-    written by ``plan_and_preprocess``; before that, :data:`CPU_PATCH`)."""
+    """nnU-Net's planned 3d_fullres patch (also after an earlier ``--patch-size``) cut to :data:`CPU_PATCH` per
+    axis; before ``plan_and_preprocess`` has written the plans, :data:`CPU_PATCH`."""
     if not plans_file.is_file():
         return list(CPU_PATCH)
-    planned = json.loads(plans_file.read_text())["configurations"][TARGET.configuration]["patch_size"]
+    planned = planned_patch_size(json.loads(plans_file.read_text()), TARGET.configuration)
     return [min(p, c) for p, c in zip(planned, CPU_PATCH, strict=True)]
 
 

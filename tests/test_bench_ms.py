@@ -198,6 +198,7 @@ def test_a_smaller_training_patch_must_be_a_multiple_of_the_downsampling(tmp_pat
     assert set_patch_size(file, "3d_fullres", [8, 64, 32]) == "3d_fullres: patch size [40, 160, 128] -> [8, 64, 32]"
     changed = json.loads(file.read_text())
     assert changed["configurations"]["3d_fullres"].pop("patch_size") == [8, 64, 32]
+    assert changed["configurations"]["3d_fullres"].pop("planned_patch_size") == [40, 160, 128]
     assert changed["configurations"]["3d_fullres"] == {k: v for k, v in plans["configurations"]["3d_fullres"].items()
                                                        if k != "patch_size"}
     refused = (([6, 64, 32], r"not a positive multiple of the network's downsampling \[4, 8, 8\] along axis 0;"),
@@ -208,6 +209,10 @@ def test_a_smaller_training_patch_must_be_a_multiple_of_the_downsampling(tmp_pat
     with pytest.raises(ValueError, match="no configuration '3d_lowres'; it has 3d_fullres"):
         set_patch_size(file, "3d_lowres", [8, 64, 32])
     assert json.loads(file.read_text())["configurations"]["3d_fullres"]["patch_size"] == [8, 64, 32]  # refused: kept
+    # set again: from nnU-Net's patch, which stays the one named
+    assert set_patch_size(file, "3d_fullres", [4, 8, 8]) == "3d_fullres: patch size [40, 160, 128] -> [4, 8, 8]"
+    with pytest.raises(ValueError, match=r"\(planned \[40, 160, 128\]\)"):
+        set_patch_size(file, "3d_fullres", [5, 8, 8])
 
 
 def test_the_cpu_patch_is_the_planned_patch_cut_to_64_and_bad_sizes_are_refused(tmp_path, capsys):
@@ -215,6 +220,9 @@ def test_the_cpu_patch_is_the_planned_patch_cut_to_64_and_bad_sizes_are_refused(
     assert bench_ms._cpu_patch(plans) == [64, 64, 64]  # before planning (the listing)
     plans.write_text(json.dumps({"configurations": {"3d_fullres": {"patch_size": [40, 160, 128]}}}))
     assert bench_ms._cpu_patch(plans) == [40, 64, 64]  # never larger than planned
+    plans.write_text(json.dumps({"configurations": {"3d_fullres": {"patch_size": [32, 32, 32],
+                                                                   "planned_patch_size": [40, 160, 128]}}}))
+    assert bench_ms._cpu_patch(plans) == [40, 64, 64]  # after an earlier --patch-size: from nnU-Net's patch
     for sizes in (["64", "64"], ["64", "-64", "64"], ["0", "0", "0"]):
         with pytest.raises(SystemExit):
             bench_ms.main(["--ms-folder", str(tmp_path), "--patch-size", *sizes])

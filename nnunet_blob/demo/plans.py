@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-
-import numpy as np
 
 from nnunet_blob.files import atomic_write_bytes
 
@@ -35,7 +34,8 @@ def set_patch_size(plans_file: Path, configuration: str, patch_size: list[int]) 
     preprocessed data are unchanged, and nnU-Net's sliding window predicts with the same patch.
 
     Each axis must be a multiple of the network's total downsampling along it (the product of the stages'
-    strides), as nnU-Net's planner makes its own patches.
+    strides), as nnU-Net's planner makes its own patches. nnU-Net's own patch stays in the configuration as
+    ``planned_patch_size`` (see :func:`planned_patch_size`), so that setting the patch again starts from it.
 
     Raises:
         ValueError: unknown configuration, wrong number of axes, or an axis that the strides do not divide.
@@ -46,18 +46,25 @@ def set_patch_size(plans_file: Path, configuration: str, patch_size: list[int]) 
         raise ValueError(f"{plans_file} has no configuration {configuration!r}; it has "
                          f"{', '.join(plans['configurations'])}")
     config = plans["configurations"][configuration]
-    before = list(config["patch_size"])
+    before = planned_patch_size(plans, configuration)
     patch = [int(p) for p in patch_size]
     if len(patch) != len(before):
         raise ValueError(f"patch size {patch} has {len(patch)} axes; {configuration} has {len(before)} "
                          f"(planned {before})")
     strides = config["architecture"]["arch_kwargs"]["strides"]
-    downsampling = [int(np.prod([s[axis] for s in strides])) for axis in range(len(before))]
+    downsampling = [math.prod(s[axis] for s in strides) for axis in range(len(before))]
     bad = [axis for axis, (p, d) in enumerate(zip(patch, downsampling, strict=True)) if p <= 0 or p % d]
     if bad:
         raise ValueError(f"patch size {patch} is not a positive multiple of the network's downsampling "
                          f"{downsampling} along {'axis' if len(bad) == 1 else 'axes'} {', '.join(map(str, bad))}; "
                          f"choose multiples of it (planned {before})")
-    config["patch_size"] = patch
+    config["planned_patch_size"], config["patch_size"] = before, patch
     atomic_write_bytes(plans_file, json.dumps(plans, indent=1).encode())
     return f"{configuration}: patch size {before} -> {patch}"
+
+
+def planned_patch_size(plans: dict, configuration: str) -> list[int]:
+    """nnU-Net's own patch of ``configuration`` in ``plans`` (the loaded plans file), also after
+    :func:`set_patch_size`."""
+    config = plans["configurations"][configuration]
+    return list(config.get("planned_patch_size", config["patch_size"]))
